@@ -1,0 +1,25 @@
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip install --quiet --disable-pip-version-check
+# A torch that is already installed and recent enough is kept; otherwise take the CPU 2.13 build.
+TORCH_OK := $(PYTHON) -c "import sys, torch; sys.exit(tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]) < (2, 4))"
+
+.PHONY: install install-dev assets demo test bench clean
+
+install:
+	@$(TORCH_OK) 2>/dev/null || $(PIP) "torch==2.13.0"
+	$(PIP) -r requirements.txt
+
+install-dev: install
+	$(PIP) -r requirements-dev.txt
+
+assets: install
+	$(PYTHON) -m data.assets
+
+demo: assets
+	$(PYTHON) scripts/demo.py
+
+test: install-dev assets
+	$(PYTHON) -m pytest -q tests
+
+clean:
+	rm -rf runs .pytest_cache .hypothesis

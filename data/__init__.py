@@ -1,0 +1,1 @@
+"""Data: readers, prompt templates, loss masking, packing, the real-asset cache."""
