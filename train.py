@@ -1,0 +1,228 @@
+"""Fine-tune a LLaMA-family model with OwLore (or a baseline) — the algorithm, top to bottom.
+
+    python train.py --model llama2-7b --ckpt-dir /path/to/llama-2-7b --data commonsense_170k.json
+
+1. load the pre-trained model;
+2. tokenise the training data into fixed-length blocks;
+3. (LISA / OwLore) score every decoder block by its share of outlier weights and build the sampler;
+4. build the optimizer: GaLore for the 2-D block weights (galore, owlore), AdamW for the rest;
+5. loop: every `period` steps draw `gamma` blocks, train only them (+ embeddings, norm, head),
+   free the optimizer state of blocks that left; checkpoint, evaluate, log;
+6. save the fine-tuned weights in Meta and/or HF format.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data import BatchLoader, build_dataset, load_records
+from model import load_model, save_model
+from model.loss import chunked_cross_entropy
+from optim import GaLoreAdamW, apply_lora, attach_fused_step, lr_lambda, merge_lora
+from sampling import LayerSampler, calibration_batches, load_or_compute_ratios
+from training.args import parse_args
+from training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from training.distributed import close_world, init_world, sum_gradients, sum_scalar
+from training.heldout import HeldOut
+from training.memory import MemorySettings, estimate_memory, format_report
+from training.methods import SAMPLED_METHODS, activate_blocks, active_block_indices, param_groups
+from training.metrics import MetricsLog, current_memory_bytes, peak_memory_bytes
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    world = init_world(device.type)
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    say = print if world.is_main else (lambda *a, **k: None)
+
+    # 1. The pre-trained model.
+    model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir)
+    model.gradient_checkpointing = args.grad_ckpt
+    n_layers = model.config.n_layers
+    if args.gamma > n_layers and args.method in SAMPLED_METHODS:
+        sys.exit(f"error: --gamma {args.gamma} exceeds the model's {n_layers} blocks")
+
+    # 2. Training data: fixed-length blocks, a seeded order every rank agrees on.
+    records = load_records(args.data)
+    dataset = build_dataset(records, tokenizer, args.seq_len, pack=not args.no_pack,
+                            mask_prompt=not args.train_on_prompt, template=args.template)
+    if world.size > 1 and args.batch_size % (world.size * args.grad_accum):
+        sys.exit(f"error: --batch-size {args.batch_size} must split over {world.size} ranks x {args.grad_accum} micro-batches")
+    loader = BatchLoader(dataset, batch_size=args.batch_size // world.size, seed=args.seed,
+                         rank=world.rank, world_size=world.size)
+    total_steps = args.max_steps or max(1, math.ceil(args.epochs * len(dataset) / args.batch_size))
+    say(f"data: {len(records)} records -> {len(dataset)} blocks of {args.seq_len} tokens; {total_steps} steps")
+
+    # 3. Layer sampling: outlier ratios D_l of the pre-trained blocks -> probabilities (OwLore), or uniform (LISA).
+    sampler = None
+    if args.method in SAMPLED_METHODS:
+        ratios = None
+        if args.sampling in ("owlore", "owlore_reverse"):
+            calib = calibration_batches(tokenizer, args.calib or args.data, n_windows=args.calib_windows,
+                                        seq_len=args.calib_seq_len, seed=args.seed)
+            scores = Path(args.scores) if args.scores else out / "outlier_scores.json"
+            ratios = load_or_compute_ratios(model, args.model, calib, args.M, scores)
+            say("outlier ratios D_l (%): " + " ".join(f"{r:.3f}" for r in ratios))
+        sampler = LayerSampler(ratios, args.sampling, args.gamma, args.period, args.seed, n_layers,
+                               fixed_layers=args.fixed_layers)
+
+    # 4. Optimizer: GaLore groups for 2-D block weights, AdamW for everything else.
+    if args.method == "lora":
+        groups = [{"params": apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)}]
+    else:
+        groups = param_groups(model, args)
+    optimizer = GaLoreAdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
+    fused = attach_fused_step(optimizer, [p for g in groups for p in g["params"]]) if args.fused else None
+
+    # Resume: weights, optimizer, scheduler, sampler, data position and RNG, exactly where they were.
+    step = 0
+    if args.resume:
+        state = load_checkpoint(resolve_checkpoint(args.resume), model, optimizer)
+        step = state["step"]
+        scheduler.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loader"])
+        if sampler:
+            sampler.load_state_dict(state["sampler"])
+        say(f"resumed from {args.resume} at step {step}")
+
+    settings = MemorySettings(
+        method=args.method, micro_batch=args.batch_size // (world.size * args.grad_accum), seq_len=args.seq_len,
+        dtype_bytes=torch.finfo(dtype).bits // 8, gamma=args.gamma, rank=args.rank, proj_type=args.proj_type,
+        lora_rank=args.lora_rank, grad_ckpt=args.grad_ckpt, fused=args.fused, chunked_ce=args.chunked_ce,
+        train_outer=not args.freeze_embeddings, keep_inactive_state=args.keep_inactive_state)
+    estimate = estimate_memory(model.config, settings)
+    say(f"memory estimate for {args.method} ({dtype}, micro-batch {settings.micro_batch}x{args.seq_len}):\n"
+        + format_report(estimate))
+
+    heldout = HeldOut(args.eval_data, tokenizer, args.seq_len, args.eval_limit) if args.eval_data else None
+    metrics = MetricsLog(out / "metrics.jsonl", enabled=world.is_main)
+    if heldout and world.is_main and step == 0:
+        metrics.write(step=0, **heldout.evaluate(model))
+
+    # 5. The loop.
+    stop = StopFlag()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    progress = tqdm(range(step, total_steps), initial=step, total=total_steps, disable=not world.is_main)
+    for step in progress:
+        if sampler and (step % args.period == 0 or step == progress.initial):
+            left = activate_blocks(model, sampler.active_layers(step), train_outer=not args.freeze_embeddings)
+            if not args.keep_inactive_state:
+                optimizer.drop_state(left)
+        started = time.perf_counter()
+        loss, n_tokens = accumulate_gradients(model, loader, args, world, device)
+        trainable = [p for g in groups for p in g["params"] if p.grad is not None]
+        sum_gradients(trainable, world)
+        if args.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
+        if not fused:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        seconds = time.perf_counter() - started
+
+        lr = scheduler.get_last_lr()[0]
+        active = active_block_indices(model) if sampler else None
+        record = dict(step=step + 1, loss=loss, lr=lr, tokens_per_s=n_tokens / seconds, step_s=seconds,
+                      active_blocks=active, peak_memory=peak_memory_bytes(device), memory=current_memory_bytes(device))
+        if step + 1 == progress.initial + 2:
+            say("measured after 2 steps:\n" + format_report(estimate, record["peak_memory"]))
+        if heldout and args.eval_every and (step + 1) % args.eval_every == 0 and world.is_main:
+            record.update(heldout.evaluate(model))
+        metrics.write(**record)
+        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{n_tokens / seconds:.0f}",
+                             blocks=",".join(map(str, active or [])))
+        done = step + 1 == total_steps
+        if stop.requested or done or (args.save_every and (step + 1) % args.save_every == 0):
+            if world.is_main:
+                state = dict(step=step + 1, scheduler=scheduler.state_dict(), loader=loader.state_dict(),
+                             sampler=sampler.state_dict() if sampler else None, args=vars(args))
+                path = save_checkpoint(out, step + 1, model, optimizer, state)
+                say(f"checkpoint: {path}")
+        if stop.requested:
+            say(f"stopped by signal after step {step + 1}; resume with --resume {out}")
+            break
+    else:
+        if heldout and world.is_main and not (args.eval_every and total_steps % args.eval_every == 0):
+            metrics.write(step=total_steps, **heldout.evaluate(model))
+
+    # 6. The fine-tuned weights, in formats other tools open.
+    if fused:
+        fused.remove()
+    if world.is_main and args.save_format != "none" and not stop.requested:
+        if args.method == "lora":
+            merge_lora(model)
+        for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
+            save_model(model, out / f"final-{fmt}", format=fmt, tokenizer=tokenizer)
+            say(f"saved {fmt} weights to {out / f'final-{fmt}'}")
+    metrics.close()
+    close_world(world)
+
+
+def accumulate_gradients(model, loader, args, world, device) -> tuple[float, int]:
+    """Forward/backward over `grad_accum` micro-batches of this rank's share of the global batch.
+
+    The loss is the mean over every target token of the global batch, so accumulation and data
+    parallelism (gradients summed over ranks) give the same gradient as one big batch.
+    """
+    input_ids, labels = loader.next_batch()
+    input_ids, labels = input_ids.to(device), labels.to(device)
+    targets = labels[:, 1:]
+    n_targets = sum_scalar(int((targets != -100).sum()), world, device)
+    if n_targets == 0:
+        sys.exit("error: a training batch has no target tokens (every label is masked)")
+    total = 0.0
+    for ids, lab in zip(input_ids.chunk(args.grad_accum), labels.chunk(args.grad_accum)):
+        loss_sum = token_loss_sum(model, ids, lab, args.chunked_ce)
+        if loss_sum is None:  # every target of this micro-batch is masked: it adds nothing
+            continue
+        if not torch.isfinite(loss_sum):
+            sys.exit(f"error: loss is {loss_sum.item()} at this step; stopping without saving "
+                     f"(the last good checkpoint in {args.out} is intact); try a lower --lr")
+        (loss_sum / n_targets).backward()
+        total += loss_sum.item()
+    return sum_scalar(total, world, device) / n_targets, input_ids.numel() * world.size
+
+
+def token_loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, chunked: bool) -> torch.Tensor | None:
+    """Sum of next-token cross-entropies over the unmasked targets (labels are aligned with inputs)."""
+    targets = labels[:, 1:]
+    n = int((targets != -100).sum())
+    if n == 0:
+        return None
+    if chunked:
+        hidden = model.forward_hidden(input_ids)[:, :-1]
+        return chunked_cross_entropy(hidden, model.output.weight, targets) * n
+    logits = model(input_ids)[:, :-1]
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum")
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and exits."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+
+if __name__ == "__main__":
+    main()
