@@ -1,0 +1,59 @@
+"""Tokenize one record into ``input_ids`` and ``labels`` with the prompt masked from the loss.
+
+Labels are aligned with the inputs (the loss shifts them: logits at t predict labels[t+1]); masked
+positions hold ``IGNORE_INDEX``. Each segment is encoded on its own, so the mask boundary is exact.
+
+- ``instruction``: bos + template prompt + output + eos (template "alpaca" or "chat").
+- ``text2text``: bos + input + output + eos (LMFlow text2text: no template).
+- ``text``: bos + text + eos, all trainable.
+- ``chat``: bos + the conversation in the tokenizer's chat template; assistant turns (with their closing
+  marker) are trainable. eos is appended only if the last turn does not already end with a stop token.
+"""
+from __future__ import annotations
+
+from data.records import record_kind
+from data.templates import chat_segments, instruction_segments
+
+IGNORE_INDEX = -100
+
+
+def record_segments(record: dict, template: str = "alpaca", chat_template: str | None = None) -> list[tuple[str, bool]]:
+    """``(text, trainable)`` segments of any record kind."""
+    kind = record_kind(record)
+    if kind == "instruction":
+        return instruction_segments(record, template, chat_template)
+    if kind == "text2text":
+        return [(record["input"], False), (record["output"], True)]
+    if kind == "text":
+        return [(record["text"], True)]
+    if chat_template is None:
+        raise ValueError("a chat record needs a tokenizer with a chat_template")
+    return chat_segments(record["messages"], chat_template)
+
+
+def tokenize_record(tokenizer, record: dict, mask_prompt: bool = True, template: str = "alpaca") -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` of one record; labels are ``IGNORE_INDEX`` on the prompt if ``mask_prompt``."""
+    chat_template = getattr(tokenizer, "chat_template", None)
+    ids: list[int] = []
+    trainable: list[bool] = []
+    for text, is_response in record_segments(record, template, chat_template):
+        piece = tokenizer.encode(text)
+        ids += piece
+        trainable += [is_response] * len(piece)
+    if tokenizer.bos_id is not None and (not ids or ids[0] != tokenizer.bos_id):
+        ids.insert(0, tokenizer.bos_id)
+        trainable.insert(0, False)
+    if record_kind(record) != "chat" or not _turn_has_stop(ids, trainable, tokenizer.stop_ids):
+        ids.append(tokenizer.eos_id)
+        trainable.append(True)
+    labels = [t if keep or not mask_prompt else IGNORE_INDEX for t, keep in zip(ids, trainable)]
+    return ids, labels
+
+
+def _turn_has_stop(ids: list[int], trainable: list[bool], stop_ids) -> bool:
+    """Whether the final trainable run (the last assistant turn) contains a stop token, e.g. ``<|im_end|>\\n``."""
+    end = max((i for i, keep in enumerate(trainable) if keep), default=-1)
+    start = end
+    while start > 0 and trainable[start - 1]:
+        start -= 1
+    return end >= 0 and any(t in stop_ids for t in ids[start : end + 1])
