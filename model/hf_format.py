@@ -1,0 +1,200 @@
+"""Hugging Face LLaMA/Mistral layout: config.json + (sharded) safetensors, q/k rows permuted for rotate_half."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from model.config import Llama3RopeScaling, ModelConfig
+from model.meta_format import atomic_write, write_json
+
+_TOP = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight", "lm_head.weight": "output.weight"}
+_BLOCK = {
+    "self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk", "self_attn.v_proj": "attention.wv",
+    "self_attn.o_proj": "attention.wo", "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2",
+    "mlp.up_proj": "feed_forward.w3", "input_layernorm": "attention_norm", "post_attention_layernorm": "ffn_norm",
+}  # fmt: skip
+_BLOCK_INV = {v: k for k, v in _BLOCK.items()}
+_TOP_INV = {v: k for k, v in _TOP.items()}
+_HF_BLOCK_RE = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
+_META_BLOCK_RE = re.compile(r"layers\.(\d+)\.(.+)\.weight")
+DROPPED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def config_from_hf(cfg: dict, name: str) -> ModelConfig:
+    """ModelConfig from an HF LLaMA/Mistral config.json dict."""
+    if cfg.get("model_type") not in ("llama", "mistral"):
+        raise ValueError(f"{name}: model_type {cfg.get('model_type')!r} is not supported (llama, mistral)")
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size") if k not in cfg]
+    if missing:
+        raise ValueError(f"{name}: config.json is missing {missing}")
+    dim, n_heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    if cfg.get("head_dim") not in (None, dim // n_heads):
+        raise ValueError(f"{name}: head_dim {cfg['head_dim']} != hidden_size / num_attention_heads is unsupported")
+    scaling = None
+    rs = cfg.get("rope_scaling")
+    if rs is not None:
+        kind = rs.get("rope_type", rs.get("type"))
+        if kind != "llama3":
+            raise ValueError(f"{name}: rope_scaling type {kind!r} is not supported (only llama3)")
+        scaling = Llama3RopeScaling(rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"], rs["original_max_position_embeddings"])
+    return ModelConfig(
+        name=cfg.get("_name_or_path") or name, dim=dim, n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
+        n_kv_heads=cfg.get("num_key_value_heads") or n_heads, vocab_size=cfg["vocab_size"],
+        ffn_dim=cfg["intermediate_size"], norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rope_theta=float(cfg.get("rope_theta", 10000.0)), rope_scaling=scaling,
+        max_seq_len=cfg.get("max_position_embeddings", 4096), sliding_window=cfg.get("sliding_window"),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+    )  # fmt: skip
+
+
+def hf_config_from(config: ModelConfig) -> dict:
+    cfg = {
+        "architectures": ["MistralForCausalLM" if config.sliding_window else "LlamaForCausalLM"],
+        "model_type": "mistral" if config.sliding_window else "llama",
+        "_name_or_path": config.name, "hidden_size": config.dim, "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads, "num_key_value_heads": config.n_kv_heads,
+        "head_dim": config.head_dim, "vocab_size": config.vocab_size, "intermediate_size": config.ffn_dim,
+        "rms_norm_eps": config.norm_eps, "rope_theta": config.rope_theta, "max_position_embeddings": config.max_seq_len,
+        "tie_word_embeddings": config.tie_embeddings, "hidden_act": "silu", "torch_dtype": "float32",
+    }  # fmt: skip
+    if config.sliding_window is not None:
+        cfg["sliding_window"] = config.sliding_window
+    if config.rope_scaling is not None:
+        s = config.rope_scaling
+        cfg["rope_scaling"] = {"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
+                               "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_max_seq_len}  # fmt: skip
+    return cfg
+
+
+def unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """HF rotate_half rows -> Meta interleaved rows: per head, (first half, second half) -> pairs."""
+    rows, cols = w.shape
+    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Meta interleaved rows -> HF rotate_half rows (inverse of `unpermute`)."""
+    rows, cols = w.shape
+    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def hf_to_meta_name(name: str) -> str | None:
+    if name in _TOP:
+        return _TOP[name]
+    m = _HF_BLOCK_RE.fullmatch(name)
+    if m and m.group(2) in _BLOCK:
+        return f"layers.{m.group(1)}.{_BLOCK[m.group(2)]}.weight"
+    return None
+
+
+def meta_to_hf_name(name: str) -> str:
+    if name in _TOP_INV:
+        return _TOP_INV[name]
+    m = _META_BLOCK_RE.fullmatch(name)
+    if not m or m.group(2) not in _BLOCK_INV:
+        raise ValueError(f"unknown Meta tensor name {name!r}")
+    return f"model.layers.{m.group(1)}.{_BLOCK_INV[m.group(2)]}.weight"
+
+
+def _qk_heads(meta_name: str, config: ModelConfig) -> int | None:
+    if meta_name.endswith("attention.wq.weight"):
+        return config.n_heads
+    if meta_name.endswith("attention.wk.weight"):
+        return config.n_kv_heads
+    return None
+
+
+def hf_to_meta(state: dict[str, torch.Tensor], config: ModelConfig, source: str = "HF checkpoint") -> dict[str, torch.Tensor]:
+    """Rename HF tensors to Meta names and un-permute q/k rows (kv heads for k)."""
+    out = {}
+    for name, w in state.items():
+        if name.endswith(DROPPED_SUFFIXES):
+            continue
+        meta = hf_to_meta_name(name)
+        if meta is None:
+            raise ValueError(f"{source}: unknown tensor name {name!r}")
+        heads = _qk_heads(meta, config)
+        out[meta] = unpermute(w, heads) if heads else w
+    return out
+
+
+def meta_to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Inverse of `hf_to_meta`; a tied output head is left out (HF ties it from embed_tokens)."""
+    out = {}
+    for name, w in state.items():
+        if name == "output.weight" and config.tie_embeddings:
+            continue
+        heads = _qk_heads(name, config)
+        out[meta_to_hf_name(name)] = permute(w, heads) if heads else w
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON ({err})") from err
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: no weight_map")
+        files = [path / f for f in sorted(set(weight_map.values()))]
+    else:
+        files = [path / "model.safetensors"]
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: missing safetensors file")
+    return files
+
+
+def read_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Config and Meta-named state dict of an HF LLaMA/Mistral directory (safetensors, sharded or not)."""
+    path = Path(path)
+    config = config_from_hf(_read_json(path / "config.json"), str(path))
+    state = {}
+    for f in _safetensors_files(path):
+        try:
+            with safe_open(f, framework="pt") as reader:
+                for key in reader.keys():
+                    state[key] = reader.get_tensor(key)
+        except Exception as err:
+            raise ValueError(f"{f}: cannot read safetensors ({err})") from err
+    return config, hf_to_meta(state, config, str(path))
+
+
+def write_hf_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: str | Path, max_shard_bytes: int = 5 << 30) -> None:
+    """config.json + model.safetensors, or model-NNNNN-of-NNNNN.safetensors + index above max_shard_bytes."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf = {k: v.detach().cpu().contiguous() for k, v in meta_to_hf(state, config).items()}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, value in hf.items():
+        nbytes = value.numel() * value.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = value
+        size += nbytes
+    n = len(shards)
+    names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    for name, shard in zip(names, shards):
+        atomic_write(out_dir / name, lambda tmp, s=shard: save_file(s, tmp, metadata={"format": "pt"}))
+    if n > 1:
+        index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in hf.values())},
+                 "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}  # fmt: skip
+        write_json(out_dir / "model.safetensors.index.json", index)
+    cfg = hf_config_from(config)
+    cfg["torch_dtype"] = str(next(iter(hf.values())).dtype).removeprefix("torch.")
+    write_json(out_dir / "config.json", cfg)

@@ -1,0 +1,188 @@
+"""Meta (LLaMA-2/3) and Mistral consolidated checkpoints: params.json <-> ModelConfig, shard merge/split."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file
+
+from model.config import Llama3RopeScaling, ModelConfig, meta_ffn_dim
+
+# Meta's model-parallel layout: column-parallel weights split rows, row-parallel weights split columns.
+_CAT_DIM0 = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3", "output")
+_CAT_DIM1 = ("attention.wo", "feed_forward.w2")
+_REPLICATED = ("attention_norm", "ffn_norm", "norm")
+DROPPED_KEYS = ("rope.freqs",)
+KNOWN_PARAMS = {
+    "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier", "norm_eps",
+    "rope_theta", "use_scaled_rope", "rope_scaling", "head_dim", "hidden_dim", "sliding_window", "max_seq_len",
+    "max_batch_size", "tie_embeddings", "name",
+}  # fmt: skip
+
+
+def config_from_params(params: dict, name: str, tokenizer_vocab: int | None = None) -> ModelConfig:
+    """ModelConfig from a Meta/Mistral params.json dict (vocab_size -1 takes the tokenizer's size)."""
+    unknown = sorted(set(params) - KNOWN_PARAMS)
+    if unknown:
+        raise ValueError(f"{name}: params.json has unknown keys {unknown}")
+    missing = [k for k in ("dim", "n_layers", "n_heads") if k not in params]
+    if "hidden_dim" not in params and "multiple_of" not in params:
+        missing.append("hidden_dim or multiple_of")
+    if missing:
+        raise ValueError(f"{name}: params.json is missing {missing}")
+    dim, n_heads = params["dim"], params["n_heads"]
+    if params.get("head_dim", dim // n_heads) * n_heads != dim:
+        raise ValueError(f"{name}: params.json head_dim {params['head_dim']} * n_heads {n_heads} != dim {dim}")
+    vocab = params.get("vocab_size", -1)
+    if vocab is None or vocab <= 0:
+        if tokenizer_vocab is None:
+            raise ValueError(f"{name}: params.json has vocab_size {vocab} and there is no tokenizer.model to take it from")
+        vocab = tokenizer_vocab
+    if "hidden_dim" in params:
+        ffn = params["hidden_dim"]
+    else:
+        ffn = meta_ffn_dim(dim, params["multiple_of"], params.get("ffn_dim_multiplier"))
+    scaling = None
+    if isinstance(params.get("rope_scaling"), dict):
+        scaling = Llama3RopeScaling(**params["rope_scaling"])
+    elif params.get("use_scaled_rope"):
+        scaling = Llama3RopeScaling()
+    theta = float(params.get("rope_theta", 10000.0))
+    window = params.get("sliding_window")
+    default_len = 131072 if scaling else 32768 if window else 8192 if theta >= 500000 else 4096
+    return ModelConfig(
+        name=params.get("name", name), dim=dim, n_layers=params["n_layers"], n_heads=n_heads,
+        n_kv_heads=params.get("n_kv_heads") or n_heads, vocab_size=vocab, ffn_dim=ffn,
+        norm_eps=float(params.get("norm_eps", 1e-5)), rope_theta=theta, rope_scaling=scaling,
+        max_seq_len=params.get("max_seq_len", default_len), sliding_window=window,
+        tie_embeddings=bool(params.get("tie_embeddings", False)),
+    )  # fmt: skip
+
+
+def params_from_config(config: ModelConfig) -> dict:
+    """params.json content that `config_from_params` reads back to the same config."""
+    params = dict(
+        name=config.name, dim=config.dim, n_layers=config.n_layers, n_heads=config.n_heads,
+        n_kv_heads=config.n_kv_heads, vocab_size=config.vocab_size, hidden_dim=config.ffn_dim,
+        head_dim=config.head_dim, norm_eps=config.norm_eps, rope_theta=config.rope_theta,
+        max_seq_len=config.max_seq_len,
+    )  # fmt: skip
+    if config.rope_scaling is not None:
+        params["rope_scaling"] = vars(config.rope_scaling).copy()
+    if config.sliding_window is not None:
+        params["sliding_window"] = config.sliding_window
+    if config.tie_embeddings:
+        params["tie_embeddings"] = True
+    return params
+
+
+def _module_of(key: str) -> str:
+    """'layers.3.attention.wq.weight' -> 'attention.wq'; 'output.weight' -> 'output'."""
+    parts = key.split(".")
+    return ".".join(parts[2:-1] if parts[0] == "layers" else parts[:-1])
+
+
+def merge_shards(shards: list[dict[str, torch.Tensor]], dim: int) -> dict[str, torch.Tensor]:
+    """One state dict from Meta model-parallel shards (`dim` = model width, to tell the embedding axis)."""
+    if len(shards) == 1:
+        return {k: v for k, v in shards[0].items() if k not in DROPPED_KEYS}
+    keys = [k for k in shards[0] if k not in DROPPED_KEYS]
+    for i, shard in enumerate(shards[1:], 1):
+        if set(shard) - set(DROPPED_KEYS) != set(keys):
+            raise ValueError(f"shard {i} has different tensor names than shard 0")
+    merged = {}
+    for key in keys:
+        parts, module = [s[key] for s in shards], _module_of(key)
+        if module in _REPLICATED:
+            merged[key] = parts[0]
+        elif module == "tok_embeddings":  # LLaMA-2 splits the width, LLaMA-3 the vocabulary
+            merged[key] = torch.cat(parts, dim=0 if parts[0].shape[1] == dim else 1)
+        elif module in _CAT_DIM0:
+            merged[key] = torch.cat(parts, dim=0)
+        elif module in _CAT_DIM1:
+            merged[key] = torch.cat(parts, dim=1)
+        else:
+            raise ValueError(f"unknown tensor name {key!r} in Meta shards")
+    return merged
+
+
+def split_shards(state: dict[str, torch.Tensor], n: int, embedding_dim: int) -> list[dict[str, torch.Tensor]]:
+    """Inverse of `merge_shards`: n model-parallel shards, embeddings split along `embedding_dim` (1: LLaMA-2)."""
+    shards: list[dict[str, torch.Tensor]] = [{} for _ in range(n)]
+    for key, value in state.items():
+        module = _module_of(key)
+        if module in _REPLICATED:
+            parts = [value] * n
+        else:
+            axis = embedding_dim if module == "tok_embeddings" else 1 if module in _CAT_DIM1 else 0
+            parts = value.chunk(n, dim=axis)
+        for shard, part in zip(shards, parts):
+            shard[key] = part.clone()
+    return shards
+
+
+def _load_pth(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: cannot read checkpoint ({err})") from err
+
+
+def read_meta_dir(path: str | Path, tokenizer_vocab: int | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Config and merged state dict (mmapped where possible) of a Meta or Mistral checkpoint directory."""
+    path = Path(path)
+    params_file = path / "params.json"
+    if not params_file.is_file():
+        raise FileNotFoundError(f"{params_file}: missing (a Meta/Mistral checkpoint needs params.json)")
+    try:
+        params = json.loads(params_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{params_file}: invalid JSON ({err})") from err
+    config = config_from_params(params, str(params_file), tokenizer_vocab)
+    pth = sorted(path.glob("consolidated.*.pth"))
+    safetensors = path / "consolidated.safetensors"
+    if pth:
+        state = merge_shards([_load_pth(p) for p in pth], config.dim)
+    elif safetensors.is_file():
+        try:
+            state = load_file(safetensors)
+        except Exception as err:
+            raise ValueError(f"{safetensors}: cannot read checkpoint ({err})") from err
+        state = {k: v for k, v in state.items() if k not in DROPPED_KEYS}
+    else:
+        raise FileNotFoundError(f"{path}: no consolidated.NN.pth or consolidated.safetensors")
+    return config, state
+
+
+def write_meta_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: str | Path, n_shards: int = 1,
+                   embedding_dim: int = 1) -> None:  # fmt: skip
+    """Write params.json + consolidated.NN.pth (each file atomically)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.tie_embeddings:
+        state = {k: v for k, v in state.items() if k != "output.weight"}
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    shards = [state] if n_shards == 1 else split_shards(state, n_shards, embedding_dim)
+    for i, shard in enumerate(shards):
+        atomic_write(out_dir / f"consolidated.{i:02d}.pth", lambda tmp, s=shard: torch.save(s, tmp))
+    write_json(out_dir / "params.json", params_from_config(config))
+
+
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Call write(temp_path) for a temporary file next to `path`, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, content: dict) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(content, indent=2)))
