@@ -1,7 +1,7 @@
 """Data: readers, prompt templates, loss masking, packing, the real-asset cache."""
 from data.dataset import TokenizedDataset, build_dataset
 from data.loader import BatchLoader
-from data.records import read_records
+from data.records import load_records
 from data.templates import alpaca_prompt
 from data.tokenize import IGNORE_INDEX, tokenize_record
 
@@ -13,7 +13,7 @@ __all__ = [
     "build_commonsense",
     "build_dataset",
     "heldout_doc_ids",
-    "read_records",
+    "load_records",
     "tokenize_record",
 ]
 

@@ -160,7 +160,7 @@ def read_text(path: Path) -> list[dict]:
 READERS = {".json": read_json, ".jsonl": read_jsonl, ".txt": read_text}
 
 
-def read_records(path: str | Path) -> list[dict]:
+def load_records(path: str | Path) -> list[dict]:
     """Records of a ``.json``, ``.jsonl`` or ``.txt`` file (format from the extension, kind from content)."""
     path = Path(path)
     if not path.is_file():

@@ -6,8 +6,10 @@ positions hold ``IGNORE_INDEX``. Each segment is encoded on its own, so the mask
 - ``instruction``: bos + template prompt + output + eos (template "alpaca" or "chat").
 - ``text2text``: bos + input + output + eos (LMFlow text2text: no template).
 - ``text``: bos + text + eos, all trainable.
-- ``chat``: bos + the conversation in the tokenizer's chat template; assistant turns (with their closing
-  marker) are trainable. eos is appended only if the last turn does not already end with a stop token.
+- ``chat``: bos + the conversation in the tokenizer's chat template (special-token strings of the rendered
+  template become their ids via ``encode_special`` when the tokenizer has it); assistant turns, with their
+  closing marker, are trainable. eos is appended only if the last turn holds no stop token. A template
+  that already starts with bos (LLaMA-2/3) gets no second one.
 """
 from __future__ import annotations
 
@@ -34,16 +36,19 @@ def record_segments(record: dict, template: str = "alpaca", chat_template: str |
 def tokenize_record(tokenizer, record: dict, mask_prompt: bool = True, template: str = "alpaca") -> tuple[list[int], list[int]]:
     """``(input_ids, labels)`` of one record; labels are ``IGNORE_INDEX`` on the prompt if ``mask_prompt``."""
     chat_template = getattr(tokenizer, "chat_template", None)
+    rendered_chat = record_kind(record) == "chat" or (record_kind(record) == "instruction" and template == "chat")
+    # A rendered chat holds the template's special-token strings; everything else is encoded literally.
+    encode = getattr(tokenizer, "encode_special", tokenizer.encode) if rendered_chat else tokenizer.encode
     ids: list[int] = []
     trainable: list[bool] = []
     for text, is_response in record_segments(record, template, chat_template):
-        piece = tokenizer.encode(text)
+        piece = encode(text)
         ids += piece
         trainable += [is_response] * len(piece)
     if tokenizer.bos_id is not None and (not ids or ids[0] != tokenizer.bos_id):
         ids.insert(0, tokenizer.bos_id)
         trainable.insert(0, False)
-    if record_kind(record) != "chat" or not _turn_has_stop(ids, trainable, tokenizer.stop_ids):
+    if not rendered_chat or not _turn_has_stop(ids, trainable, tokenizer.stop_ids):
         ids.append(tokenizer.eos_id)
         trainable.append(True)
     labels = [t if keep or not mask_prompt else IGNORE_INDEX for t, keep in zip(ids, trainable)]

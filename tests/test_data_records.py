@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from data.records import read_records
+from data.records import load_records
 
 INSTRUCTIONS = [
     {"instruction": "Add 2 and 3.", "input": "", "output": "5"},
@@ -23,9 +23,9 @@ def write(tmp_path, name, content):
 
 
 def test_alpaca_json_and_jsonl_give_the_same_records(tmp_path):
-    from_json = read_records(write(tmp_path, "a.json", INSTRUCTIONS))
+    from_json = load_records(write(tmp_path, "a.json", INSTRUCTIONS))
     jsonl = "\n".join(json.dumps(r) for r in INSTRUCTIONS) + "\n\n"
-    from_jsonl = read_records(write(tmp_path, "a.jsonl", jsonl))
+    from_jsonl = load_records(write(tmp_path, "a.jsonl", jsonl))
     assert from_json == from_jsonl
     assert from_json[0] == INSTRUCTIONS[0]
     assert from_json[1]["answer"] == "cat"
@@ -35,31 +35,31 @@ def test_alpaca_json_and_jsonl_give_the_same_records(tmp_path):
 def test_commonsense_metadata_is_kept(tmp_path):
     record = {"instruction": "q", "input": "", "output": "the correct answer is true", "answer": "true",
               "task": "boolq", "doc_id": 7}
-    assert read_records(write(tmp_path, "c.json", [record])) == [record]
+    assert load_records(write(tmp_path, "c.json", [record])) == [record]
 
 
 def test_lmflow_text_only_and_text2text(tmp_path):
     text_only = {"type": "text_only", "instances": [{"text": "one"}, {"text": "two"}]}
-    assert read_records(write(tmp_path, "t.json", text_only)) == [{"text": "one"}, {"text": "two"}]
+    assert load_records(write(tmp_path, "t.json", text_only)) == [{"text": "one"}, {"text": "two"}]
     t2t = {"type": "text2text", "instances": [{"input": "2+2=", "output": "4"}]}
-    assert read_records(write(tmp_path, "tt.json", t2t)) == [{"input": "2+2=", "output": "4"}]
+    assert load_records(write(tmp_path, "tt.json", t2t)) == [{"input": "2+2=", "output": "4"}]
 
 
 def test_chat_messages(tmp_path):
-    assert read_records(write(tmp_path, "chat.jsonl", json.dumps(CHAT[0]))) == CHAT
+    assert load_records(write(tmp_path, "chat.jsonl", json.dumps(CHAT[0]))) == CHAT
 
 
 def test_plain_text_is_split_into_paragraphs(tmp_path):
     text = "First paragraph\nstill first.\n\n\n  \nSecond one.\n\nThird.\n"
-    records = read_records(write(tmp_path, "doc.txt", text))
+    records = load_records(write(tmp_path, "doc.txt", text))
     assert records == [{"text": "First paragraph\nstill first."}, {"text": "Second one."}, {"text": "Third."}]
-    assert read_records(write(tmp_path, "one.txt", "no blank\nlines here")) == [{"text": "no blank\nlines here"}]
+    assert load_records(write(tmp_path, "one.txt", "no blank\nlines here")) == [{"text": "no blank\nlines here"}]
 
 
 def test_unknown_fields_warn_once_with_their_names_and_are_dropped(tmp_path):
     raw = [{"instruction": "a", "output": "b", "id": 1}, {"instruction": "c", "output": "d", "source": "x", "id": 2}]
     with pytest.warns(UserWarning, match=r"'id' \(first in record 0\), 'source' \(first in record 1\)") as caught:
-        records = read_records(write(tmp_path, "extra.json", raw))
+        records = load_records(write(tmp_path, "extra.json", raw))
     assert len(caught) == 1
     assert records[1] == {"instruction": "c", "input": "", "output": "d"}
 
@@ -88,13 +88,13 @@ def test_unknown_fields_warn_once_with_their_names_and_are_dropped(tmp_path):
 )
 def test_bad_data_names_file_and_record(tmp_path, name, content, message):
     with pytest.raises(ValueError, match=message):
-        read_records(write(tmp_path, name, content))
+        load_records(write(tmp_path, name, content))
 
 
 def test_missing_file_and_bad_encoding(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.json: no such data file"):
-        read_records(tmp_path / "nope.json")
+        load_records(tmp_path / "nope.json")
     path = tmp_path / "latin.txt"
     path.write_bytes(b"caf\xe9\n")
     with pytest.raises(ValueError, match=r"latin\.txt: not UTF-8"):
-        read_records(path)
+        load_records(path)
