@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 
-from optim.projector import PROJ_SOURCES, PROJ_TYPES, SVD_METHODS, Projection, compute_projection
+from optim.projector import PROJ_SOURCES, PROJ_TYPES, SIDES, SVD_METHODS, Projection, compute_projection
 
 GALORE_DEFAULTS = dict(
     rank=None,
@@ -141,7 +141,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
         if group["reproject_moments"] and "exp_avg" in state:
             # M <- P_new^T P_old M: carry the first moment into the new subspace (v has no linear analogue).
             state["exp_avg"] = new.project(_stored_projection(state).project_back(state["exp_avg"]))
-        state["proj_side"] = new.side
+        state["proj_side"] = SIDES.index(new.side)  # an int: load_state_dict would mangle a str
         for key, basis in (("proj_u", new.u), ("proj_vh", new.vh)):
             if basis is None:
                 state.pop(key, None)
@@ -150,4 +150,4 @@ class GaLoreAdamW(torch.optim.Optimizer):
 
 
 def _stored_projection(state: dict) -> Projection:
-    return Projection(state["proj_side"], state.get("proj_u"), state.get("proj_vh"))
+    return Projection(SIDES[state["proj_side"]], state.get("proj_u"), state.get("proj_vh"))

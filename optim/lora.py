@@ -11,13 +11,17 @@ from torch import Tensor, nn
 LORA_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
 
+def _check_lora_args(rank: int, dropout: float) -> None:
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"LoRA rank must be a positive int, got {rank!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"LoRA dropout must lie in [0, 1), got {dropout}")
+
+
 class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
         super().__init__()
-        if not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"LoRA rank must be a positive int, got {rank!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"LoRA dropout must lie in [0, 1), got {dropout}")
+        _check_lora_args(rank, dropout)
         self.base = base
         self.rank, self.alpha = rank, alpha
         self.scaling = alpha / rank
@@ -71,6 +75,7 @@ def apply_lora(
 ) -> list[nn.Parameter]:
     """Wrap every nn.Linear child named in `targets` with a LoRALinear, freeze all other parameters and
     return the adapter parameters (A, B per wrapped linear)."""
+    _check_lora_args(rank, dropout)
     found = _matching_linears(model, tuple(targets))
     if not found:
         raise ValueError(f"no nn.Linear named any of {tuple(targets)} in {type(model).__name__}")

@@ -17,6 +17,7 @@ from torch import Tensor
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
 SVD_METHODS = ("exact", "randomized")
 PROJ_SOURCES = ("svd", "random")
+SIDES = ("left", "right", "full")
 
 
 def projection_side(shape: tuple[int, ...] | torch.Size, proj_type: str) -> str:

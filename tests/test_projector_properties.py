@@ -1,0 +1,186 @@
+"""Property tests of the GaLore projection math (SPEC.md §3) over random shapes, ranks, types, scales."""
+from unittest import mock
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import optim.galore_adamw as galore_adamw
+from optim import GaLoreAdamW, compute_projection, projection_side
+from optim.projector import PROJ_TYPES
+
+SETTINGS = settings(max_examples=40, deadline=None)
+dims = st.integers(1, 12)
+proj_types = st.sampled_from(PROJ_TYPES)
+svds = st.sampled_from(["exact", "randomized"])
+seeds = st.integers(0, 2**31 - 1)
+
+
+def _randn(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@st.composite
+def cases(draw, with_svd=True):
+    """(G, rank, proj_type, svd); rank covers below, at and above min(m, n)."""
+    m, n = draw(dims), draw(dims)
+    rank = draw(st.integers(1, min(m, n) + 3))
+    svd = draw(svds) if with_svd else "exact"
+    return _randn(m, n, seed=draw(seeds)), rank, draw(proj_types), svd
+
+
+def _roundtrip(projection, x):
+    return projection.project_back(projection.project(x))
+
+
+def _sq(x):
+    return float(x.double().pow(2).sum())
+
+
+def _tol(*tensors):
+    return 1e-4 * (1.0 + sum(_sq(t) for t in tensors))
+
+
+@SETTINGS
+@given(cases())
+def test_shapes_follow_the_stored_side(case):
+    g, rank, proj_type, svd = case
+    m, n = g.shape
+    r = min(rank, m, n)
+    p = compute_projection(g, rank, proj_type, svd=svd)
+    assert p.side == projection_side(g.shape, proj_type)
+    expected_low = {"left": (r, n), "right": (m, r), "full": (r, r)}[p.side]
+    assert p.project(g).shape == expected_low
+    assert p.project_back(p.project(g)).shape == (m, n)
+    assert (p.u is None) == (p.side == "right") and (p.vh is None) == (p.side == "left")
+    if p.u is not None:
+        assert p.u.shape == (m, r)
+    if p.vh is not None:
+        assert p.vh.shape == (r, n)
+
+
+@SETTINGS
+@given(cases())
+def test_bases_are_orthonormal(case):
+    g, rank, proj_type, svd = case
+    p = compute_projection(g, rank, proj_type, svd=svd)
+    for gram in ([p.u.mT @ p.u] if p.u is not None else []) + ([p.vh @ p.vh.mT] if p.vh is not None else []):
+        torch.testing.assert_close(gram, torch.eye(gram.shape[0]), atol=1e-5, rtol=0)
+
+
+@SETTINGS
+@given(cases(with_svd=False), seeds)
+def test_roundtrip_is_the_best_rank_r_approximation(case, seed):
+    g, rank, proj_type, _ = case
+    m, n = g.shape
+    r = min(rank, m, n)
+    singular = torch.linalg.svdvals(g.double())
+    residual = _sq(g - _roundtrip(compute_projection(g, rank, proj_type), g))
+    optimum = float(singular[r:].pow(2).sum())
+    assert abs(residual - optimum) <= _tol(g)
+    # Eckart-Young: no other rank-r' matrix gets closer, neither a random product nor a random subspace.
+    other = _randn(m, r, seed=seed) @ _randn(r, n, seed=seed + 1)
+    assert _sq(g - other) >= residual - _tol(g)
+    q = torch.linalg.qr(_randn(m, r, seed=seed + 2)).Q
+    assert _sq(g - q @ q.mT @ g) >= residual - _tol(g)
+
+
+@SETTINGS
+@given(cases(), seeds)
+def test_roundtrip_is_an_orthogonal_projector(case, seed):
+    """Idempotent, self-adjoint, Pythagoras and norm never grows, for any X once P is fixed."""
+    g, rank, proj_type, svd = case
+    p = compute_projection(g, rank, proj_type, svd=svd)
+    x, y = _randn(*g.shape, seed=seed), _randn(*g.shape, seed=seed + 1)
+    px, py = _roundtrip(p, x), _roundtrip(p, y)
+    torch.testing.assert_close(_roundtrip(p, px), px, atol=1e-5, rtol=1e-4)
+    assert abs(float((px * y).sum()) - float((x * py).sum())) <= _tol(x, y)
+    assert abs(_sq(x) - _sq(px) - _sq(x - px)) <= _tol(x)
+    assert _sq(px) <= _sq(x) + _tol(x)
+
+
+@SETTINGS
+@given(cases(), seeds, st.floats(-3, 3), st.floats(-3, 3), st.floats(0.05, 4.0))
+def test_linear_for_fixed_projection_and_scale_is_linear(case, seed, a, b, scale):
+    g, rank, proj_type, svd = case
+    p = compute_projection(g, rank, proj_type, svd=svd)
+    x, y = _randn(*g.shape, seed=seed), _randn(*g.shape, seed=seed + 1)
+    torch.testing.assert_close(p.project(a * x + b * y), a * p.project(x) + b * p.project(y), atol=1e-4, rtol=1e-4)
+    low = p.project(x)
+    torch.testing.assert_close(p.project_back(low, scale), scale * p.project_back(low), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        p.project_back(a * low, scale), a * p.project_back(low, scale), atol=1e-4, rtol=1e-4
+    )
+
+
+@SETTINGS
+@given(cases(), st.integers(0, 3))
+def test_rank_at_least_min_dim_is_identity(case, extra):
+    g, _, proj_type, svd = case
+    rank = min(g.shape) + extra
+    p = compute_projection(g, rank, proj_type, svd=svd)
+    torch.testing.assert_close(_roundtrip(p, g), g, atol=1e-4, rtol=1e-4)
+
+
+@SETTINGS
+@given(dims, dims, st.integers(1, 12), seeds, proj_types, svds)
+def test_rank_deficient_gradient_is_reconstructed_exactly(m, n, rank, seed, proj_type, svd):
+    r = min(rank, m, n)
+    inner = int(torch.randint(1, r + 1, (1,), generator=torch.Generator().manual_seed(seed)))
+    g = _randn(m, inner, seed=seed) @ _randn(inner, n, seed=seed + 1)
+    p = compute_projection(g, rank, proj_type, svd=svd)
+    torch.testing.assert_close(_roundtrip(p, g), g, atol=1e-4, rtol=1e-4)
+
+
+@SETTINGS
+@given(dims, dims, st.integers(1, 12), proj_types, svds, st.sampled_from(["svd", "random"]))
+def test_zero_gradient_gives_zero_update_and_finite_projection(m, n, rank, proj_type, svd, source):
+    g = torch.zeros(m, n)
+    p = compute_projection(g, rank, proj_type, svd=svd, source=source)
+    for basis in (p.u, p.vh):
+        assert basis is None or torch.isfinite(basis).all()
+    assert torch.equal(p.project_back(p.project(g), 0.5), torch.zeros(m, n))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 5), seeds)
+def test_refresh_count_after_k_steps_is_ceil_k_over_gap(k, gap, seed):
+    w = torch.nn.Parameter(_randn(5, 3, seed=seed))
+    opt = GaLoreAdamW([{"params": [w], "rank": 2, "update_proj_gap": gap}], lr=1e-2)
+    with mock.patch.object(galore_adamw, "compute_projection", wraps=galore_adamw.compute_projection) as spy:
+        for i in range(k):
+            w.grad = _randn(5, 3, seed=seed + i)
+            opt.step()
+    assert spy.call_count == -(-k // gap)
+    assert opt.state[w]["step"] == k
+
+
+@SETTINGS
+@given(st.integers(1, 8), st.integers(0, 6), st.integers(0, 4), seeds)
+def test_reverse_std_on_wide_matrix_with_rank_at_least_rows(m, extra_cols, extra_rank, seed):
+    """The original reverse_std crashed here; with the side stored it is a plain right projection."""
+    n = m + 1 + extra_cols
+    g = _randn(m, n, seed=seed)
+    p = compute_projection(g, m + extra_rank, "reverse_std")
+    assert p.side == "right" and p.project(g).shape == (m, m)
+    torch.testing.assert_close(_roundtrip(p, g), g, atol=1e-4, rtol=1e-4)
+    w = torch.nn.Parameter(torch.zeros(m, n))
+    w.grad = g
+    GaLoreAdamW([{"params": [w], "rank": m + extra_rank, "proj_type": "reverse_std"}], lr=0.1).step()
+    assert torch.isfinite(w).all() and w.abs().sum() > 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(24, 64), st.integers(24, 64), st.integers(1, 8), st.floats(0.3, 3.0), seeds)
+def test_randomized_svd_captures_optimal_energy_on_decaying_spectrum(m, n, rank, decay, seed):
+    """G = U diag(s) V^T with s_i = (i+1)^-decay, like a gradient; the randomized basis keeps >= 99 %
+    of the energy the exact top-r subspace keeps."""
+    k = min(m, n)
+    u = torch.linalg.qr(_randn(m, k, seed=seed)).Q
+    v = torch.linalg.qr(_randn(n, k, seed=seed + 1)).Q
+    s = torch.arange(1, k + 1, dtype=torch.float32).pow(-decay)
+    g = u * s @ v.mT
+    optimal = float(s[:rank].pow(2).sum())
+    for proj_type in ("std", "reverse_std"):
+        p = compute_projection(g, rank, proj_type, svd="randomized", seed=seed)
+        assert _sq(p.project(g)) >= 0.99 * optimal
