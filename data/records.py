@@ -6,7 +6,8 @@ Record kinds (every record of one file has the same kind):
   files may also carry ``answer``; our commonsense builder adds ``task`` and ``doc_id``.
 - ``text``: ``{"text"}``; LMFlow ``{"type": "text_only", "instances": [...]}`` and plain ``.txt`` files.
 - ``text2text``: ``{"input", "output"}``; LMFlow ``{"type": "text2text", "instances": [...]}``.
-- ``chat``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``.
+- ``chat``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``: an optional
+  system message first, then user and assistant turns alternating, at least one assistant turn.
 
 File formats: ``.json`` (a list of records, or an LMFlow object), ``.jsonl`` (one record per line; blank
 lines are skipped) and ``.txt`` (one ``text`` record per paragraph; paragraphs are separated by one or more
@@ -58,6 +59,12 @@ def _check_messages(messages: object) -> None:
             raise ValueError(f"message {i} has role {message['role']!r}; expected one of {ROLES}")
         if not isinstance(message["content"], str):
             raise ValueError(f"message {i} content must be a string")
+    first = 1 if messages[0]["role"] == "system" else 0
+    for i in range(first, len(messages)):
+        expected = ("user", "assistant")[(i - first) % 2]
+        if messages[i]["role"] != expected:
+            raise ValueError(f"message {i} has role {messages[i]['role']!r}, expected {expected!r} "
+                             "(an optional system message first, then alternating user/assistant)")
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError("conversation has no assistant message to train on")
 

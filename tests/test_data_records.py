@@ -82,6 +82,8 @@ def test_unknown_fields_warn_once_with_their_names_and_are_dropped(tmp_path):
         ("lmflow2.json", {"type": "text_only", "instances": [{"input": "a", "output": "b"}]}, r"lmflow2\.json: LMFlow type 'text_only' holds 'text2text'"),
         ("role.json", [{"messages": [{"role": "bot", "content": "x"}]}], r"role\.json: record 0: message 0 has role 'bot'"),
         ("noasst.json", [{"messages": [{"role": "user", "content": "x"}]}], r"noasst\.json: record 0: conversation has no assistant"),
+        ("order.json", [{"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]}],
+         r"order\.json: record 0: message 1 has role 'system', expected 'assistant'"),
         ("docid.json", [{"instruction": "a", "output": "b", "doc_id": -1}], r"docid\.json: record 0: field 'doc_id'"),
         ("data.csv", "a,b\n", r"data\.csv: unknown data file extension '\.csv'"),
     ],

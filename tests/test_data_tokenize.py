@@ -138,3 +138,60 @@ def test_dataset_rows_are_long_tensors():
     assert ds.input_ids.dtype == ds.labels.dtype == torch.long and ds.seq_len == 5
     ids, labels = ds[0]
     assert ids.tolist() == [256, 97, 98, 99, 100]
+
+
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "user", "content": "Bye"},
+    {"role": "assistant", "content": "Bye!"},
+]
+
+
+def test_chat_trains_only_on_assistant_turns():
+    ids, labels = tokenize_record(TOK, {"messages": CONVERSATION})
+    prompt, trained = masked_text(ids, labels)
+    # No stop token inside the byte tokenizer's turns, so eos is appended after the last one.
+    assert trained == "Hello.<|im_end|>\nBye!<|im_end|>\n" and labels[-1] == TOK.eos_id
+    assert prompt == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        "<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # The trained spans sit where the conversation puts them: ids are the rendered text in order.
+    assert TOK.decode(ids) == prompt[:-len("<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n")] + \
+        "Hello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\nBye!<|im_end|>\n"
+
+
+def test_instruction_with_chat_template():
+    ids, labels = tokenize_record(TOK, {"instruction": "Q?", "input": "ctx", "output": "A"}, template="chat")
+    assert masked_text(ids, labels) == ("<|im_start|>user\nQ?\n\nctx<|im_end|>\n<|im_start|>assistant\n", "A<|im_end|>\n")
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    from data.assets import asset_path
+    from model.tokenizer import tokenizer_from_gguf
+
+    return tokenizer_from_gguf(asset_path("smollm2-135m"))
+
+
+def test_real_smollm2_tokenizer(smollm2_tokenizer):
+    from model.chat import encode_chat
+
+    tok = smollm2_tokenizer
+    record = {"instruction": "Please answer ... question: is it?\n\nAnswer format: true/false", "input": "",
+              "output": "the correct answer is true"}
+    ids, labels = tokenize_record(tok, record)
+    trained = [l for l in labels if l != M]
+    assert tok.bos_id is None and ids[0] != M  # SmolLM2 adds no bos
+    assert trained[-1] == tok.eos_id and tok.decode(trained[:-1]) == "the correct answer is true"
+    assert tok.decode([i for i, l in zip(ids, labels) if l == M]) == alpaca_prompt(record["instruction"])
+    # Chat: the ids are exactly the model's own chat encoding; its turn end <|im_end|> stops, so no extra eos.
+    ids, labels = tokenize_record(tok, {"messages": CONVERSATION})
+    assert ids == encode_chat(tok, CONVERSATION, add_generation_prompt=False)
+    trained = [l for l in labels if l != M]
+    assert tok.decode(trained, skip_special=False) == "Hello.<|im_end|>\nBye!<|im_end|>\n"
+    ds = build_dataset([record, {"messages": CONVERSATION}], tok, seq_len=128, pack=False)
+    assert len(ds) == 2 and ds.stats["truncated"] == 0
+    assert ds.input_ids[1, : len(ids)].tolist() == ids and (ds.input_ids[1, len(ids):] == tok.pad_id).all()
