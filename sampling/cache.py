@@ -1,0 +1,126 @@
+"""The outlier-ratio cache: a JSON file tied to the weights, M and calibration set it was computed with.
+
+The weight fingerprint hashes, per parameter, its name and shape, a fixed strided sample of 1024
+values and an exact integer checksum of all its values (the bf16 bit patterns summed as int64). Values
+are taken at bf16 precision, so an fp32 and a bf16 load of the same checkpoint agree, while any
+changed weight changes the checksum. A cache whose fingerprint, M, model name or calibration tokens
+differ from the current ones is stale and refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from sampling.calibration import describe
+from sampling.outliers import outlier_ratios
+
+SAMPLE = 1024
+CHUNK = 1 << 24
+
+
+class StaleCacheError(ValueError):
+    """The cache was computed for other weights, another M, model name or calibration set."""
+
+
+def weight_fingerprint(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        if any("lora" in part.lower() for part in name.split(".")):
+            continue
+        flat = param.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // SAMPLE)][:SAMPLE].to(torch.bfloat16).view(torch.int16)
+        checksum = sum(int(c.to(torch.bfloat16).view(torch.int16).sum(dtype=torch.int64)) for c in flat.split(CHUNK))
+        digest.update(f"{name}:{tuple(param.shape)}:{checksum};".encode())
+        digest.update(sample.cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: str | Path, record: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1, allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_cache(path: str | Path) -> dict:
+    """The cache record, validated for shape; a clear error for a missing or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no outlier-ratio cache")
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: corrupt outlier-ratio cache ({err})") from None
+    keys = ("model_name", "fingerprint", "M", "calibration", "ratios")
+    if not isinstance(record, dict) or any(k not in record for k in keys):
+        raise ValueError(f"{path}: not an outlier-ratio cache (needs keys {', '.join(keys)})")
+    ratios = record["ratios"]
+    if not isinstance(ratios, list) or not all(isinstance(r, (int, float)) and math.isfinite(r) and r >= 0 for r in ratios):
+        raise ValueError(f"{path}: 'ratios' must be a list of finite non-negative numbers")
+    return record
+
+
+def cached_ratios(path: str | Path, model: nn.Module, model_name: str, M: float,
+                  calibration: dict | None = None) -> list[float]:
+    """Ratios from the cache if it matches this model, M and (when given) calibration; else StaleCacheError."""
+    record = read_cache(path)
+    checks = [("model name", record["model_name"], model_name), ("M", float(record["M"]), float(M)),
+              ("number of blocks", len(record["ratios"]), len(model.layers))]
+    if calibration is not None:
+        checks.append(("calibration tokens", record["calibration"].get("tokens_sha256"), calibration["tokens_sha256"]))
+    for what, cached, current in checks:
+        if cached != current:
+            raise StaleCacheError(f"{path}: stale outlier-ratio cache: {what} is {cached!r} there but {current!r} now")
+    if record["fingerprint"] != weight_fingerprint(model):
+        raise StaleCacheError(f"{path}: stale outlier-ratio cache: the model weights changed since it was written")
+    return [float(r) for r in record["ratios"]]
+
+
+def make_record(model: nn.Module, model_name: str, M: float, calibration: dict, ratios: list[float], **extra) -> dict:
+    return {"model_name": model_name, "fingerprint": weight_fingerprint(model), "M": float(M),
+            "calibration": calibration, "ratios": [float(r) for r in ratios], **extra}
+
+
+def load_or_compute_ratios(model: nn.Module, model_name: str, calibration_batches: Iterable[torch.Tensor] | None,
+                           M: float, cache_path: str | Path, calibration_source: str = "batches given in Python",
+                           on_stale: str = "recompute") -> list[float]:
+    """Cached D_l when the cache matches; otherwise compute them and (re)write the cache.
+
+    With `calibration_batches=None` any calibration set in the cache is accepted, but nothing can be
+    recomputed. `on_stale="error"` raises StaleCacheError instead of recomputing.
+    """
+    if on_stale not in ("recompute", "error"):
+        raise ValueError(f"on_stale must be 'recompute' or 'error', got {on_stale!r}")
+    windows = None if calibration_batches is None else list(calibration_batches)
+    calibration = None
+    if windows is not None:
+        if not windows:
+            raise ValueError("calibration_batches is empty")
+        calibration = describe(windows, calibration_source, seed=None)
+    if Path(cache_path).is_file():
+        try:
+            return cached_ratios(cache_path, model, model_name, M, calibration)
+        except StaleCacheError as err:
+            if on_stale == "error" or windows is None:
+                raise
+            print(f"{err}; recomputing", file=sys.stderr)
+    elif windows is None:
+        raise FileNotFoundError(f"{cache_path}: no outlier-ratio cache and no calibration batches to compute one")
+    ratios = outlier_ratios(model, windows, M)
+    write_json_atomic(cache_path, make_record(model, model_name, M, calibration, ratios))
+    return ratios

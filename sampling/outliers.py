@@ -1,0 +1,202 @@
+"""Layerwise outlier ratios D_l from calibration activations (OWL's metric, SPEC.md §1.1).
+
+For each linear of a decoder block, a forward pre-hook keeps the fp32 sum of squares of every input
+feature over all calibration tokens, so ||X_j||_2 = sqrt(sum_sq_j). The Wanda score of a weight is
+A_ij = |W_ij| * ||X_j||_2; per block the scores of all its linears are pooled and
+D_l = 100 * count(A > M * mean(A)) / numel(A).
+
+Command line: `python -m sampling.outliers --model SOURCE [--calib FILE] --M 13 --out scores.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+
+def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
+    """The nn.Linear modules of a block by name, leaving out adapters (LoRA A/B)."""
+    return {name: m for name, m in block.named_modules()
+            if isinstance(m, nn.Linear) and not any("lora" in part.lower() for part in name.split("."))}
+
+
+def wanda_scores(weight: Tensor, input_sum_sq: Tensor) -> Tensor:
+    """A_ij = |W_ij| * ||X_j||_2 in fp32 (j indexes in_features)."""
+    if weight.dim() != 2 or input_sum_sq.shape != (weight.shape[1],):
+        raise ValueError(f"weight {tuple(weight.shape)} and input norms {tuple(input_sum_sq.shape)} do not match")
+    return weight.detach().float().abs() * input_sum_sq.float().sqrt().to(weight.device)
+
+
+def outlier_ratio(scores: list[Tensor], M: float) -> float:
+    """Percent of the pooled scores above M times their pooled mean."""
+    _check_M(M)
+    numel = sum(s.numel() for s in scores)
+    if numel == 0:
+        raise ValueError("no scores to pool")
+    mean = sum(s.sum(dtype=torch.float64).item() for s in scores) / numel
+    count = sum(int((s > M * mean).sum()) for s in scores)
+    return 100.0 * count / numel
+
+
+def _check_M(M: float) -> None:
+    if not (isinstance(M, (int, float)) and math.isfinite(M) and M > 0):
+        raise ValueError(f"M must be a positive finite number, got {M!r}")
+
+
+def _check_batch(tokens: Tensor, vocab_size: int | None) -> None:
+    if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int):
+        raise ValueError(f"a calibration batch must be an integer tensor [batch, seq], got "
+                         f"{getattr(tokens, 'dtype', type(tokens).__name__)} {tuple(getattr(tokens, 'shape', ()))}")
+    if vocab_size is not None and tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(f"calibration token ids must be in [0, {vocab_size}), got [{int(tokens.min())}, {int(tokens.max())}]")
+
+
+class _Accumulator:
+    """Forward pre-hooks that add each linear's per-input-feature sum of squares (fp32)."""
+
+    def __init__(self, model: nn.Module):
+        self.sum_sq: list[dict[str, Tensor]] = [{} for _ in model.layers]
+        self.handles = [
+            linear.register_forward_pre_hook(self._hook(i, name))
+            for i, block in enumerate(model.layers) for name, linear in block_linears(block).items()
+        ]
+
+    def _hook(self, block: int, name: str):
+        def hook(_module: nn.Module, args: tuple) -> None:
+            x = args[0].detach()
+            sq = x.reshape(-1, x.shape[-1]).float().pow(2).sum(0)
+            acc = self.sum_sq[block]
+            acc[name] = acc[name] + sq if name in acc else sq
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class _Captured(Exception):
+    pass
+
+
+def _block_inputs(model: nn.Module, tokens: Tensor) -> tuple[tuple, dict]:
+    """The (args, kwargs) the model passes to its first block: embeddings, RoPE table, positions."""
+    captured: dict = {}
+
+    def grab(_module, args, kwargs):
+        captured["args"], captured["kwargs"] = args, kwargs
+        raise _Captured
+
+    handle = model.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model.forward_hidden(tokens)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    return captured["args"], captured["kwargs"]
+
+
+def _move(obj, device):
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_move(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _move(v, device) for k, v in obj.items()}
+    return obj
+
+
+@torch.no_grad()
+def collect_input_sum_sq(model: nn.Module, batches: Iterable[Tensor], blockwise: bool = False,
+                         device: torch.device | str | None = None) -> list[dict[str, Tensor]]:
+    """Per block, per linear name: fp32 sum over all calibration tokens of each input feature squared.
+
+    `blockwise` keeps the model where it is and moves one block at a time to `device`, running all
+    windows through it before the next (the dense model's activations, as one forward would give).
+    """
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    home = next(model.parameters()).device
+    device = torch.device(device) if device is not None else home
+    was_training = model.training
+    model.eval()
+    acc = _Accumulator(model)
+    n_batches = 0
+    try:
+        if not blockwise:
+            for tokens in batches:
+                _check_batch(tokens, vocab)
+                model.forward_hidden(tokens.to(home))
+                n_batches += 1
+        else:
+            inputs = []
+            for tokens in batches:
+                _check_batch(tokens, vocab)
+                inputs.append(_block_inputs(model, tokens.to(home)))
+            n_batches = len(inputs)
+            for block in model.layers:
+                block.to(device)
+                for j, (args, kwargs) in enumerate(inputs):
+                    out = block(*_move(args, device), **_move(kwargs, device))
+                    inputs[j] = ((out.to(home),) + tuple(args[1:]), kwargs)
+                block.to(home)
+    finally:
+        acc.remove()
+        model.train(was_training)
+    if n_batches == 0:
+        raise ValueError("no calibration batches were given")
+    for i, sums in enumerate(acc.sum_sq):
+        for name, s in sums.items():
+            if not torch.isfinite(s).all():
+                raise ValueError(f"block {i} {name}: calibration activations contain NaN or inf")
+    return acc.sum_sq
+
+
+def outlier_report(model: nn.Module, sum_sq: list[dict[str, Tensor]], M: float) -> dict:
+    """Per-block pooled ratios and each matrix's own ratio (against its own mean)."""
+    ratios, matrix_ratios = [], []
+    for i, block in enumerate(model.layers):
+        linears = block_linears(block)
+        missing = sorted(set(linears) - set(sum_sq[i]))
+        if missing:
+            raise ValueError(f"block {i}: no calibration inputs reached {', '.join(missing)}")
+        scores = {name: wanda_scores(lin.weight, sum_sq[i][name]) for name, lin in linears.items()}
+        ratios.append(outlier_ratio(list(scores.values()), M))
+        matrix_ratios.append({name: outlier_ratio([s], M) for name, s in scores.items()})
+    return {"ratios": ratios, "matrix_ratios": matrix_ratios}
+
+
+def outlier_ratios(model: nn.Module, batches: Iterable[Tensor], M: float, blockwise: bool = False,
+                   device: torch.device | str | None = None) -> list[float]:
+    """D_l (percent) of every decoder block of `model` over calibration `batches` of token ids [batch, seq]."""
+    _check_M(M)
+    return outlier_report(model, collect_input_sum_sq(model, batches, blockwise, device), M)["ratios"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sampling.report import run
+
+    p = argparse.ArgumentParser(prog="python -m sampling.outliers", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="load_model source: config name, .gguf, Meta or HF dir")
+    p.add_argument("--calib", help=".txt/.json/.jsonl calibration file (default: BoolQ validation passages)")
+    p.add_argument("--n-windows", type=int, default=128)
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--M", type=float, default=13.0, help="outlier threshold multiple of the mean (OWL's M)")
+    p.add_argument("--gamma", type=int, default=5, help="blocks per draw, for the reported inclusion probabilities")
+    p.add_argument("--out", required=True, help="scores JSON (also a valid ratio cache)")
+    p.add_argument("--htsr", action="store_true", help="also compute HT-SR alphas and their Spearman rho with D")
+    p.add_argument("--plot", help="PNG with ratios, sampling probabilities and alphas per block")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--blockwise", action="store_true", help="move one block at a time to --device (low memory)")
+    run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
