@@ -1,0 +1,194 @@
+"""MT-Bench: two-turn answers in FastChat's formats, single-answer grading by an OpenAI-compatible judge.
+
+Questions: FastChat `question.jsonl` rows {"question_id", "category", "turns": [q1, q2], "reference"?}.
+Answers: {"question_id", "answer_id", "model_id", "choices": [{"index": 0, "turns": [a1, a2]}], "tstamp"}.
+Turn 1 is judged with the single-answer prompt, turn 2 with the multi-turn one; math, reasoning and
+coding use the reference-answer prompts (reference from the question's "reference" field or a
+reference-answers file in the answer format). The rating is the number in "[[x]]" (else "[x]");
+a judgment with neither is excluded from the means.
+
+The judge prompt texts below are the MT-Bench protocol's (FastChat `judge_prompts.jsonl`, single-v1,
+single-math-v1 and their multi-turn forms): scores are only comparable with the same prompts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import torch
+
+from eval.docs import read_json_records
+
+TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
+               "reasoning": 0.0, "stem": 0.1, "humanities": 0.1}
+DEFAULT_TEMPERATURE = 0.7
+NEED_REFERENCE = ("math", "reasoning", "coding")
+
+_RATE = ('After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly '
+         'following this format: "[[rating]]", for example: "Rating: [[5]]".')
+_GENERAL = ("Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, "
+            "creativity, and level of detail of the response.")
+_MATH = ("Your evaluation should consider correctness and helpfulness. You will be given a reference answer and "
+         "the assistant's answer.")
+_JUDGE = "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant to the user question"
+_CONVERSATION = ("<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question_1}\n\n### Assistant A:\n"
+                 "{answer_1}\n\n### User:\n{question_2}\n\n### Assistant A:\n{answer_2}\n\n"
+                 "<|The End of Assistant A's Conversation with User|>")
+_REFERENCE_CONVERSATION = ("<|The Start of Reference Answer|>\n\n### User:\n{question_1}\n\n### Reference answer:\n"
+                           "{ref_answer_1}\n\n### User:\n{question_2}\n\n### Reference answer:\n{ref_answer_2}\n\n"
+                           "<|The End of Reference Answer|>\n\n\n")
+JUDGE_PROMPTS: dict[str, tuple[str, str]] = {  # name -> (system prompt, user prompt template)
+    "single-v1": ("You are a helpful assistant.",
+                  f"[Instruction]\n{_JUDGE} displayed below. {_GENERAL} Begin your evaluation by providing a short "
+                  f"explanation. Be as objective as possible. {_RATE}\n\n[Question]\n{{question}}\n\n"
+                  "[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"),
+    "single-math-v1": ("You are a helpful assistant.",
+                       f"[Instruction]\n{_JUDGE} displayed below. {_MATH} Begin your evaluation by comparing the "
+                       "assistant's answer with the reference answer. Identify and correct any mistakes. Be as "
+                       f"objective as possible. {_RATE}\n\n[Question]\n{{question}}\n\n[The Start of Reference Answer]\n"
+                       "{ref_answer_1}\n[The End of Reference Answer]\n\n[The Start of Assistant's Answer]\n{answer}\n"
+                       "[The End of Assistant's Answer]"),
+    "single-v1-multi-turn": (f"{_JUDGE} displayed below. {_GENERAL} You evaluation should focus on the assistant's "
+                             "answer to the second user question. Begin your evaluation by providing a short "
+                             f"explanation. Be as objective as possible. {_RATE}\n\n", _CONVERSATION),
+    "single-math-v1-multi-turn": (f"{_JUDGE}. {_MATH} You evaluation should focus on the assistant's answer to the "
+                                  "second question. Begin your evaluation by comparing the assistant's answer with the "
+                                  "reference answer. Identify and correct any mistakes. Be as objective as possible. "
+                                  f"{_RATE}\n\n", _REFERENCE_CONVERSATION + _CONVERSATION),
+}
+
+_RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+_RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+
+
+def parse_rating(judgment: str) -> float | None:
+    """The judge's rating from "[[8]]" / "[[8.5]]", else "[8]"; None when there is none."""
+    match = _RATING.search(judgment) or _RATING_BACKUP.search(judgment)
+    return float(match.group(1)) if match else None
+
+
+def read_questions(path: str | Path) -> list[dict]:
+    rows = read_json_records(path)
+    for i, q in enumerate(rows):
+        turns = q.get("turns")
+        if not isinstance(q.get("question_id"), (int, str)) or not isinstance(q.get("category"), str) or not (
+            isinstance(turns, list) and len(turns) == 2 and all(isinstance(t, str) for t in turns)
+        ):
+            raise ValueError(f"{path}: row {i} is not an MT-Bench question (needs question_id, category, turns: [str, str])")
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """Atomic JSONL write (temp file in the same folder, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    os.replace(tmp, path)
+
+
+def generate_answers(model, tokenizer, questions: list[dict], model_id: str, max_new_tokens: int = 1024,
+                     seed: int = 0) -> list[dict]:
+    """FastChat-format answers: each turn generated on the conversation so far, at its category temperature."""
+    from model.chat import encode_chat
+    from model.generate import generate
+
+    generator = torch.Generator().manual_seed(seed)
+    answers = []
+    for q in questions:
+        temperature = TEMPERATURE.get(q["category"], DEFAULT_TEMPERATURE)
+        messages, turns = [], []
+        for question in q["turns"]:
+            messages.append({"role": "user", "content": question})
+            prompt = encode_chat(tokenizer, messages)
+            budget = min(max_new_tokens, model.config.max_seq_len - len(prompt))
+            new = generate(model, prompt, budget, temperature=temperature, stop_ids=tokenizer.stop_ids, generator=generator)
+            text = tokenizer.decode([t for t in new if t not in tokenizer.stop_ids]).strip()
+            messages.append({"role": "assistant", "content": text})
+            turns.append(text)
+        answers.append({"question_id": q["question_id"], "answer_id": uuid.uuid4().hex, "model_id": model_id,
+                        "choices": [{"index": 0, "turns": turns}], "tstamp": time.time()})
+    return answers
+
+
+class JudgeClient:
+    """Chat completions on an OpenAI-compatible endpoint (`url` is the API base, e.g. http://host:8000/v1)."""
+
+    def __init__(self, url: str, model: str, api_key: str | None = None, timeout: float = 120.0, retries: int = 3):
+        self.url, self.model, self.api_key, self.timeout, self.retries = url.rstrip("/"), model, api_key, timeout, retries
+
+    def complete(self, system: str, user: str) -> str:
+        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": 2048, "n": 1,
+                           "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]})
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(f"{self.url}/chat/completions", body.encode(), headers, method="POST")
+        for attempt in range(self.retries):
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    reply = json.loads(response.read())
+                return reply["choices"][0]["message"]["content"]
+            except (urllib.error.URLError, TimeoutError) as err:
+                if attempt == self.retries - 1:
+                    raise ConnectionError(f"judge at {self.url} failed after {self.retries} tries: {err}") from err
+                time.sleep(2**attempt)
+            except (KeyError, IndexError, TypeError, json.JSONDecodeError) as err:
+                raise ValueError(f"judge at {self.url} sent a reply that is not a chat completion: {err}") from err
+        raise AssertionError("unreachable")
+
+
+def _judge_prompt(question: dict, turns: list[str], turn: int, reference: list[str] | None) -> tuple[str, str, str]:
+    name = ("single-math-v1" if reference else "single-v1") + ("-multi-turn" if turn == 2 else "")
+    system, template = JUDGE_PROMPTS[name]
+    fields = {"question": question["turns"][0], "answer": turns[0], "question_1": question["turns"][0],
+              "question_2": question["turns"][1], "answer_1": turns[0], "answer_2": turns[1]}
+    if reference:
+        fields |= {"ref_answer_1": reference[0], "ref_answer_2": reference[1] if len(reference) > 1 else ""}
+    return name, system, template.format(**fields)
+
+
+def judge_answers(questions: list[dict], answers: list[dict], client: JudgeClient,
+                  references: dict | None = None) -> list[dict]:
+    """One judgment per (question, turn); references: question_id -> [ref turn 1, ref turn 2]."""
+    by_id = {a["question_id"]: a for a in answers}
+    judgments = []
+    for q in questions:
+        if q["question_id"] not in by_id:
+            raise KeyError(f"no answer for MT-Bench question {q['question_id']}")
+        turns = by_id[q["question_id"]]["choices"][0]["turns"]
+        reference = None
+        if q["category"] in NEED_REFERENCE:
+            reference = (references or {}).get(q["question_id"]) or q.get("reference")
+        for turn in (1, 2):
+            name, system, user = _judge_prompt(q, turns, turn, reference)
+            judgment = client.complete(system, user)
+            judgments.append({"question_id": q["question_id"], "category": q["category"], "turn": turn,
+                              "judge": [client.model, name], "user_prompt": user, "judgment": judgment,
+                              "score": parse_rating(judgment), "tstamp": time.time()})
+    return judgments
+
+
+def summarize_scores(judgments: list[dict]) -> dict:
+    """Mean rating per turn and overall; judgments without a rating are counted and excluded."""
+    def mean(scores):
+        return sum(scores) / len(scores) if scores else None
+
+    rated = [j for j in judgments if j["score"] is not None]
+    return {"turn_1": mean([j["score"] for j in rated if j["turn"] == 1]),
+            "turn_2": mean([j["score"] for j in rated if j["turn"] == 2]),
+            "overall": mean([j["score"] for j in rated]), "n_rated": len(rated),
+            "n_excluded": len(judgments) - len(rated)}
+
+
+def read_references(path: str | Path) -> dict:
+    """question_id -> reference turns, from a FastChat answer file (e.g. the GPT-4 reference answers)."""
+    return {r["question_id"]: r["choices"][0]["turns"] for r in read_json_records(path)}
