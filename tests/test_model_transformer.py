@@ -11,7 +11,12 @@ from model.transformer import attention_mask, rope_frequencies
 
 def tiny(name="tiny", seed=0, **overrides):
     torch.manual_seed(seed)
-    return Transformer(get_config(name, **overrides)).eval()
+    model = Transformer(get_config(name, **overrides)).eval()
+    with torch.no_grad():  # sharp attention, so that positions and masks visibly change the logits
+        for block in model.layers:
+            block.attention.wq.weight.mul_(25)
+            block.attention.wk.weight.mul_(25)
+    return model
 
 
 def reference_forward(model, tokens):
