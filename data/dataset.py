@@ -61,7 +61,13 @@ def build_dataset(
 
     Rows without a single target token (after masking and truncation) are dropped and counted.
     """
-    examples = [tokenize_record(tokenizer, r, mask_prompt, template) for r in records if not is_empty(r)]
+    examples = []
+    for i, record in enumerate(records):
+        try:
+            if not is_empty(record):
+                examples.append(tokenize_record(tokenizer, record, mask_prompt, template))
+        except ValueError as err:
+            raise ValueError(f"record {i}: {err}") from None
     stats = {
         "records": len(records),
         "dropped_empty": len(records) - len(examples),

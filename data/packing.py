@@ -22,10 +22,12 @@ def _check_seq_len(seq_len: int) -> None:
 def pack_examples(examples: list[Example], seq_len: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(input_ids [N, seq_len], labels [N, seq_len], tail_tokens_dropped)`` from concatenated examples."""
     _check_seq_len(seq_len)
-    ids = torch.tensor([t for example_ids, _ in examples for t in example_ids], dtype=torch.long)
-    labels = torch.tensor([t for _, example_labels in examples for t in example_labels], dtype=torch.long)
-    if ids.shape != labels.shape:
-        raise ValueError(f"input_ids and labels differ in length ({ids.numel()} vs {labels.numel()})")
+    for row, (example_ids, example_labels) in enumerate(examples):
+        if len(example_ids) != len(example_labels):
+            raise ValueError(f"example {row}: input_ids and labels differ in length")
+    # One small tensor per example, then one concatenation: no Python list of every token.
+    ids = torch.cat([torch.tensor(i, dtype=torch.long) for i, _ in examples] or [torch.zeros(0, dtype=torch.long)])
+    labels = torch.cat([torch.tensor(l, dtype=torch.long) for _, l in examples] or [torch.zeros(0, dtype=torch.long)])
     n_blocks = ids.numel() // seq_len
     used = n_blocks * seq_len
     return ids[:used].view(n_blocks, seq_len), labels[:used].view(n_blocks, seq_len), ids.numel() - used

@@ -14,7 +14,7 @@ positions hold ``IGNORE_INDEX``. Each segment is encoded on its own, so the mask
 from __future__ import annotations
 
 from data.records import record_kind
-from data.templates import chat_segments, instruction_segments
+from data.templates import TEMPLATES, chat_segments, instruction_segments
 
 IGNORE_INDEX = -100
 
@@ -35,6 +35,8 @@ def record_segments(record: dict, template: str = "alpaca", chat_template: str |
 
 def tokenize_record(tokenizer, record: dict, mask_prompt: bool = True, template: str = "alpaca") -> tuple[list[int], list[int]]:
     """``(input_ids, labels)`` of one record; labels are ``IGNORE_INDEX`` on the prompt if ``mask_prompt``."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown prompt template {template!r}; expected one of {TEMPLATES}")
     chat_template = getattr(tokenizer, "chat_template", None)
     rendered_chat = record_kind(record) == "chat" or (record_kind(record) == "instruction" and template == "chat")
     # A rendered chat holds the template's special-token strings; everything else is encoded literally.

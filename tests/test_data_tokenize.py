@@ -63,7 +63,7 @@ def test_text_and_text2text_records():
 
 def test_unknown_template_is_an_error():
     with pytest.raises(ValueError, match="unknown prompt template 'vicuna'"):
-        tokenize_record(TOK, {"instruction": "a", "output": "b"}, template="vicuna")
+        tokenize_record(TOK, {"text": "a"}, template="vicuna")
 
 
 def test_packing_concatenates_and_labels_follow_their_tokens():
@@ -89,6 +89,8 @@ def test_pack_examples_exact_blocks():
     examples = [([1, 2, 3], [M, 2, 3]), ([4, 5, 6, 7, 8], [4, 5, 6, 7, 8])]
     ids, labels, tail = pack_examples(examples, 3)
     assert ids.tolist() == [[1, 2, 3], [4, 5, 6]] and labels.tolist() == [[M, 2, 3], [4, 5, 6]] and tail == 2
+    with pytest.raises(ValueError, match="example 1: input_ids and labels differ in length"):
+        pack_examples([([1], [1]), ([1, 2], [1])], 2)
 
 
 def test_padding_truncation_counts_and_pad_labels():
@@ -123,6 +125,8 @@ def test_empty_records_are_dropped_and_counted():
 def test_build_dataset_errors():
     with pytest.raises(ValueError, match="no training rows of 512 tokens from 1 records"):
         build_dataset([{"text": "short"}], TOK, seq_len=512)
+    with pytest.raises(ValueError, match="record 1: unknown prompt template 'x'"):
+        build_dataset([{"text": ""}, {"text": "b"}], TOK, seq_len=8, template="x")
     with pytest.raises(ValueError, match="seq_len must be an integer >= 2"):
         build_dataset([{"text": "short"}], TOK, seq_len=1)
 
