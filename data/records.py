@@ -98,13 +98,13 @@ def normalize_record(raw: object, kind: str) -> tuple[dict, list[str]]:
     return record, unknown
 
 
-def normalize_records(raws: list, source: str, first_index: int = 0) -> list[dict]:
+def normalize_records(raws: list, source: str) -> list[dict]:
     """Validate a list of raw records of one kind; errors name ``source`` and the record index."""
     if not raws:
         raise ValueError(f"{source}: no records")
     records, unknown = [], {}
     kind = None
-    for i, raw in enumerate(raws, start=first_index):
+    for i, raw in enumerate(raws):
         try:
             if kind is None:
                 if not isinstance(raw, dict):

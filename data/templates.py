@@ -36,7 +36,7 @@ def chat_segments(messages: list[dict[str, str]], chat_template: str) -> Segment
     Assistant turn i is ``render(messages[:i+1])`` minus ``render(messages[:i], add_generation_prompt)``;
     so the turn's closing marker is trainable and the header that opens it is not.
     """
-    from model.chat import render_chat
+    from model.chat import render_chat  # here, so that `import data` does not load the model package
 
     segments: Segments = []
     done = ""
