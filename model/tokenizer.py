@@ -14,12 +14,13 @@ special-token string that occurs in the text to its id; rendered chat prompts ar
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import sentencepiece as spm
 
 
-class Tokenizer:
+class Tokenizer(ABC):
     """Shared behaviour; subclasses implement ``_encode(text, special)`` and ``_decode(ids, skip_special)``."""
 
     bos_id: int | None
@@ -47,11 +48,11 @@ class Tokenizer:
         head = [self.bos_id] if bos and self.bos_id is not None else []
         return head + ids + ([self.eos_id] if eos else [])
 
-    def _encode(self, text: str, special: bool) -> list[int]:
-        raise NotImplementedError
+    @abstractmethod
+    def _encode(self, text: str, special: bool) -> list[int]: ...
 
-    def _decode(self, ids: list[int], skip_special: bool) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def _decode(self, ids: list[int], skip_special: bool) -> str: ...
 
 
 def _check_text(text: str) -> str:
@@ -150,8 +151,11 @@ def _load_sentencepiece(path: Path) -> spm.SentencePieceProcessor:
     return processor
 
 
-def tokenizer_from_gguf(path: str | Path) -> Tokenizer:
-    """The tokenizer embedded in a GGUF file's metadata (``gpt2`` byte-level BPE or ``llama`` SentencePiece)."""
+def tokenizer_from_gguf(path: str | Path, metadata: dict | None = None) -> Tokenizer:
+    """The tokenizer embedded in a GGUF file's metadata (``gpt2`` byte-level BPE or ``llama`` SentencePiece).
+
+    ``metadata``: the file's fields as ``{key: field.contents()}`` when the caller has already read them.
+    """
     from model.tokenizer_gguf import gguf_tokenizer
 
-    return gguf_tokenizer(Path(path))
+    return gguf_tokenizer(Path(path), metadata)

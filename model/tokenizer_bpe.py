@@ -45,26 +45,31 @@ LLAMA3_NAMED_SPECIALS = [
 
 
 class TiktokenTokenizer(Tokenizer):
-    """A tiktoken ``Encoding`` plus the model's special ids."""
+    """A tiktoken ``Encoding`` (ranks are ids) plus the model's special ids."""
 
     def __init__(
         self,
-        encoding: tiktoken.Encoding,
+        name: str,
+        pattern: str,
+        ranks: dict[bytes, int],
+        special_tokens: dict[str, int],
         bos_id: int | None,
         eos_id: int,
         pad_id: int | None,
         stop_ids: frozenset[int],
         chat_template: str,
     ):
-        self.encoding = encoding
-        self.special_tokens = dict(encoding._special_tokens)
-        self.vocab_size = encoding.n_vocab
+        self.encoding = tiktoken.Encoding(
+            name=name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=special_tokens
+        )
+        self.special_tokens = dict(special_tokens)
+        self.vocab_size = self.encoding.n_vocab
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.stop_ids = stop_ids
         self.chat_template = chat_template
-        self._special_ids = frozenset(self.special_tokens.values())
-        single = bytes(b for b in range(256) if encoding._mergeable_ranks.get(bytes([b])) is not None)
-        self._known_bytes = single if len(single) < 256 else None
+        self._special_ids = frozenset(special_tokens.values())
+        single = bytes(b for b in range(256) if bytes([b]) in ranks)
+        self._known_bytes = single if len(single) < 256 else None  # None: every byte can be encoded
 
     def _encode(self, text: str, special: bool) -> list[int]:
         if self._known_bytes is not None:
@@ -108,12 +113,10 @@ def llama3_tokenizer(path: Path) -> TiktokenTokenizer:
         f"<|reserved_special_token_{2 + i}|>" for i in range(LLAMA3_NUM_SPECIAL - len(LLAMA3_NAMED_SPECIALS))
     ]
     specials = {name: len(ranks) + i for i, name in enumerate(names)}
-    encoding = tiktoken.Encoding(
-        name=path.name, pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks, special_tokens=specials
-    )
     eos = specials["<|end_of_text|>"]
     stops = frozenset({eos, specials["<|eom_id|>"], specials["<|eot_id|>"]})
-    return TiktokenTokenizer(encoding, specials["<|begin_of_text|>"], eos, None, stops, "llama3")
+    bos = specials["<|begin_of_text|>"]
+    return TiktokenTokenizer(path.name, LLAMA3_PATTERN, ranks, specials, bos, eos, None, stops, "llama3")
 
 
 def gpt2_byte_decoder() -> dict[str, int]:

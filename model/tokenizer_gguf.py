@@ -12,7 +12,6 @@ from pathlib import Path
 
 import gguf
 import sentencepiece as spm
-import tiktoken
 
 from model.tokenizer import SentencePieceTokenizer, Tokenizer
 from model.tokenizer_bpe import (
@@ -50,8 +49,9 @@ def read_gguf_metadata(path: Path) -> dict:
     return {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
 
 
-def gguf_tokenizer(path: Path) -> Tokenizer:
-    meta = read_gguf_metadata(path)
+def gguf_tokenizer(path: Path, metadata: dict | None = None) -> Tokenizer:
+    """Tokenizer of a GGUF file; ``metadata`` (its key -> value fields, if already read) saves re-reading."""
+    meta = read_gguf_metadata(path) if metadata is None else metadata
     kind = meta.get("tokenizer.ggml.model")
     for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.eos_token_id"):
         if key not in meta:
@@ -121,12 +121,10 @@ def _gpt2_tokenizer(meta: dict, path: Path) -> TiktokenTokenizer:
     if len(ranks) + len(specials) != len(tokens):
         raise ValueError(f"{path}: the vocabulary has duplicate tokens")
     _check_merge_order(list(meta.get("tokenizer.ggml.merges", [])), tokens, path)
-    encoding = tiktoken.Encoding(
-        name=path.stem, pat_str=PRE_TOKENIZER_PATTERNS[pre], mergeable_ranks=ranks, special_tokens=specials
-    )
     bos, eos, pad = _special_ids(meta, tokens)
     bos = _added_bos(meta, bos, default=False)
-    return TiktokenTokenizer(encoding, bos, eos, pad, _stop_ids(tokens, types, eos), "chatml")
+    stops = _stop_ids(tokens, types, eos)
+    return TiktokenTokenizer(path.stem, PRE_TOKENIZER_PATTERNS[pre], ranks, specials, bos, eos, pad, stops, "chatml")
 
 
 def _check_merge_order(merges: list[str], tokens: list[str], path: Path) -> None:

@@ -14,20 +14,25 @@ from model.tokenizer_gguf import read_gguf_metadata
 MIXED = (
     "The quick brown fox, jumped over 13 lazy dogs in 2024!\n\n"
     "    indented   code: x = y[0] + 3.14159;\t# comment\r\n"
-    "It's they're we'll I'd --- naïve café Ünïcödé Straße ²³ ½ 中文字符 日本語 한국어 Ελληνικά Русский "
+    "It's they're we'll I'd --- naïve café Ünïcödé Straße ²³ ½ "
+    "中文字符 日本語 한국어 Ελληνικά Русский "
     "emoji 🎉🦉👩‍👩‍👧 and   trailing spaces   \n"
 )
 
 
 @pytest.fixture(scope="module")
-def smollm():
-    return tokenizer_from_gguf(asset_path("smollm2-135m"))
+def smollm_meta():
+    return read_gguf_metadata(asset_path("smollm2-135m"))
 
 
 @pytest.fixture(scope="module")
-def smollm_vocab():
-    meta = read_gguf_metadata(asset_path("smollm2-135m"))
-    return meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.merges"]
+def smollm(smollm_meta):
+    return tokenizer_from_gguf(asset_path("smollm2-135m"), metadata=smollm_meta)
+
+
+@pytest.fixture(scope="module")
+def smollm_vocab(smollm_meta):
+    return smollm_meta["tokenizer.ggml.tokens"], smollm_meta["tokenizer.ggml.merges"]
 
 
 def test_smollm_metadata(smollm):
@@ -187,6 +192,13 @@ def test_tiny_gpt2_vocab_from_gguf(tmp_path):
     assert tok.encode("hello hell") == [260, 1 + ord(" "), 259]
     assert tok.bos_id is None and tok.stop_ids == {0}
     assert tok.decode(tok.encode("hello\x00 wörld")) == "hello\x00 wörld"
+
+
+def test_gguf_tokenizer_from_metadata_already_read(tmp_path):
+    tokens, types, merges = _tiny_gpt2_vocab()
+    meta = read_gguf_metadata(_write_vocab(tmp_path / "v.gguf", "gpt2", tokens, types, merges=merges))
+    tok = tokenizer_from_gguf(tmp_path / "not-read-again.gguf", metadata=meta)
+    assert tok.encode("hello") == [260] and tok.eos_id == 2
 
 
 def test_gguf_merges_out_of_id_order_are_rejected(tmp_path):
