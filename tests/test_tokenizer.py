@@ -3,6 +3,8 @@ import base64
 
 import pytest
 import sentencepiece as spm
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from data.assets import asset_path
 from model.tokenizer import load_tokenizer
@@ -48,6 +50,12 @@ def test_llama3_specials_only_through_encode_special(llama3):
 def test_llama3_round_trip_and_digit_groups(llama3):
     assert llama3.decode(llama3.encode(MIXED)) == MIXED
     assert [llama3.decode([i]) for i in llama3.encode("1234567")] == ["123", "456", "7"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.characters(exclude_categories=("Cs",)), max_size=40))
+def test_llama3_round_trip_any_text(llama3, text):
+    assert llama3.decode(llama3.encode(text)) == text
 
 
 def test_llama3_decode_special_handling(llama3):

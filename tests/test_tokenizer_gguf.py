@@ -50,6 +50,18 @@ def test_smollm_round_trip_mixed_text(smollm):
     assert len(ids) < len(MIXED.encode())  # merges happened: this is not a byte-level fallback
 
 
+# SmolLM2's vocab lacks six control bytes and the UTF-8 lead bytes 0xF1/0xF2 (U+40000..U+BFFFF).
+ENCODABLE = st.characters(
+    max_codepoint=0x3FFFF, exclude_categories=("Cs",), exclude_characters="\x04\x06\x13\x14\x16\x1d"
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(ENCODABLE, max_size=40))
+def test_smollm_round_trip_any_text(smollm, text):
+    assert smollm.decode(smollm.encode(text)) == text
+
+
 def test_smollm_digits_are_split_one_by_one(smollm):
     ids = smollm.encode("year 2024")
     assert [smollm.decode([i]) for i in ids] == ["year", " ", "2", "0", "2", "4"]
