@@ -26,7 +26,7 @@ from data import BatchLoader, build_dataset, load_records
 from model import load_model, save_model
 from model.loss import chunked_cross_entropy
 from optim import GaLoreAdamW, apply_lora, attach_fused_step, lr_lambda, merge_lora
-from sampling import LayerSampler, calibration_batches, load_or_compute_ratios
+from sampling import LayerSampler, calibration_windows, load_or_compute_ratios, read_documents
 from training.args import parse_args
 from training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from training.distributed import close_world, init_world, sum_gradients, sum_scalar
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: --batch-size {args.batch_size} must split over {world.size} ranks x {args.grad_accum} micro-batches")
     loader = BatchLoader(dataset, batch_size=args.batch_size // world.size, seed=args.seed,
                          rank=world.rank, world_size=world.size)
-    total_steps = args.max_steps or max(1, math.ceil(args.epochs * len(dataset) / args.batch_size))
+    total_steps = args.max_steps or max(1, math.ceil(args.epochs * loader.batches_per_epoch))
     say(f"data: {len(records)} records -> {len(dataset)} blocks of {args.seq_len} tokens; {total_steps} steps")
 
     # 3. Layer sampling: outlier ratios D_l of the pre-trained blocks -> probabilities (OwLore), or uniform (LISA).
@@ -72,10 +72,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.method in SAMPLED_METHODS:
         ratios = None
         if args.sampling in ("owlore", "owlore_reverse"):
-            calib = calibration_batches(tokenizer, args.calib or args.data, n_windows=args.calib_windows,
-                                        seq_len=args.calib_seq_len, seed=args.seed)
             scores = Path(args.scores) if args.scores else out / "outlier_scores.json"
-            ratios = load_or_compute_ratios(model, args.model, calib, args.M, scores)
+            calib = None  # an existing cache made for these weights is used as it is
+            if args.calib or not scores.is_file():
+                calib_source = args.calib or args.data
+                windows = calibration_windows(read_documents(calib_source), tokenizer, args.calib_windows,
+                                              args.calib_seq_len, seed=args.seed)
+                calib = windows.to(device).split(4)
+            ratios = load_or_compute_ratios(model, args.model, calib, args.M, scores,
+                                            calibration_source=args.calib or args.data)
             say("outlier ratios D_l (%): " + " ".join(f"{r:.3f}" for r in ratios))
         sampler = LayerSampler(ratios, args.sampling, args.gamma, args.period, args.seed, n_layers,
                                fixed_layers=args.fixed_layers)
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = MemorySettings(
         method=args.method, micro_batch=args.batch_size // (world.size * args.grad_accum), seq_len=args.seq_len,
-        dtype_bytes=torch.finfo(dtype).bits // 8, gamma=args.gamma, rank=args.rank, proj_type=args.proj_type,
+        dtype=dtype, gamma=args.gamma, rank=args.rank, proj_type=args.proj_type,
         lora_rank=args.lora_rank, grad_ckpt=args.grad_ckpt, fused=args.fused, chunked_ce=args.chunked_ce,
         train_outer=not args.freeze_embeddings, keep_inactive_state=args.keep_inactive_state)
     estimate = estimate_memory(model.config, settings)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+import torch
+
 from model.config import ModelConfig
 from optim.memory import state_bytes
 
@@ -24,7 +26,7 @@ class MemorySettings:
     method: str
     micro_batch: int
     seq_len: int
-    dtype_bytes: int = 2
+    dtype: torch.dtype = torch.bfloat16
     gamma: int = 5
     rank: int = 128
     proj_type: str = "std"
@@ -99,13 +101,13 @@ def _trainable_shapes(config: ModelConfig, s: MemorySettings) -> tuple[list[tupl
 def estimate_memory(config: ModelConfig, s: MemorySettings) -> MemoryEstimate:
     if s.method not in METHODS:
         raise ValueError(f"unknown method {s.method!r}; known: {', '.join(METHODS)}")
-    b = s.dtype_bytes
+    b = s.dtype.itemsize
     galore, plain = _trainable_shapes(config, s)
     weights = parameter_count(config) * b
     if s.method == "lora":
         weights += sum(_numel(x) for x in plain) * b
-    optimizer = sum(state_bytes(x, rank=s.rank, proj_type=s.proj_type, dtype_bytes=b) for x in galore)
-    optimizer += sum(state_bytes(x, rank=None, dtype_bytes=b) for x in plain)
+    optimizer = sum(state_bytes(x, rank=s.rank, proj_type=s.proj_type, dtype=s.dtype) for x in galore)
+    optimizer += sum(state_bytes(x, rank=None, dtype=s.dtype) for x in plain)
     # kept state of inactive blocks costs optimizer memory, but only active blocks have gradients
     active_galore, active_plain = _trainable_shapes(config, replace(s, keep_inactive_state=False))
     grad_numels = [_numel(x) for x in active_galore + active_plain]
@@ -115,7 +117,7 @@ def estimate_memory(config: ModelConfig, s: MemorySettings) -> MemoryEstimate:
 
 def _activation_bytes(config: ModelConfig, s: MemorySettings) -> int:
     tokens = s.micro_batch * s.seq_len
-    b, d, f = s.dtype_bytes, config.dim, config.ffn_dim
+    b, d, f = s.dtype.itemsize, config.dim, config.ffn_dim
     kv = config.n_kv_heads * config.head_dim
     per_block = tokens * (b * (4 * d + 2 * kv + 4 * f) + 8 * d)
     if s.grad_ckpt:
@@ -127,7 +129,7 @@ def _logit_bytes(config: ModelConfig, s: MemorySettings) -> int:
     """Logits in the compute dtype, their fp32 copy, and the fp32 gradient of the loss w.r.t. them."""
     tokens = s.micro_batch * s.seq_len
     rows = min(tokens, s.ce_chunk) if s.chunked_ce else tokens
-    return rows * config.vocab_size * (s.dtype_bytes + 8)
+    return rows * config.vocab_size * (s.dtype.itemsize + 8)
 
 
 def format_report(estimate: MemoryEstimate, measured_peak: int | None = None) -> str:

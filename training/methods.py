@@ -10,10 +10,10 @@ owlore          as owlore-fullrank, the active blocks' 2-D weights through GaLor
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
-
 import torch
 from torch import nn
+
+from sampling import set_trainable
 
 SAMPLED_METHODS = ("lisa", "owlore", "owlore-fullrank")
 GALORE_METHODS = ("galore", "owlore")
@@ -22,15 +22,6 @@ GALORE_METHODS = ("galore", "owlore")
 def block_matrices(model: nn.Module) -> list[torch.nn.Parameter]:
     """The 2-D weights of every decoder block (q, k, v, o, gate, up, down)."""
     return [p for block in model.layers for p in block.parameters() if p.ndim == 2]
-
-
-def outer_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
-    """Embeddings, final norm and LM head (one parameter when tied)."""
-    seen: dict[int, torch.nn.Parameter] = {}
-    for module in (model.tok_embeddings, model.norm, model.output):
-        for p in module.parameters():
-            seen.setdefault(id(p), p)
-    return list(seen.values())
 
 
 def param_groups(model: nn.Module, args: argparse.Namespace) -> list[dict]:
@@ -47,27 +38,17 @@ def param_groups(model: nn.Module, args: argparse.Namespace) -> list[dict]:
     return groups
 
 
-def set_trainable(params: Iterable[torch.nn.Parameter], trainable: bool) -> None:
-    for p in params:
-        p.requires_grad_(trainable)
-        if not trainable:
-            p.grad = None
-
-
 def activate_blocks(model: nn.Module, active: list[int], train_outer: bool) -> list[torch.nn.Parameter]:
     """Make exactly the `active` blocks (plus embeddings/norm/head unless frozen) trainable.
 
-    Returns the parameters of blocks that were trainable and are not any more, so the optimizer can
-    free their state.
+    Returns the parameters of blocks that were trainable and are not any more (their gradients are
+    freed), so the optimizer can free their state too.
     """
-    left: list[torch.nn.Parameter] = []
-    for index, block in enumerate(model.layers):
-        params = list(block.parameters())
-        was_active = params[0].requires_grad
-        set_trainable(params, index in active)
-        if was_active and index not in active:
-            left.extend(params)
-    set_trainable(outer_parameters(model), train_outer)
+    was_active = active_block_indices(model)
+    set_trainable(model, active, train_outer)
+    left = [p for i in was_active if i not in active for p in model.layers[i].parameters()]
+    for p in left:
+        p.grad = None
     return left
 
 
