@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -38,10 +39,16 @@ def weight_fingerprint(model: nn.Module) -> str:
             continue
         flat = param.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // SAMPLE)][:SAMPLE].to(torch.bfloat16).view(torch.int16)
-        checksum = sum(int(c.to(torch.bfloat16).view(torch.int16).sum(dtype=torch.int64)) for c in flat.split(CHUNK))
+        checksum = sum(_bit_sum(c) for c in flat.split(CHUNK))
         digest.update(f"{name}:{tuple(param.shape)}:{checksum};".encode())
         digest.update(sample.cpu().numpy().tobytes())
     return digest.hexdigest()
+
+
+def _bit_sum(values: torch.Tensor) -> int:
+    """Exact (order-independent) sum of the bf16 bit patterns; numpy's int16 sum is far faster on CPU."""
+    bits = values.to(torch.bfloat16).view(torch.int16)
+    return int(bits.numpy().sum(dtype=np.int64)) if bits.device.type == "cpu" else int(bits.sum(dtype=torch.int64))
 
 
 def write_json_atomic(path: str | Path, record: dict) -> None:

@@ -38,8 +38,8 @@ def outlier_ratio(scores: list[Tensor], M: float) -> float:
     numel = sum(s.numel() for s in scores)
     if numel == 0:
         raise ValueError("no scores to pool")
-    mean = sum(s.sum(dtype=torch.float64).item() for s in scores) / numel
-    count = sum(int((s > M * mean).sum()) for s in scores)
+    mean = sum(s.sum().item() for s in scores) / numel  # fp32 cascade sums: relative error ~1e-7
+    count = sum(int(torch.count_nonzero(s > M * mean)) for s in scores)
     return 100.0 * count / numel
 
 
@@ -177,9 +177,7 @@ def outlier_ratios(model: nn.Module, batches: Iterable[Tensor], M: float, blockw
     return outlier_report(model, collect_input_sum_sq(model, batches, blockwise, device), M)["ratios"]
 
 
-def main(argv: list[str] | None = None) -> None:
-    from sampling.report import run
-
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sampling.outliers", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="load_model source: config name, .gguf, Meta or HF dir")
     p.add_argument("--calib", help=".txt/.json/.jsonl calibration file (default: BoolQ validation passages)")
@@ -195,7 +193,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--blockwise", action="store_true", help="move one block at a time to --device (low memory)")
-    run(p.parse_args(argv))
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sampling.report import run
+
+    run(parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,20 @@ BOOLQ_SOURCE = "built-in: distinct passages of the BoolQ validation set (real En
 
 
 def run(args: argparse.Namespace) -> dict:
+    """Load the model named by the arguments and score it."""
     from model import load_model
 
     start = time.perf_counter()
     dtype = getattr(torch, args.dtype)
     model, tokenizer = load_model(args.model, device="cpu" if args.blockwise else args.device, dtype=dtype)
+    if tokenizer is None:
+        raise ValueError(f"{args.model}: the checkpoint has no tokenizer, so calibration text cannot be tokenized")
+    return score(model, tokenizer, args, start)
+
+
+def score(model: torch.nn.Module, tokenizer, args: argparse.Namespace, start: float | None = None) -> dict:
+    """Ratios (and optionally alphas) of a loaded model; writes --out and --plot; returns the record."""
+    start = time.perf_counter() if start is None else start
     documents = read_documents(args.calib) if args.calib else boolq_passages()
     windows = calibration_windows(documents, tokenizer, args.n_windows, args.seq_len, args.seed)
     calibration = describe(windows, f"file {args.calib}" if args.calib else BOOLQ_SOURCE, args.seed)
