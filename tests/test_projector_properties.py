@@ -184,3 +184,18 @@ def test_randomized_svd_captures_optimal_energy_on_decaying_spectrum(m, n, rank,
     for proj_type in ("std", "reverse_std"):
         p = compute_projection(g, rank, proj_type, svd="randomized", seed=seed)
         assert _sq(p.project(g)) >= 0.99 * optimal
+
+
+def test_side_table_of_the_spec():
+    expected = {
+        "std": ("right", "right", "left"),
+        "reverse_std": ("left", "left", "right"),
+        "left": ("left",) * 3,
+        "right": ("right",) * 3,
+        "full": ("full",) * 3,
+    }
+    for proj_type, sides in expected.items():
+        assert tuple(projection_side(shape, proj_type) for shape in [(5, 3), (4, 4), (3, 5)]) == sides
+    tall = _randn(6, 3, seed=0)
+    p = compute_projection(tall, 2, "std")
+    torch.testing.assert_close(p.vh, torch.linalg.svd(tall).Vh[:2])  # P = Vh[:r'] for tall G
