@@ -1,7 +1,7 @@
 """Calibration windows: n random, non-overlapping windows of T tokens from a text source (SPEC.md §1.1).
 
 A source is a plain text file, a JSON / JSONL file of documents (strings, {"text": ...} or
-{"input": ..., "output": ...} records, LMFlow's {"instances": [...]}) or of token ids, or a list
+{"instruction", "input", "output"} records, LMFlow's {"instances": [...]}) or of token ids, or a list
 of documents in memory. Documents are tokenized one by one (BOS where the tokenizer has one) and
 concatenated into one stream; the windows are a seeded choice among its consecutive chunks.
 """
@@ -61,11 +61,11 @@ def _document(record: Any, where: str) -> Document:
     if isinstance(record, dict):
         if isinstance(record.get("text"), str):
             return record["text"]
-        parts = [record[k] for k in ("input", "output") if isinstance(record.get(k), str)]
+        parts = [record[k] for k in ("instruction", "input", "output") if isinstance(record.get(k), str) and record[k]]
         if parts:
             return " ".join(parts)
     raise ValueError(f"{where}: a document must be a string, a list of token ids or a record with 'text' "
-                     f"(or 'input'/'output'), got {str(record)[:80]!r}")
+                     f"(or 'instruction'/'input'/'output'), got {str(record)[:80]!r}")
 
 
 def boolq_passages() -> list[str]:

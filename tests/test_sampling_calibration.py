@@ -17,12 +17,13 @@ class ByteTokenizer:
 
 def test_read_documents_of_every_format(tmp_path):
     (tmp_path / "a.txt").write_text("plain text file")
-    (tmp_path / "b.json").write_text(json.dumps(["doc one", {"text": "doc two"}, {"input": "q", "output": "a"}]))
+    (tmp_path / "b.json").write_text(json.dumps(["doc one", {"text": "doc two"}, {"input": "q", "output": "a"},
+                                                   {"instruction": "do", "input": "", "output": "b"}]))
     (tmp_path / "c.jsonl").write_text('"line one"\n\n{"text": "line two"}\n[5, 6, 7]\n')
     (tmp_path / "d.json").write_text(json.dumps({"type": "text_only", "instances": [{"text": "lmflow"}]}))
     (tmp_path / "e.json").write_text(json.dumps([3, 4, 5]))
     assert read_documents(tmp_path / "a.txt") == ["plain text file"]
-    assert read_documents(tmp_path / "b.json") == ["doc one", "doc two", "q a"]
+    assert read_documents(tmp_path / "b.json") == ["doc one", "doc two", "q a", "do b"]
     assert read_documents(tmp_path / "c.jsonl") == ["line one", "line two", [5, 6, 7]]
     assert read_documents(tmp_path / "d.json") == ["lmflow"]
     assert read_documents(tmp_path / "e.json") == [[3, 4, 5]]
