@@ -1,7 +1,10 @@
 """Tokenize one record into ``input_ids`` and ``labels`` with the prompt masked from the loss.
 
 Labels are aligned with the inputs (the loss shifts them: logits at t predict labels[t+1]); masked
-positions hold ``IGNORE_INDEX``. Each segment is encoded on its own, so the mask boundary is exact.
+positions hold ``IGNORE_INDEX``. The whole rendered text is encoded at once, so the ids are exactly the
+model's own encoding (encoding segments separately would differ, e.g. SentencePiece adds a leading ``▁``
+to every call); a mask boundary is where the encoding of the text up to it stops agreeing with the whole
+encoding, so a token that straddles a boundary belongs to the segment after it.
 
 - ``instruction``: bos + template prompt + output + eos (template "alpaca" or "chat").
 - ``text2text``: bos + input + output + eos (LMFlow text2text: no template).
@@ -12,6 +15,8 @@ positions hold ``IGNORE_INDEX``. Each segment is encoded on its own, so the mask
   that already starts with bos (LLaMA-2/3) gets no second one.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from data.records import record_kind
 from data.templates import TEMPLATES, chat_segments, instruction_segments
@@ -41,12 +46,7 @@ def tokenize_record(tokenizer, record: dict, mask_prompt: bool = True, template:
     rendered_chat = record_kind(record) == "chat" or (record_kind(record) == "instruction" and template == "chat")
     # A rendered chat holds the template's special-token strings; everything else is encoded literally.
     encode = getattr(tokenizer, "encode_special", tokenizer.encode) if rendered_chat else tokenizer.encode
-    ids: list[int] = []
-    trainable: list[bool] = []
-    for text, is_response in record_segments(record, template, chat_template):
-        piece = encode(text)
-        ids += piece
-        trainable += [is_response] * len(piece)
+    ids, trainable = encode_segments(encode, record_segments(record, template, chat_template))
     if tokenizer.bos_id is not None and (not ids or ids[0] != tokenizer.bos_id):
         ids.insert(0, tokenizer.bos_id)
         trainable.insert(0, False)
@@ -55,6 +55,39 @@ def tokenize_record(tokenizer, record: dict, mask_prompt: bool = True, template:
         trainable.append(True)
     labels = [t if keep or not mask_prompt else IGNORE_INDEX for t, keep in zip(ids, trainable)]
     return ids, labels
+
+
+def encode_segments(encode: Callable[[str], list[int]], segments: list[tuple[str, bool]]) -> tuple[list[int], list[bool]]:
+    """Ids of the concatenated segments, encoded at once, and per id the ``trainable`` flag of its segment."""
+    runs = _merge_runs(segments)
+    ids = encode("".join(text for text, _ in runs))
+    trainable: list[bool] = []
+    prefix = ""
+    for i, (text, is_response) in enumerate(runs):
+        prefix += text
+        end = len(ids) if i == len(runs) - 1 else max(len(trainable), _common_prefix(encode(prefix), ids))
+        trainable += [is_response] * (end - len(trainable))
+    return ids, trainable
+
+
+def _merge_runs(segments: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """Adjacent segments with the same flag joined, so only real mask boundaries cost an encoding."""
+    runs: list[tuple[str, bool]] = []
+    for text, trainable in segments:
+        if runs and runs[-1][1] == trainable:
+            runs[-1] = (runs[-1][0] + text, trainable)
+        elif text:
+            runs.append((text, trainable))
+    return runs
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _turn_has_stop(ids: list[int], trainable: list[bool], stop_ids) -> bool:

@@ -1,10 +1,13 @@
 """Prompt masking, packing and padding: exact labels on hand-checked examples and exact counts."""
+import re
+
 import pytest
 import torch
 
 from data import IGNORE_INDEX, build_dataset, tokenize_record
 from data.packing import pack_examples, pad_examples
 from data.templates import alpaca_prompt
+from data.tokenize import encode_segments
 
 
 class ByteTokenizer:
@@ -172,6 +175,41 @@ def test_instruction_with_chat_template():
     assert masked_text(ids, labels) == ("<|im_start|>user\nQ?\n\nctx<|im_end|>\n<|im_start|>assistant\n", "A<|im_end|>\n")
 
 
+def test_segments_are_encoded_as_one_text_and_a_straddling_token_is_trained():
+    words = lambda text: re.findall(r"\w+|\W", text)  # a tokenizer whose tokens can span a segment boundary
+    ids, trainable = encode_segments(words, [("Q: The", False), ("re it", True), (" is. ", True), ("Q2", False)])
+    assert ids == ["Q", ":", " ", "There", " ", "it", " ", "is", ".", " ", "Q2"]
+    assert trainable == [False] * 3 + [True] * 7 + [False]
+
+
+@pytest.fixture(scope="module")
+def mistral_tokenizer():
+    from data.assets import asset_path
+    from model.tokenizer import load_tokenizer
+
+    return load_tokenizer(asset_path("mistral-v1-tokenizer"), chat_template="mistral")
+
+
+def test_real_mistral_ids_are_the_whole_text_encoding(mistral_tokenizer):
+    from model.chat import encode_chat
+
+    tok = mistral_tokenizer
+    # Encoding " a</s>" on its own would add a lone "▁" (28705) before "▁a" (264).
+    ids, labels = tokenize_record(tok, {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]})
+    assert ids == tok.encode_special("<s>[INST] u [/INST] a</s>") and ids[-3:] == [28793, 264, 2]
+    assert labels == [M] * (len(ids) - 2) + [264, 2]  # </s> closes the turn: no second eos
+    ids, labels = tokenize_record(tok, {"messages": CONVERSATION})
+    assert ids == encode_chat(tok, CONVERSATION, add_generation_prompt=False)
+    assert tok.decode([l for l in labels if l != M]) == "Hello. Bye!"
+    assert labels.count(tok.eos_id) == 2 and ids[-1] == tok.eos_id
+    # Alpaca: "Response:\nThe" is one text, so "The" has no "▁" of its own.
+    record = {"instruction": "Name a colour.", "input": "", "output": "The sky is blue."}
+    ids, labels = tokenize_record(tok, record)
+    assert ids == tok.encode(alpaca_prompt(record["instruction"]) + record["output"], bos=True, eos=True)
+    trained = [l for l in labels if l != M]
+    assert tok.decode(trained) == "The sky is blue." and ids[-len(trained):] == trained
+
+
 @pytest.fixture(scope="module")
 def smollm2_tokenizer():
     from data.assets import asset_path
@@ -191,6 +229,7 @@ def test_real_smollm2_tokenizer(smollm2_tokenizer):
     assert tok.bos_id is None and ids[0] != M  # SmolLM2 adds no bos
     assert trained[-1] == tok.eos_id and tok.decode(trained[:-1]) == "the correct answer is true"
     assert tok.decode([i for i, l in zip(ids, labels) if l == M]) == alpaca_prompt(record["instruction"])
+    assert ids == tok.encode(alpaca_prompt(record["instruction"]) + record["output"], eos=True)
     # Chat: the ids are exactly the model's own chat encoding; its turn end <|im_end|> stops, so no extra eos.
     ids, labels = tokenize_record(tok, {"messages": CONVERSATION})
     assert ids == encode_chat(tok, CONVERSATION, add_generation_prompt=False)
