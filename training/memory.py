@@ -1,12 +1,20 @@
-"""Memory of a training step from shapes alone: weights, gradients, optimizer state, activations and
-logits, for every method. train.py prints it before the first step; `python -m bench.memory` prints it
-for any named config without weights.
+"""Memory of a training step from shapes alone: weights, gradients, optimizer state, activations, logits
+and the runtime baseline, for every method. train.py prints it before the first step; `python -m
+bench.memory` prints it for any named config without weights.
 
-Activation model (bytes per token per block, b = bytes of the compute dtype): the tensors autograd keeps
-for a LLaMA block are the normed inputs of attention and MLP (b*dim each), q/k/v after RoPE
-(b*(dim + 2*kv_dim)), the attention output (b*dim), the gate/up outputs, the SiLU output and their product
-(4*b*ffn), and the two RMSNorm inputs upcast to fp32 (8*dim). With activation checkpointing only the block
-inputs are kept (b*dim per block) plus one block's full set during its recomputation.
+Activation model: bytes autograd saves per token per block, counted with saved-tensor hooks on this
+repo's `Transformer` (tests/test_bench_memory.py re-checks it). b = bytes of the compute dtype,
+d = dim, kv = n_kv_heads * head_dim, f = ffn_dim, H = n_heads:
+  block with trainable weights  b (8d + 2kv + 4f) + 4H + 8 + u
+  frozen block grads flow through b (4d + 2kv + 3f) + 4H + 8 + u   (frozen linears keep no input)
+  frozen block below every trainable parameter: nothing.
+u = 4d when b < 4: RoPE rotates q/k in fp32 and keeps the fp32 copies. LoRA adds, per adapted linear,
+its dropped-out input (b + 1 bytes per element with the keep-mask) and the rank-r product.
+With activation checkpointing each block keeps only its input (b d) and one block's full set exists
+while it is recomputed. The final norm keeps 2 b d (+ 4d fp32 upcast when b < 4).
+
+`runtime` is what the process holds before any model exists (the torch/Python runtime on CPU, where the
+measured number is RSS; 0 for CUDA max-allocated), passed in explicitly rather than hidden in a factor.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from optim.memory import state_bytes
 
 GIB = 2**30
 METHODS = ("full", "lora", "galore", "lisa", "owlore-fullrank", "owlore")
+SAMPLED = ("lisa", "owlore-fullrank", "owlore")
 
 
 @dataclass(frozen=True)
@@ -31,12 +40,14 @@ class MemorySettings:
     rank: int = 128
     proj_type: str = "std"
     lora_rank: int = 8
+    lora_dropout: bool = True
     grad_ckpt: bool = False
     fused: bool = False
     chunked_ce: bool = False
     ce_chunk: int = 1024
     train_outer: bool = True
     keep_inactive_state: bool = False
+    runtime_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,10 +57,11 @@ class MemoryEstimate:
     optimizer: int
     activations: int
     logits: int
+    runtime: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.logits
+        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.runtime
 
     def as_dict(self) -> dict[str, int]:
         return {**asdict(self), "total_bytes": self.total}
@@ -101,6 +113,8 @@ def _trainable_shapes(config: ModelConfig, s: MemorySettings) -> tuple[list[tupl
 def estimate_memory(config: ModelConfig, s: MemorySettings) -> MemoryEstimate:
     if s.method not in METHODS:
         raise ValueError(f"unknown method {s.method!r}; known: {', '.join(METHODS)}")
+    if s.method in SAMPLED and not 1 <= s.gamma <= config.n_layers:
+        raise ValueError(f"gamma {s.gamma} must lie in [1, {config.n_layers}] for {config.name!r}")
     b = s.dtype.itemsize
     galore, plain = _trainable_shapes(config, s)
     weights = parameter_count(config) * b
@@ -112,24 +126,53 @@ def estimate_memory(config: ModelConfig, s: MemorySettings) -> MemoryEstimate:
     active_galore, active_plain = _trainable_shapes(config, replace(s, keep_inactive_state=False))
     grad_numels = [_numel(x) for x in active_galore + active_plain]
     gradients = (max(grad_numels) if s.fused else sum(grad_numels)) * b
-    return MemoryEstimate(weights, gradients, optimizer, _activation_bytes(config, s), _logit_bytes(config, s))
+    return MemoryEstimate(weights, gradients, optimizer, activation_bytes(config, s), _logit_bytes(config, s),
+                          s.runtime_bytes)
 
 
-def _activation_bytes(config: ModelConfig, s: MemorySettings) -> int:
-    tokens = s.micro_batch * s.seq_len
-    b, d, f = s.dtype.itemsize, config.dim, config.ffn_dim
+def block_activation_bytes(config: ModelConfig, dtype: torch.dtype, kind: str, lora_rank: int = 8,
+                           lora_dropout: bool = True) -> int:
+    """Bytes saved for backward per token by one block; kind: "trainable", "frozen" or "lora"."""
+    b, d, f, h = dtype.itemsize, config.dim, config.ffn_dim, config.n_heads
     kv = config.n_kv_heads * config.head_dim
-    per_block = tokens * (b * (4 * d + 2 * kv + 4 * f) + 8 * d)
+    upcast = 4 * d if b < 4 else 0
+    frozen = b * (4 * d + 2 * kv + 3 * f) + 4 * h + 8 + upcast
+    if kind == "frozen":
+        return frozen
+    if kind == "trainable":
+        return b * (8 * d + 2 * kv + 4 * f) + 4 * h + 8 + upcast
+    trainable = b * (8 * d + 2 * kv + 4 * f) + 4 * h + 8 + upcast
+    if kind == "trainable":
+        return trainable
+    if kind == "lora":  # ~ a trainable block, plus each adapted linear's dropped-out input and keep-mask
+        return trainable + ((b + 1) * (6 * d + f) if lora_dropout else 0)
+    raise ValueError(f"unknown block kind {kind!r}")
+
+
+def activation_bytes(config: ModelConfig, s: MemorySettings) -> int:
+    """Peak bytes saved for backward by the blocks and the final norm for one micro-batch."""
+    tokens, b, d = s.micro_batch * s.seq_len, s.dtype.itemsize, config.dim
+    n_trainable = s.gamma if s.method in SAMPLED else config.n_layers
+    n_frozen = config.n_layers - n_trainable
+    # frozen embeddings: blocks below the lowest active one keep nothing; the peak is when block 0 is active
+    kind = "lora" if s.method == "lora" else "trainable"
+    one = lambda k: block_activation_bytes(config, s.dtype, k, s.lora_rank, s.lora_dropout)
+    final_norm = 2 * b * d + (4 * d if b < 4 else 0)
     if s.grad_ckpt:
-        return config.n_layers * tokens * d * b + per_block
-    return config.n_layers * per_block
+        per_token = config.n_layers * b * d + one(kind) + final_norm
+    else:
+        per_token = n_trainable * one(kind) + n_frozen * one("frozen") + final_norm
+    return tokens * per_token
 
 
 def _logit_bytes(config: ModelConfig, s: MemorySettings) -> int:
-    """Logits in the compute dtype, their fp32 copy, and the fp32 gradient of the loss w.r.t. them."""
+    """fp32 logits, their shifted contiguous copy and log-softmax (the forward peak; backward swaps the first
+    two for gradients of the same size), plus the compute-dtype logits before the upcast when b < 4.
+    Chunked cross-entropy holds one chunk's worth."""
     tokens = s.micro_batch * s.seq_len
     rows = min(tokens, s.ce_chunk) if s.chunked_ce else tokens
-    return rows * config.vocab_size * (s.dtype.itemsize + 8)
+    per_row = 12 if s.dtype.itemsize == 4 else s.dtype.itemsize + 12
+    return rows * config.vocab_size * per_row
 
 
 def format_report(estimate: MemoryEstimate, measured_peak: int | None = None) -> str:
