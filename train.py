@@ -123,9 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     stop = StopFlag()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    first_step = step
     progress = tqdm(range(step, total_steps), initial=step, total=total_steps, disable=not world.is_main)
     for step in progress:
-        if sampler and (step % args.period == 0 or step == progress.initial):
+        if sampler and (step % args.period == 0 or step == first_step):
             left = activate_blocks(model, sampler.active_layers(step), train_outer=not args.freeze_embeddings)
             if not args.keep_inactive_state:
                 optimizer.drop_state(left)
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         active = active_block_indices(model) if sampler else None
         record = dict(step=step + 1, loss=loss, lr=lr, tokens_per_s=n_tokens / seconds, step_s=seconds,
                       active_blocks=active, peak_memory=peak_memory_bytes(device), memory=current_memory_bytes(device))
-        if step + 1 == progress.initial + 2:
+        if step + 1 == first_step + 2:
             say("measured after 2 steps:\n" + format_report(estimate, record["peak_memory"]))
         if heldout and args.eval_every and (step + 1) % args.eval_every == 0 and world.is_main:
             record.update(heldout.evaluate(model))
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
             save_model(model, out / f"final-{fmt}", format=fmt, tokenizer=tokenizer)
             say(f"saved {fmt} weights to {out / f'final-{fmt}'}")
+    stop.restore()
     metrics.close()
     close_world(world)
 
@@ -222,8 +224,11 @@ class StopFlag:
 
     def __init__(self):
         self.requested = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
