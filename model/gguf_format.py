@@ -29,12 +29,8 @@ _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
 
 
 def gguf_metadata(reader: GGUFReader) -> dict:
-    """Model key/value fields of a GGUF file; `tokenizer.*` fields (large arrays) only as their key."""
-    return {
-        key: None if key.startswith("tokenizer.") else field.contents()
-        for key, field in reader.fields.items()
-        if not key.startswith("GGUF.")
-    }
+    """Key/value fields of a GGUF file, `tokenizer.*` included (so the tokenizer needs no second read)."""
+    return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
 
 
 def meta_name(gguf_name: str) -> str | None:

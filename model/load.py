@@ -5,6 +5,7 @@ checkpoint is never held twice in memory.
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -14,10 +15,11 @@ from model.config import CONFIGS, ModelConfig
 from model.gguf_format import read_gguf, write_vocab_gguf
 from model.hf_format import read_hf_dir, write_hf_dir
 from model.meta_format import atomic_write, read_meta_dir, write_meta_dir
-from model.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_gguf
+from model.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer, tokenizer_from_gguf
 from model.transformer import Transformer
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.model.v1", "tokenizer.model.v3", "tokenizer.gguf")
+MISTRAL_TOKENIZER_FILES = ("tokenizer.model.v1", "tokenizer.model.v3")
+TOKENIZER_FILES = ("tokenizer.model", *MISTRAL_TOKENIZER_FILES, "tokenizer.gguf")
 _SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_dim")
 
 
@@ -51,10 +53,22 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], device="cpu
 def _find_tokenizer(path: Path) -> Tokenizer | None:
     for name in TOKENIZER_FILES:
         if (path / name).is_file():
-            tokenizer = load_tokenizer(path / name)
+            tokenizer = load_tokenizer(path / name, chat_template="mistral" if name in MISTRAL_TOKENIZER_FILES else None)
             tokenizer.source = path / name
             return tokenizer
     return None
+
+
+def _is_mistral(path: Path, config: ModelConfig) -> bool:
+    """Mistral's chat format: a sliding window (Meta never sets one) or an HF ``model_type`` "mistral".
+
+    Mistral's own tokenizer file names (``tokenizer.model.v1``/``.v3``) are recognised by `_find_tokenizer`.
+    ``head_dim``/``hidden_dim`` in params.json are no sign: `save_model` writes them for LLaMA too.
+    """
+    if config.sliding_window is not None:
+        return True
+    hf_config = path / "config.json"
+    return not (path / "params.json").is_file() and json.loads(hf_config.read_text()).get("model_type") == "mistral"
 
 
 def _resolve(source: str | Path, ckpt_dir: str | Path | None) -> tuple[Path, ModelConfig | None]:
@@ -78,7 +92,7 @@ def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
         config, state, meta = read_gguf(path)
         tokenizer = None
         if "tokenizer.ggml.tokens" in meta:
-            tokenizer = tokenizer_from_gguf(path)
+            tokenizer = tokenizer_from_gguf(path, metadata=meta)
             tokenizer.source = path
         return config, state, tokenizer
     if not path.exists():
@@ -92,6 +106,8 @@ def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
         config, state = read_hf_dir(path)
     else:
         raise FileNotFoundError(f"{path}: neither params.json (Meta/Mistral) nor config.json (HF) found")
+    if isinstance(tokenizer, SentencePieceTokenizer) and _is_mistral(path, config):
+        tokenizer.chat_template = "mistral"
     return config, state, tokenizer
 
 
@@ -137,4 +153,7 @@ def _copy_tokenizer(tokenizer: Tokenizer | str | Path, out_dir: Path) -> None:
     if source.suffix == ".gguf":
         write_vocab_gguf(source, out_dir / "tokenizer.gguf")
     else:
-        atomic_write(out_dir / "tokenizer.model", lambda tmp: shutil.copyfile(source, tmp))
+        # Mistral's file name survives, so the copy loads with the Mistral chat format again.
+        mistral = isinstance(tokenizer, Tokenizer) and tokenizer.chat_template == "mistral"
+        name = source.name if source.name in MISTRAL_TOKENIZER_FILES else "tokenizer.model.v1" if mistral else "tokenizer.model"
+        atomic_write(out_dir / name, lambda tmp: shutil.copyfile(source, tmp))

@@ -61,6 +61,7 @@ def test_meta_llama2_params_vocab_from_tokenizer(tmp_path):
     assert loaded.config.vocab_size == tokenizer.vocab_size == 32000
     assert loaded.config.ffn_dim == 192 and loaded.config.rope_theta == 10000.0
     assert tokenizer.decode(tokenizer.encode("Hello world")) == "Hello world"
+    assert tokenizer.chat_template == "llama2"  # Meta params.json: no Mistral sign
 
 
 def test_mistral_safetensors_with_short_sliding_window(tmp_path):
@@ -73,6 +74,32 @@ def test_mistral_safetensors_with_short_sliding_window(tmp_path):
     assert loaded.config.sliding_window == 6
     assert torch.equal(logits(loaded), logits(model))
     assert not torch.allclose(logits(loaded), logits(tiny()))  # the window (< 24 tokens) matters
+
+
+def test_mistral_checkpoints_get_the_mistral_chat_template(tmp_path):
+    spm_file = asset_path("mistral-v1-tokenizer").read_bytes()
+    windowed, plain = tiny(sliding_window=6), tiny()
+    cases = {  # directory -> (model, tokenizer file name, format, expected template)
+        "meta-window": (windowed, "tokenizer.model", "meta", "mistral"),  # Mistral 7B v0.1 params.json
+        "meta-v1-name": (plain, "tokenizer.model.v1", "meta", "mistral"),  # Mistral's file name, no window
+        "hf-window": (windowed, "tokenizer.model", "hf", "mistral"),  # HF model_type "mistral"
+        "meta-llama": (plain, "tokenizer.model", "meta", "llama2"),  # our own LLaMA save: head_dim, hidden_dim
+        "hf-llama": (plain, "tokenizer.model", "hf", "llama2"),
+    }
+    for name, (model, file_name, fmt, template) in cases.items():
+        save_model(model, tmp_path / name, format=fmt)
+        (tmp_path / name / file_name).write_bytes(spm_file)
+        _, tokenizer = load_model(tmp_path / name)
+        assert tokenizer.chat_template == template, name
+    config = json.loads((tmp_path / "hf-window" / "config.json").read_text())
+    config["sliding_window"] = None  # as in Mistral 7B v0.2/v0.3 on the HF hub
+    (tmp_path / "hf-window" / "config.json").write_text(json.dumps(config))
+    _, tokenizer = load_model(tmp_path / "hf-window")
+    assert tokenizer.chat_template == "mistral"
+    # Saving keeps the Mistral sign: a model without a window reloads as Mistral from the file name.
+    save_model(plain, tmp_path / "resaved", tokenizer=tokenizer)
+    assert (tmp_path / "resaved" / "tokenizer.model.v1").is_file()
+    assert load_model(tmp_path / "resaved")[1].chat_template == "mistral"
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-tied"])

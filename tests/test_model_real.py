@@ -14,9 +14,31 @@ PARAGRAPH = (
 )
 
 
+GGUF_OPENS: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def smollm():
-    return load_model("smollm2-135m")
+    """The loaded model; every GGUF file opened while loading it is recorded in GGUF_OPENS."""
+    import gguf
+
+    import model.gguf_format
+
+    reader_class = gguf.GGUFReader
+
+    def counting_reader(path, *args, **kwargs):
+        GGUF_OPENS.append(str(path))
+        return reader_class(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf, "GGUFReader", counting_reader)
+        patch.setattr(model.gguf_format, "GGUFReader", counting_reader)
+        return load_model("smollm2-135m")
+
+
+def test_gguf_is_read_once(smollm):
+    # Weights and tokenizer come from one read of the file (a second read cost ~5 s on a 2-core CPU).
+    assert len(GGUF_OPENS) == 1 and GGUF_OPENS[0].endswith(".gguf")
 
 
 def test_loads_with_the_right_shape(smollm):
