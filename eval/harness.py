@@ -102,14 +102,18 @@ def evaluate(
     progress: bool = True,
     add_bos: bool = False,
     data_files: dict[str, str | Path] | None = None,
+    share_context: bool | None = None,
 ) -> dict:
     """Score `tasks` (names or groups) and return {"results", "groups", "records", "config"}.
 
     `limit` keeps the first N rows of each task's eval split; `doc_ids` (task -> row indices) overrides
     it per task. `data_files` (task -> .json/.jsonl file or arrow split folder) replaces the fetched
     eval split. `add_bos` prepends BOS to every context (the harness's HF default is not to).
+    `share_context` runs each doc's context once through the KV cache for all its choices; None = only
+    for few-shot prompts (short zero-shot contexts run faster as plain batched rows).
     """
     task_list = resolve_tasks(tasks)
+    share_context = num_fewshot > 0 if share_context is None else share_context
     data_files = data_files or {}
     per_task = []
     for task in task_list:
@@ -127,7 +131,7 @@ def evaluate(
     start = time.perf_counter()
     try:
         with torch.inference_mode():
-            scored = loglikelihoods(model, pairs, batch_size=batch_size, progress=progress)
+            scored = loglikelihoods(model, pairs, batch_size=batch_size, progress=progress, share_context=share_context)
     finally:
         model.train(was_training)
     elapsed = time.perf_counter() - start
@@ -146,6 +150,7 @@ def evaluate(
         "records": records,
         "config": {
             "num_fewshot": num_fewshot, "limit": limit, "seed": seed, "add_bos": add_bos, "batch_size": batch_size,
+            "share_context": share_context,
             "n_examples": len(records), "n_requests": len(pairs), "seconds": elapsed,
             "examples_per_second": len(records) / elapsed if elapsed > 0 else None,
         },

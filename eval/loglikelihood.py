@@ -8,7 +8,9 @@ the continuation tokens are summed.
 Speed: a request whose input tokens are a prefix of another's is read from that other row (causal
 attention makes the logits identical), so the four single-token MMLU answers, or boolq's " no"/" yes",
 cost one row. Rows are sorted longest first, padded on the right, and run one forward per batch; the
-output head is applied only at the positions that are scored.
+output head is applied only at the positions that are scored. With `share_context`, a context
+shared by several multi-token continuations (one doc's choices) runs once into the KV cache, which is
+then copied per continuation: for 5-shot prompts this divides the work by about the number of choices.
 """
 from __future__ import annotations
 
@@ -65,18 +67,86 @@ def _host_rows(inputs: list[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[int
 
 @torch.inference_mode()
 def loglikelihoods(
-    model, pairs: list[TokenPair], batch_size: int = 16, max_len: int | None = None, progress: bool = False
+    model, pairs: list[TokenPair], batch_size: int = 16, max_len: int | None = None, progress: bool = False,
+    share_context: bool = False,
 ) -> list[tuple[float, bool]]:
-    """(sum of continuation log-probs, whether the continuation is the greedy one) per pair."""
+    """(sum of continuation log-probs, whether the continuation is the greedy one) per pair.
+
+    share_context: run a context shared by several multi-token continuations once, through the KV
+    cache, then all its continuations as one batch (much less compute for few-shot prompts on a CPU).
+    """
     max_len = max_len or model.config.max_seq_len
+    results: list[tuple[float, bool] | None] = [None] * len(pairs)
+    rest = list(range(len(pairs)))
+    if share_context:
+        groups = _shared_context_groups(pairs, max_len)
+        for group in tqdm(groups, desc="shared contexts", disable=not progress, leave=False):
+            for i, value in zip(group, _score_shared_context(model, [pairs[i] for i in group])):
+                results[i] = value
+        rest = [i for i in rest if results[i] is None]
+    for i, value in zip(rest, _score_rows(model, [pairs[i] for i in rest], batch_size, max_len, progress)):
+        results[i] = value
+    return results  # type: ignore[return-value]
+
+
+def _shared_context_groups(pairs: list[TokenPair], max_len: int) -> list[list[int]]:
+    """Indices of pairs sharing a context, when some continuation has > 1 token and all fit untruncated."""
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, cont) in enumerate(pairs):
+        by_context.setdefault(tuple(ctx), []).append(i)
+    return [
+        group for ctx, group in by_context.items()
+        if len(group) > 1 and any(len(pairs[i][1]) > 1 for i in group)
+        and all(0 < len(pairs[i][1]) and len(ctx) + len(pairs[i][1]) - 1 <= max_len for i in group)
+    ]
+
+
+def _score_shared_context(model, pairs: list[TokenPair]) -> list[tuple[float, bool]]:
+    context = pairs[0][0]
+    conts = [cont for _, cont in pairs]
+    width = max(len(c) for c in conts) - 1
+    device = next(model.parameters()).device
+    model.setup_kv_cache(1, len(context) + width)
+    try:
+        first = model.forward_hidden(torch.tensor([context], device=device))[0, -1]
+        for block in model.layers:  # one cached context, copied for each continuation
+            cache = block.attention.kv_cache
+            cache.k, cache.v = (t.expand(len(conts), -1, -1, -1).contiguous() for t in (cache.k, cache.v))
+        tokens = torch.zeros(len(conts), width, dtype=torch.long)
+        for b, cont in enumerate(conts):
+            tokens[b, : len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
+        pos = torch.arange(len(context), len(context) + width, device=device)
+        rest = model.forward_hidden(tokens.to(device), pos)
+    finally:
+        model.clear_kv_cache()
+    hidden = torch.cat([first.expand(len(conts), 1, -1), rest], dim=1)
+    batch_idx = [b for b, cont in enumerate(conts) for _ in cont]
+    pos_idx = [j for cont in conts for j in range(len(cont))]
+    owners = [b for b, cont in enumerate(conts) for _ in cont]
+    token_lp, greedy = _token_scores(model, hidden, batch_idx, pos_idx, [t for c in conts for t in c])
+    out: list = [None] * len(conts)
+    _scatter(out, owners, token_lp, greedy)
+    return out
+
+
+def _token_scores(model, hidden, batch_idx, pos_idx, targets) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each target token and whether it is the argmax, from hidden[batch_idx, pos_idx]."""
+    logprobs = model.output(hidden[torch.tensor(batch_idx), torch.tensor(pos_idx)]).float().log_softmax(-1)
+    target = torch.tensor(targets, device=logprobs.device)
+    return logprobs.gather(1, target[:, None])[:, 0].double().cpu(), (logprobs.argmax(-1) == target).cpu()
+
+
+def _score_rows(model, pairs: list[TokenPair], batch_size: int, max_len: int, progress: bool) -> list[tuple[float, bool]]:
+    if not pairs:
+        return []
     inputs = [_input_tokens(p, max_len) for p in pairs]
+    results: list[tuple[float, bool] | None] = [None] * len(pairs)
     host = _host_rows(inputs)
     rows = sorted(set(host.values()), key=lambda r: (-len(r), r))
     readers: dict[tuple[int, ...], list[int]] = {r: [] for r in rows}
     for i, inp in enumerate(inputs):
         readers[host[inp]].append(i)
     device = next(model.parameters()).device
-    results: list[tuple[float, bool] | None] = [None] * len(pairs)
     starts = range(0, len(rows), batch_size)
     for start in tqdm(starts, desc="loglikelihood", disable=not progress, leave=False):
         batch = rows[start : start + batch_size]
@@ -91,11 +161,7 @@ def loglikelihoods(
                 targets += cont
                 owners += [i] * len(cont)
         hidden = model.forward_hidden(tokens.to(device))
-        logits = model.output(hidden[torch.tensor(batch_idx), torch.tensor(pos_idx)]).float()
-        logprobs = logits.log_softmax(-1)
-        target = torch.tensor(targets, device=logprobs.device)
-        token_lp = logprobs.gather(1, target[:, None])[:, 0].double().cpu()
-        greedy = (logprobs.argmax(-1) == target).cpu()
+        token_lp, greedy = _token_scores(model, hidden, batch_idx, pos_idx, targets)
         _scatter(results, owners, token_lp, greedy)
     return results  # type: ignore[return-value]
 

@@ -93,6 +93,19 @@ def test_batching_and_sorting_do_not_change_any_number(tiny):
                 assert ll == pytest.approx(reference[i][0], abs=1e-5) and greedy == reference[i][1]
 
 
+def test_shared_context_kv_path_gives_the_same_numbers(tiny):
+    g = torch.Generator().manual_seed(3)
+    pairs = []
+    for _ in range(4):
+        ctx = torch.randint(3, 256, (int(torch.randint(5, 60, (1,), generator=g)),), generator=g).tolist()
+        pairs += [(ctx, torch.randint(3, 256, (n,), generator=g).tolist()) for n in (1, 3, 6, 2)]
+    rows = loglikelihoods(tiny, pairs, batch_size=4)
+    shared = loglikelihoods(tiny, pairs, batch_size=4, share_context=True)
+    for (ctx, cont), (ll_row, greedy_row), (ll, greedy) in zip(pairs, rows, shared):
+        assert ll == pytest.approx(ll_row, abs=1e-4) and greedy == greedy_row
+        assert ll == pytest.approx(_direct_loglikelihood(tiny, ctx, cont), abs=1e-4)
+
+
 def test_left_truncation_keeps_the_last_max_len_tokens(tiny):
     ctx, cont = list(range(3, 200)), [5, 6]  # 199 tokens > max_seq_len 128
     (ll, _), = loglikelihoods(tiny, [(ctx, cont)])

@@ -1,0 +1,129 @@
+"""Command line: harness-style scoring (default), LLM-Adapters generation, MT-Bench.
+
+  python -m eval --model smollm2-135m --tasks commonsense,mmlu --num-fewshot 5 --limit 200 --output results.json
+  python -m eval generate --model SRC --dataset boolq --data dataset/boolq/test.json --num-beams 4
+  python -m eval mtbench --model SRC --questions question.jsonl --answers answers.jsonl \\
+      [--judge-url http://host:8000/v1 --judge-model gpt-4 --judgments judgments.jsonl]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from eval.report import results_table, write_json
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _load(args):
+    from model import load_model
+
+    model, tokenizer = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype])
+    if tokenizer is None:
+        raise SystemExit(f"{args.model}: the checkpoint has no tokenizer; evaluation needs one")
+    return model, tokenizer
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="Meta/Mistral/HF dir, .gguf file or config name")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
+
+
+def harness_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="python -m eval", description="lm-evaluation-harness-style multiple choice")
+    _common(p)
+    p.add_argument("--tasks", default="commonsense", help="comma-separated tasks/groups: commonsense, mmlu, arc_easy, ...")
+    p.add_argument("--num-fewshot", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="first N rows of each task (each MMLU subject)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--add-bos", action="store_true", help="prepend BOS to contexts (harness HF default: no)")
+    p.add_argument("--share-context", choices=["auto", "yes", "no"], default="auto",
+                   help="run a doc's context once for all choices (auto: only with few-shot prompts)")
+    p.add_argument("--output", default=None, help="JSON file for metrics and per-example records")
+    args = p.parse_args(argv)
+    from eval.harness import evaluate
+
+    model, tokenizer = _load(args)
+    out = evaluate(model, tokenizer, args.tasks, num_fewshot=args.num_fewshot, limit=args.limit,
+                   batch_size=args.batch_size, seed=args.seed, add_bos=args.add_bos,
+                   share_context={"auto": None, "yes": True, "no": False}[args.share_context])
+    out["config"]["model"] = str(args.model)
+    if args.output:
+        write_json(args.output, out)
+    print(results_table(out))
+    c = out["config"]
+    print(f"{c['n_examples']} examples, {c['n_requests']} requests in {c['seconds']:.1f} s "
+          f"({c['examples_per_second']:.2f} examples/s)")
+
+
+def generate_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="python -m eval generate", description="LLM-Adapters generative protocol")
+    _common(p)
+    p.add_argument("--dataset", required=True, help="boolq, piqa, social_i_qa, hellaswag, winogrande, ARC-Easy, ...")
+    p.add_argument("--data", required=True, help="LLM-Adapters test.json")
+    p.add_argument("--num-beams", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--output", default=None)
+    args = p.parse_args(argv)
+    from eval.generative import read_llm_adapters, run_generative
+
+    rows = read_llm_adapters(args.data)[: args.limit]
+    model, tokenizer = _load(args)
+    out = run_generative(model, tokenizer, args.dataset, rows, args.num_beams, args.max_new_tokens)
+    if args.output:
+        write_json(args.output, out)
+    print(f"{args.dataset}: n={out['n']} acc={out['acc']:.4f}")
+
+
+def mtbench_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="python -m eval mtbench", description="MT-Bench answers and single-answer judging")
+    _common(p)
+    p.add_argument("--questions", required=True, help="FastChat question.jsonl")
+    p.add_argument("--answers", required=True, help="answer JSONL (written, or read with --judge-only)")
+    p.add_argument("--model-id", default=None)
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--judge-only", action="store_true", help="judge existing --answers without loading a model")
+    p.add_argument("--judge-url", default=None, help="OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--judge-model", default="gpt-4")
+    p.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    p.add_argument("--references", default=None, help="reference answers (FastChat answer format)")
+    p.add_argument("--judgments", default=None, help="JSONL of judgments to write")
+    args = p.parse_args(argv)
+    from eval import mtbench
+
+    questions = mtbench.read_questions(args.questions)
+    if args.judge_only:
+        from eval.docs import read_json_records
+
+        answers = read_json_records(args.answers)
+    else:
+        model, tokenizer = _load(args)
+        answers = mtbench.generate_answers(model, tokenizer, questions, args.model_id or str(args.model), args.max_new_tokens)
+        mtbench.write_jsonl(args.answers, answers)
+    if args.judge_url:
+        client = mtbench.JudgeClient(args.judge_url, args.judge_model, os.environ.get(args.judge_api_key_env))
+        refs = mtbench.read_references(args.references) if args.references else None
+        judgments = mtbench.judge_answers(questions, answers, client, refs)
+        if args.judgments:
+            mtbench.write_jsonl(args.judgments, judgments)
+        print(json.dumps(mtbench.summarize_scores(judgments), indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"generate": generate_main, "mtbench": mtbench_main}
+    if argv and argv[0] in commands:
+        commands[argv[0]](argv[1:])
+    else:
+        harness_main(argv)
+
+
+if __name__ == "__main__":
+    main()
