@@ -155,5 +155,5 @@ def _copy_tokenizer(tokenizer: Tokenizer | str | Path, out_dir: Path) -> None:
     else:
         # Mistral's file name survives, so the copy loads with the Mistral chat format again.
         mistral = isinstance(tokenizer, Tokenizer) and tokenizer.chat_template == "mistral"
-        name = source.name if source.name in MISTRAL_TOKENIZER_FILES else "tokenizer.model.v1" if mistral else "tokenizer.model"
+        name = source.name if source.name in MISTRAL_TOKENIZER_FILES else "tokenizer.model" + ".v1" * mistral
         atomic_write(out_dir / name, lambda tmp: shutil.copyfile(source, tmp))
