@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> None:
         groups = param_groups(model, args)
     optimizer = GaLoreAdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
-    fused = attach_fused_step(optimizer, [p for g in groups for p in g["params"]]) if args.fused else None
+    if args.fused and world.size > 1:
+        sys.exit("error: --fused steps each parameter before gradients could be summed across ranks; "
+                 "drop --fused under torchrun")
+    fused = attach_fused_step(optimizer, [p for g in groups for p in g["params"]], grad_accum_steps=args.grad_accum,
+                              max_grad_norm=args.max_grad_norm) if args.fused else None
 
     # Resume: weights, optimizer, scheduler, sampler, data position and RNG, exactly where they were.
     step = 0
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     say(f"memory estimate for {args.method} ({dtype}, micro-batch {settings.micro_batch}x{args.seq_len}):\n"
         + format_report(estimate))
 
-    heldout = HeldOut(args.eval_data, tokenizer, args.seq_len, args.eval_limit) if args.eval_data else None
+    heldout = HeldOut(args.eval_data, tokenizer, args.eval_limit, template=args.template) if args.eval_data else None
     metrics = MetricsLog(out / "metrics.jsonl", enabled=world.is_main)
     if heldout and world.is_main and step == 0:
         metrics.write(step=0, **heldout.evaluate(model))
@@ -136,8 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         sum_gradients(trainable, world)
         if args.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
-        if not fused:
-            optimizer.step()
+        optimizer.step()  # with --fused every parameter already stepped in backward and this finds no grad
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         seconds = time.perf_counter() - started

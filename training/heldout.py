@@ -7,31 +7,43 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
-from data import build_dataset, load_records
+from data import load_records, tokenize_record
 from eval import evaluate
 
 
 class HeldOut:
-    def __init__(self, path: str, tokenizer, seq_len: int, limit_per_task: int | None = None, batch_size: int = 8):
-        records = load_records(path)
+    """`limit_per_task` keeps the first N records of each task (records without a task count as one task)."""
+
+    def __init__(self, path: str, tokenizer, limit_per_task: int | None = None, batch_size: int = 8,
+                 template: str = "alpaca"):
+        kept: dict[str, list[dict]] = defaultdict(list)
+        for record in load_records(path):
+            task = record.get("task", "")
+            if limit_per_task is None or len(kept[task]) < limit_per_task:
+                kept[task].append(record)
+        records = [r for rs in kept.values() for r in rs]
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.dataset = build_dataset(records, tokenizer, seq_len, pack=False, mask_prompt=True)
-        self.doc_ids: dict[str, list[int]] = defaultdict(list)
-        for record in records:
-            task, doc_id = record.get("task"), record.get("doc_id")
-            if task is not None and doc_id is not None:
-                if limit_per_task is None or len(self.doc_ids[task]) < limit_per_task:
-                    self.doc_ids[task].append(int(doc_id))
+        # shortest first so each batch pads little; every row whole (no truncation at the training length)
+        self.examples = sorted((tokenize_record(tokenizer, r, True, template) for r in records), key=lambda e: len(e[0]))
+        self.doc_ids = {task: [int(r["doc_id"]) for r in rs] for task, rs in kept.items()
+                        if task and all("doc_id" in r for r in rs)}
 
     @torch.no_grad()
     def loss(self, model) -> float:
-        total, count = 0.0, 0
+        """Mean next-token cross-entropy over the response tokens of every held-out record."""
         device = next(model.parameters()).device
-        for start in range(0, len(self.dataset.input_ids), self.batch_size):
-            ids = self.dataset.input_ids[start:start + self.batch_size].to(device)
-            targets = self.dataset.labels[start:start + self.batch_size, 1:].to(device)
-            logits = model(ids)[:, :-1]
+        total, count = 0.0, 0
+        for start in range(0, len(self.examples), self.batch_size):
+            batch = self.examples[start:start + self.batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            for row, (tokens, targets) in enumerate(batch):
+                ids[row, :len(tokens)] = torch.tensor(tokens)
+                labels[row, :len(targets)] = torch.tensor(targets)
+            logits = model(ids.to(device))[:, :-1]
+            targets = labels[:, 1:].to(device)
             total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                                      ignore_index=-100, reduction="sum").item()
             count += int((targets != -100).sum())
@@ -44,7 +56,7 @@ class HeldOut:
             result = {"heldout_loss": self.loss(model)}
             if self.doc_ids:
                 scores = evaluate(model, self.tokenizer, sorted(self.doc_ids), num_fewshot=0,
-                                  doc_ids=dict(self.doc_ids), progress=False)
+                                  doc_ids=self.doc_ids, progress=False)
                 result["heldout_acc"] = {task: r["acc"] for task, r in scores["results"].items()}
         finally:
             model.train(was_training)
