@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 1. The pre-trained model.
     model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir)
+    model.train()
     model.gradient_checkpointing = args.grad_ckpt
     n_layers = model.config.n_layers
     if args.gamma > n_layers and args.method in SAMPLED_METHODS:

@@ -116,6 +116,8 @@ def check_consistency(parser: argparse.ArgumentParser, args: argparse.Namespace)
     sampled = args.method in DEFAULT_SAMPLING
     if args.sampling and not sampled:
         parser.error(f"--sampling applies to lisa/owlore/owlore-fullrank, not --method {args.method}")
+    if args.freeze_embeddings and not sampled:
+        parser.error(f"--freeze-embeddings applies to lisa/owlore/owlore-fullrank, not --method {args.method}")
     if args.sampling == "fixed" and not args.fixed_layers:
         parser.error("--sampling fixed needs --fixed-layers, e.g. --fixed-layers 0,3,7")
     if args.fixed_layers and args.sampling != "fixed":
