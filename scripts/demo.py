@@ -28,8 +28,8 @@ def run(command: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--eval-limit", type=int, default=8, help="held-out rows scored per task")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--eval-limit", type=int, default=10, help="held-out rows scored per task")
     args = parser.parse_args()
     out = ROOT / args.out
     data, scores = out / "data", out / "outlier_scores.json"
