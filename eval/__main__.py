@@ -3,7 +3,8 @@
   python -m eval --model smollm2-135m --tasks commonsense,mmlu --num-fewshot 5 --limit 200 --output results.json
   python -m eval generate --model SRC --dataset boolq --data dataset/boolq/test.json --num-beams 4
   python -m eval mtbench --model SRC --questions question.jsonl --answers answers.jsonl \\
-      [--judge-url http://host:8000/v1 --judge-model gpt-4 --judgments judgments.jsonl]
+      [--judge-url http://host:8000/v1 --judge-model gpt-4 --judgments judgments.jsonl \\
+       --judge-prompts judge_prompts.jsonl]
 """
 from __future__ import annotations
 
@@ -95,10 +96,13 @@ def mtbench_main(argv: list[str]) -> None:
     p.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
     p.add_argument("--references", default=None, help="reference answers (FastChat answer format)")
     p.add_argument("--judgments", default=None, help="JSONL of judgments to write")
+    p.add_argument("--judge-prompts", default=None,
+                   help="FastChat judge_prompts.jsonl (needed for scores comparable with published MT-Bench)")
     args = p.parse_args(argv)
     from eval import mtbench
 
     questions = mtbench.read_questions(args.questions)
+    prompts = mtbench.read_judge_prompts(args.judge_prompts) if args.judge_prompts else None
     if args.judge_only:
         from eval.docs import read_json_records
 
@@ -110,7 +114,7 @@ def mtbench_main(argv: list[str]) -> None:
     if args.judge_url:
         client = mtbench.JudgeClient(args.judge_url, args.judge_model, os.environ.get(args.judge_api_key_env))
         refs = mtbench.read_references(args.references) if args.references else None
-        judgments = mtbench.judge_answers(questions, answers, client, refs)
+        judgments = mtbench.judge_answers(questions, answers, client, refs, prompts)
         if args.judgments:
             mtbench.write_jsonl(args.judgments, judgments)
         print(json.dumps(mtbench.summarize_scores(judgments), indent=1))

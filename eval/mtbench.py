@@ -7,14 +7,17 @@ coding use the reference-answer prompts (reference from the question's "referenc
 reference-answers file in the answer format). The rating is the number in "[[x]]" (else "[x]");
 a judgment with neither is excluded from the means.
 
-The judge prompt texts below are the MT-Bench protocol's (FastChat `judge_prompts.jsonl`, single-v1,
-single-math-v1 and their multi-turn forms): scores are only comparable with the same prompts.
+The default judge prompts (`JUDGE_PROMPTS`: single-v1, single-math-v1 and their multi-turn forms) are our
+own wording of the same four roles, so their scores are NOT comparable with published MT-Bench numbers.
+For comparable scores pass FastChat's official `judge_prompts.jsonl` (`read_judge_prompts`, CLI
+`--judge-prompts`).
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import string
 import tempfile
 import time
 import urllib.error
@@ -31,37 +34,34 @@ TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, 
 DEFAULT_TEMPERATURE = 0.7
 NEED_REFERENCE = ("math", "reasoning", "coding")
 
-_RATE = ('After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly '
-         'following this format: "[[rating]]", for example: "Rating: [[5]]".')
-_GENERAL = ("Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, "
-            "creativity, and level of detail of the response.")
-_MATH = ("Your evaluation should consider correctness and helpfulness. You will be given a reference answer and "
-         "the assistant's answer.")
-_JUDGE = "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant to the user question"
-_CONVERSATION = ("<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question_1}\n\n### Assistant A:\n"
-                 "{answer_1}\n\n### User:\n{question_2}\n\n### Assistant A:\n{answer_2}\n\n"
-                 "<|The End of Assistant A's Conversation with User|>")
-_REFERENCE_CONVERSATION = ("<|The Start of Reference Answer|>\n\n### User:\n{question_1}\n\n### Reference answer:\n"
-                           "{ref_answer_1}\n\n### User:\n{question_2}\n\n### Reference answer:\n{ref_answer_2}\n\n"
-                           "<|The End of Reference Answer|>\n\n\n")
-JUDGE_PROMPTS: dict[str, tuple[str, str]] = {  # name -> (system prompt, user prompt template)
-    "single-v1": ("You are a helpful assistant.",
-                  f"[Instruction]\n{_JUDGE} displayed below. {_GENERAL} Begin your evaluation by providing a short "
-                  f"explanation. Be as objective as possible. {_RATE}\n\n[Question]\n{{question}}\n\n"
-                  "[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"),
-    "single-math-v1": ("You are a helpful assistant.",
-                       f"[Instruction]\n{_JUDGE} displayed below. {_MATH} Begin your evaluation by comparing the "
-                       "assistant's answer with the reference answer. Identify and correct any mistakes. Be as "
-                       f"objective as possible. {_RATE}\n\n[Question]\n{{question}}\n\n[The Start of Reference Answer]\n"
-                       "{ref_answer_1}\n[The End of Reference Answer]\n\n[The Start of Assistant's Answer]\n{answer}\n"
-                       "[The End of Assistant's Answer]"),
-    "single-v1-multi-turn": (f"{_JUDGE} displayed below. {_GENERAL} You evaluation should focus on the assistant's "
-                             "answer to the second user question. Begin your evaluation by providing a short "
-                             f"explanation. Be as objective as possible. {_RATE}\n\n", _CONVERSATION),
-    "single-math-v1-multi-turn": (f"{_JUDGE}. {_MATH} You evaluation should focus on the assistant's answer to the "
-                                  "second question. Begin your evaluation by comparing the assistant's answer with the "
-                                  "reference answer. Identify and correct any mistakes. Be as objective as possible. "
-                                  f"{_RATE}\n\n", _REFERENCE_CONVERSATION + _CONVERSATION),
+_SCALE = ("Write a short justification first. Then, on the last line, give your score as a number from 1 (useless) "
+          'to 10 (excellent) inside double square brackets, exactly in the form "[[rating]]", e.g. "Score: [[6]]".')
+_QUALITIES = ("Weigh how useful, on topic, factually right, thorough, original and detailed the reply is; "
+              "length or style alone earns nothing.")
+_CHECK = ("A reference solution is supplied: compare the assistant's work with it, name every error you find, "
+          "and weigh correctness first and usefulness second.")
+_TURNS = ("[User, turn 1]\n{question_1}\n\n[Assistant, turn 1]\n{answer_1}\n\n"
+          "[User, turn 2]\n{question_2}\n\n[Assistant, turn 2]\n{answer_2}")
+_REFERENCE_TURNS = ("[User, turn 1]\n{question_1}\n\n[Reference, turn 1]\n{ref_answer_1}\n\n"
+                    "[User, turn 2]\n{question_2}\n\n[Reference, turn 2]\n{ref_answer_2}")
+JUDGE_PROMPTS: dict[str, tuple[str, str]] = {  # name -> (system prompt, user prompt template); our wording
+    "single-v1": (f"You grade a reply that an AI assistant wrote to a user's question. {_QUALITIES} {_SCALE}",
+                  "## Question\n{question}\n\n## Assistant's reply\n{answer}"),
+    "single-math-v1": (f"You grade a reply that an AI assistant wrote to a question with a correct solution. {_CHECK} {_SCALE}",
+                       "## Question\n{question}\n\n## Reference solution\n{ref_answer_1}\n\n## Assistant's reply\n{answer}"),
+    "single-v1-multi-turn": ("You grade an AI assistant in a two-turn conversation with a user. Grade only the "
+                             "assistant's reply to the user's second message; the first exchange is context. "
+                             f"{_QUALITIES} {_SCALE}", f"## Conversation\n\n{_TURNS}"),
+    "single-math-v1-multi-turn": ("You grade an AI assistant in a two-turn conversation with a user about questions "
+                                  "with correct solutions. Grade only the assistant's reply to the user's second "
+                                  f"message; the first exchange is context. {_CHECK} {_SCALE}",
+                                  f"## Reference solutions\n\n{_REFERENCE_TURNS}\n\n## Conversation\n\n{_TURNS}"),
+}
+PLACEHOLDERS = {  # the fields each prompt template must show, and may only use
+    "single-v1": {"question", "answer"},
+    "single-math-v1": {"question", "ref_answer_1", "answer"},
+    "single-v1-multi-turn": {"question_1", "answer_1", "question_2", "answer_2"},
+    "single-math-v1-multi-turn": {"question_1", "answer_1", "question_2", "answer_2", "ref_answer_1", "ref_answer_2"},
 }
 
 _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
@@ -72,6 +72,47 @@ def parse_rating(judgment: str) -> float | None:
     """The judge's rating from "[[8]]" / "[[8.5]]", else "[8]"; None when there is none."""
     match = _RATING.search(judgment) or _RATING_BACKUP.search(judgment)
     return float(match.group(1)) if match else None
+
+
+def read_judge_prompts(path: str | Path) -> dict[str, tuple[str, str]]:
+    """The four single-answer prompts (name -> (system, template)) from a FastChat `judge_prompts.jsonl`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such judge prompts file")
+    prompts = {}
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {line_no} is not JSON ({err})") from err
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+            raise ValueError(f"{path}: line {line_no} is not a judge prompt (needs a JSON object with a name)")
+        name = row["name"]
+        if name not in PLACEHOLDERS:
+            continue
+        if name in prompts:
+            raise ValueError(f"{path}: line {line_no} repeats judge prompt {name}")
+        system, template = row.get("system_prompt"), row.get("prompt_template")
+        if not isinstance(system, str) or not isinstance(template, str):
+            raise ValueError(f"{path}: line {line_no} ({name}) needs string system_prompt and prompt_template")
+        fields = _template_fields(template, f"{path}: line {line_no} ({name})")
+        if fields != PLACEHOLDERS[name]:
+            raise ValueError(f"{path}: line {line_no} ({name}) template has placeholders {sorted(fields)}, "
+                             f"expected {sorted(PLACEHOLDERS[name])}")
+        prompts[name] = (system, template)
+    missing = [name for name in PLACEHOLDERS if name not in prompts]
+    if missing:
+        raise ValueError(f"{path}: no judge prompt named {', '.join(missing)}")
+    return prompts
+
+
+def _template_fields(template: str, where: str) -> set[str]:
+    try:
+        return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+    except ValueError as err:
+        raise ValueError(f"{where} template is not a valid format string ({err})") from err
 
 
 def read_questions(path: str | Path) -> list[dict]:
@@ -146,9 +187,10 @@ class JudgeClient:
         raise AssertionError("unreachable")
 
 
-def _judge_prompt(question: dict, turns: list[str], turn: int, reference: list[str] | None) -> tuple[str, str, str]:
+def _judge_prompt(question: dict, turns: list[str], turn: int, reference: list[str] | None,
+                  prompts: dict[str, tuple[str, str]]) -> tuple[str, str, str]:
     name = ("single-math-v1" if reference else "single-v1") + ("-multi-turn" if turn == 2 else "")
-    system, template = JUDGE_PROMPTS[name]
+    system, template = prompts[name]
     fields = {"question": question["turns"][0], "answer": turns[0], "question_1": question["turns"][0],
               "question_2": question["turns"][1], "answer_1": turns[0], "answer_2": turns[1]}
     if reference:
@@ -157,8 +199,10 @@ def _judge_prompt(question: dict, turns: list[str], turn: int, reference: list[s
 
 
 def judge_answers(questions: list[dict], answers: list[dict], client: JudgeClient,
-                  references: dict | None = None) -> list[dict]:
-    """One judgment per (question, turn); references: question_id -> [ref turn 1, ref turn 2]."""
+                  references: dict | None = None, prompts: dict[str, tuple[str, str]] | None = None) -> list[dict]:
+    """One judgment per (question, turn); references: question_id -> [ref turn 1, ref turn 2];
+    prompts: name -> (system, template), e.g. from `read_judge_prompts` (default: `JUDGE_PROMPTS`)."""
+    prompts = JUDGE_PROMPTS if prompts is None else prompts
     by_id = {a["question_id"]: a for a in answers}
     judgments = []
     for q in questions:
@@ -169,7 +213,7 @@ def judge_answers(questions: list[dict], answers: list[dict], client: JudgeClien
         if q["category"] in NEED_REFERENCE:
             reference = (references or {}).get(q["question_id"]) or q.get("reference")
         for turn in (1, 2):
-            name, system, user = _judge_prompt(q, turns, turn, reference)
+            name, system, user = _judge_prompt(q, turns, turn, reference, prompts)
             judgment = client.complete(system, user)
             judgments.append({"question_id": q["question_id"], "category": q["category"], "turn": turn,
                               "judge": [client.model, name], "user_prompt": user, "judgment": judgment,

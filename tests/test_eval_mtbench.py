@@ -1,13 +1,15 @@
-"""MT-Bench: rating parser, judge client against a fake OpenAI-compatible server, answer generation."""
+"""MT-Bench: rating parser, judge prompts (ours and a FastChat-format file), judge client against a fake
+OpenAI-compatible server, answer generation."""
 import json
+import string
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import torch
 
-from eval.mtbench import (JudgeClient, generate_answers, judge_answers, parse_rating, read_questions,
-                          summarize_scores, write_jsonl)
+from eval.mtbench import (JUDGE_PROMPTS, PLACEHOLDERS, JudgeClient, generate_answers, judge_answers, parse_rating,
+                          read_judge_prompts, read_questions, summarize_scores, write_jsonl)
 from model import Transformer, get_config
 
 QUESTIONS = [
@@ -66,16 +68,96 @@ def test_judge_prompts_ratings_and_means(judge_server):
     assert [j["judge"][1] for j in judgments] == ["single-v1", "single-v1-multi-turn", "single-math-v1",
                                                   "single-math-v1-multi-turn"]
     system, user = (m["content"] for m in reqs[0]["messages"])
-    assert system == "You are a helpful assistant."
-    assert user.endswith("[Question]\nWrite a poem.\n\n[The Start of Assistant's Answer]\nA1\n[The End of Assistant's Answer]")
+    assert system == JUDGE_PROMPTS["single-v1"][0]
+    assert user == "## Question\nWrite a poem.\n\n## Assistant's reply\nA1"
     math_user = reqs[2]["messages"][1]["content"]
-    assert "[The Start of Reference Answer]\n4\n[The End of Reference Answer]" in math_user
+    assert "## Reference solution\n4\n\n## Assistant's reply\nA1" in math_user
     multi = reqs[3]["messages"][1]["content"]
-    assert "### User:\nAnd 3+3?\n\n### Reference answer:\n6\n\n" in multi and "### Assistant A:\nA2\n\n" in multi
-    assert "focus on the assistant's answer to the second" in reqs[1]["messages"][0]["content"]
+    assert "[User, turn 2]\nAnd 3+3?\n\n[Reference, turn 2]\n6" in multi and "[Assistant, turn 2]\nA2" in multi
+    assert "Grade only the assistant's reply to the user's second message" in reqs[1]["messages"][0]["content"]
     assert [j["score"] for j in judgments] == [8.0, 8.5, 7.0, None]
     summary = summarize_scores(judgments)
     assert summary == {"turn_1": 7.5, "turn_2": 8.5, "overall": pytest.approx(23.5 / 3), "n_rated": 3, "n_excluded": 1}
+
+
+def test_default_prompts_show_their_fields_and_ask_for_a_bracketed_rating():
+    assert set(JUDGE_PROMPTS) == set(PLACEHOLDERS)
+    for name, (system, template) in JUDGE_PROMPTS.items():
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        assert fields == PLACEHOLDERS[name], name
+        assert "[[rating]]" in system + template and "1" in system and "10" in system, name
+        assert parse_rating(system + template) is not None, name  # its example rating is in the parsed format
+
+
+FILE_PROMPTS = {  # distinctive texts, so the requests show which prompts were used
+    "single-v1": ("sys one", "Q={question} A={answer}"),
+    "single-math-v1": ("sys math", "Q={question} R={ref_answer_1} A={answer}"),
+    "single-v1-multi-turn": ("sys two", "{question_1}|{answer_1}|{question_2}|{answer_2}"),
+    "single-math-v1-multi-turn": ("sys math two", "{question_1}|{ref_answer_1}|{answer_1}|{question_2}|{ref_answer_2}|{answer_2}"),
+}
+
+
+def write_prompts_file(path, prompts, extra_rows=()):
+    rows = [{"name": "pair-v2", "type": "pairwise", "system_prompt": "x {question}", "prompt_template": "{nope}"},
+            *[{"name": n, "type": "single", "system_prompt": s, "prompt_template": t, "output_format": "[[rating]]"}
+              for n, (s, t) in prompts.items()], *extra_rows]
+    write_jsonl(path, rows)
+
+
+def test_judge_prompts_file_is_read_and_sent_to_the_judge(tmp_path, judge_server):
+    path = tmp_path / "judge_prompts.jsonl"
+    write_prompts_file(path, FILE_PROMPTS)
+    prompts = read_judge_prompts(path)
+    assert prompts == FILE_PROMPTS  # other names (pairwise) are skipped
+    FakeJudge.replies = ["[[1]]", "[[2]]", "[[3]]", "[[4]]"]
+    judgments = judge_answers(QUESTIONS, ANSWERS, JudgeClient(judge_server, "j"), prompts=prompts)
+    sent = [tuple(m["content"] for m in r["messages"]) for r in FakeJudge.requests]
+    assert sent == [("sys one", "Q=Write a poem. A=A1"), ("sys two", "Write a poem.|A1|Make it shorter.|A2"),
+                    ("sys math", "Q=What is 2+2? R=4 A=A1"), ("sys math two", "What is 2+2?|4|A1|And 3+3?|6|A2")]
+    assert [j["user_prompt"] for j in judgments] == [u for _, u in sent]
+    assert [j["score"] for j in judgments] == [1.0, 2.0, 3.0, 4.0]
+
+
+@pytest.mark.parametrize("prompts, extra, error", [
+    ({k: v for k, v in FILE_PROMPTS.items() if k != "single-v1-multi-turn"}, [],
+     "judge_prompts.jsonl: no judge prompt named single-v1-multi-turn"),
+    (FILE_PROMPTS, [{"system_prompt": "s", "prompt_template": "t"}], "line 6 is not a judge prompt"),
+    (FILE_PROMPTS, [{"name": "single-v1", "system_prompt": "s", "prompt_template": "{question}{answer}"}],
+     "line 6 repeats judge prompt single-v1"),
+    ({**FILE_PROMPTS, "single-math-v1": ("s", None)}, [], r"line 3 \(single-math-v1\) needs string system_prompt"),
+    ({**FILE_PROMPTS, "single-v1": ("s", "{question} {ref_answer_1}")}, [],
+     r"line 2 \(single-v1\) template has placeholders \['question', 'ref_answer_1'\], expected \['answer', 'question'\]"),
+    ({**FILE_PROMPTS, "single-v1": ("s", "{question} {answer")}, [], r"line 2 \(single-v1\) template is not a valid format"),
+])
+def test_bad_judge_prompts_file_is_a_clear_error(tmp_path, prompts, extra, error):
+    path = tmp_path / "judge_prompts.jsonl"
+    write_prompts_file(path, prompts, extra)
+    with pytest.raises(ValueError, match=error):
+        read_judge_prompts(path)
+
+
+def test_judge_prompts_file_that_is_not_json_is_a_clear_error(tmp_path):
+    path = tmp_path / "judge_prompts.jsonl"
+    path.write_text('{"name": "pair-v2"}\n\n{"name": oops}\n')
+    with pytest.raises(ValueError, match="judge_prompts.jsonl: line 3 is not JSON"):
+        read_judge_prompts(path)
+    with pytest.raises(FileNotFoundError, match="no such judge prompts file"):
+        read_judge_prompts(tmp_path / "missing.jsonl")
+
+
+def test_cli_judges_with_the_given_prompts_file(tmp_path, judge_server, capsys):
+    from eval.__main__ import main
+
+    write_jsonl(tmp_path / "question.jsonl", QUESTIONS)
+    write_jsonl(tmp_path / "answers.jsonl", ANSWERS)
+    write_prompts_file(tmp_path / "judge_prompts.jsonl", FILE_PROMPTS)
+    FakeJudge.replies = ["[[2]]", "[[4]]", "[[6]]", "[[8]]"]
+    main(["mtbench", "--model", "unused", "--judge-only", "--questions", str(tmp_path / "question.jsonl"),
+          "--answers", str(tmp_path / "answers.jsonl"), "--judge-url", judge_server,
+          "--judge-prompts", str(tmp_path / "judge_prompts.jsonl"), "--judgments", str(tmp_path / "j.jsonl")])
+    assert [r["messages"][0]["content"] for r in FakeJudge.requests] == ["sys one", "sys two", "sys math", "sys math two"]
+    assert json.loads(capsys.readouterr().out)["overall"] == 5.0
+    assert [json.loads(line)["score"] for line in (tmp_path / "j.jsonl").read_text().splitlines()] == [2.0, 4.0, 6.0, 8.0]
 
 
 def test_unreachable_judge_is_a_clear_error():
