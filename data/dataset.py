@@ -90,5 +90,7 @@ def build_dataset(
         raise ValueError(f"token ids outside the tokenizer's vocabulary of {tokenizer.vocab_size}")
     dropped = {k: v for k, v in stats.items() if k in ("dropped_empty", "truncated", "dropped_no_target") and v}
     if dropped:
-        warnings.warn(f"data: {dropped} of {len(records)} records", stacklevel=2)
+        rows = f"{len(has_target)} {'packed blocks' if pack else 'rows'}"
+        warnings.warn(f"data: {dropped} (from {len(records)} records -> {rows}; dropped_no_target counts "
+                      f"{'blocks' if pack else 'rows'} with no response token)", stacklevel=2)
     return TokenizedDataset(input_ids, labels, stats)
