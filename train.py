@@ -26,7 +26,7 @@ from data import BatchLoader, build_dataset, load_records
 from model import load_model, save_model
 from model.loss import chunked_cross_entropy
 from optim import GaLoreAdamW, apply_lora, attach_fused_step, lr_lambda, merge_lora
-from sampling import LayerSampler, calibration_windows, load_or_compute_ratios, read_documents
+from sampling import LayerSampler, calibration_windows, load_or_compute_ratios, plot_sampling_counts, read_documents
 from training.args import parse_args
 from training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from training.distributed import close_world, init_world, sum_gradients, sum_scalar
@@ -171,9 +171,12 @@ def main(argv: list[str] | None = None) -> None:
         if heldout and world.is_main and not (args.eval_every and total_steps % args.eval_every == 0):
             metrics.write(step=total_steps, **heldout.evaluate(model))
 
-    # 6. The fine-tuned weights, in formats other tools open.
+    # 6. The fine-tuned weights, in formats other tools open; how often each block was drawn.
     if fused:
         fused.remove()
+    if sampler and world.is_main:
+        plot_sampling_counts(out / "sampling_counts.png", sampler.counts, sampler.inclusion_probabilities("monte_carlo"),
+                             title=f"{args.method}: periods each block was active")
     if world.is_main and args.save_format != "none" and not stop.requested:
         if args.method == "lora":
             merge_lora(model)

@@ -70,6 +70,7 @@ def test_owlore_trains_only_the_sampled_blocks_and_frees_the_rest(tiny_dir, data
                   "--period", "2", "--sampling", "uniform", "--seed", "3")
     active = [tuple(m["active_blocks"]) for m in metrics]
     assert active[0] == active[1] and active[2] == active[3]  # fixed within a period
+    assert (tmp_path / "sampling_counts.png").stat().st_size > 0
     assert all(len(a) == 1 for a in active)
     ever_active = {i for a in active for i in a}
     before = torch.load(tiny_dir / "consolidated.00.pth", weights_only=True)
