@@ -167,9 +167,9 @@ def main(argv: list[str] | None = None) -> None:
         if stop.requested:
             say(f"stopped by signal after step {step + 1}; resume with --resume {out}")
             break
-    else:
-        if heldout and world.is_main and not (args.eval_every and total_steps % args.eval_every == 0):
-            metrics.write(step=total_steps, **heldout.evaluate(model))
+    evaluated_at_end = args.eval_every and total_steps % args.eval_every == 0
+    if heldout and world.is_main and not stop.requested and not evaluated_at_end:
+        metrics.write(step=total_steps, **heldout.evaluate(model))
 
     # 6. The fine-tuned weights, in formats other tools open; how often each block was drawn.
     if fused:
