@@ -32,8 +32,8 @@ def run_one(a, data: Path, heldout: Path, out: Path, method: str, lr: float, see
             "--warmup", "0", "--schedule", "constant"]
     run_method(args, a.device)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    final = [r for r in records if "heldout_acc" in r][-1]
-    return dict(method=method, lr=lr, seed=seed, acc=final["heldout_acc"],
+    evals = [r for r in records if "heldout_acc" in r]
+    return dict(method=method, lr=lr, seed=seed, acc=evals[-1]["heldout_acc"], before=evals[0]["heldout_acc"],
                 peak=max(r["peak_memory"] for r in records if "peak_memory" in r))
 
 
@@ -48,6 +48,9 @@ def table(results: list[dict], tasks: list[str]) -> tuple[str, dict]:
         best[method] = dict(lr=runs[0]["lr"], peak=max(x["peak"] for x in runs),
                             acc={t: statistics.mean(x["acc"][t] for x in runs) for t in tasks})
     lines = ["| method | lr | " + " | ".join(tasks) + " | avg | peak GiB |", "|---" * (len(tasks) + 4) + "|"]
+    before = [100 * results[0]["before"][t] for t in tasks]  # every run starts from the same weights
+    lines.append("| pre-trained (no fine-tuning) | - | " + " | ".join(f"{x:.1f}" for x in before)
+                 + f" | {statistics.mean(before):.1f} | - |")
     for method, b in best.items():
         accs = [100 * b["acc"][t] for t in tasks]
         lines.append(f"| {method} | {b['lr']:g} | " + " | ".join(f"{x:.1f}" for x in accs)

@@ -128,4 +128,5 @@ def test_reproduce_runs_end_to_end_on_a_tiny_model(tmp_path):
                                  "--train-per-task", "8", "--gamma", "1", "--rank", "8", "--out", str(tmp_path / "r")])
     assert set(best["lisa"]["acc"]) == {"boolq", "piqa"}
     assert all(0.0 <= acc <= 1.0 for acc in best["lisa"]["acc"].values())
-    assert "| lisa |" in (tmp_path / "r" / "table.md").read_text() and (tmp_path / "r" / "accuracy.png").is_file()
+    table = (tmp_path / "r" / "table.md").read_text()
+    assert "| lisa |" in table and "| pre-trained (no fine-tuning) |" in table and (tmp_path / "r" / "accuracy.png").is_file()
