@@ -170,3 +170,13 @@ def test_torchrun_two_processes_match_one_process(tiny_dir, data_file, tmp_path)
     # AdamW here: a GaLore projector from SVD can rotate within near-degenerate singular values under
     # rounding-level changes of the gradient, which would test LAPACK rather than our synchronisation.)
     assert all(torch.allclose(ddp[k], single[k], atol=1e-5, rtol=1e-4) for k in ddp)
+
+
+def test_config_file_sets_flags_and_the_command_line_wins(tmp_path):
+    from training.args import parse_args
+    (tmp_path / "run.yaml").write_text("method: lisa\ngamma: 3\nlr: 1.0e-5\nupdate-proj-gap: 7\ndata: d.json\n")
+    args = parse_args(["--config", str(tmp_path / "run.yaml"), "--gamma", "4"])
+    assert (args.method, args.gamma, args.lr, args.update_proj_gap, args.sampling) == ("lisa", 4, 1e-5, 7, "uniform")
+    (tmp_path / "bad.json").write_text('{"gama": 3}')
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(tmp_path / "bad.json")])
