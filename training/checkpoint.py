@@ -33,7 +33,7 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     trainer_state: dict) -> Path:
-    """Write ``run_dir/step-XXXXXX`` atomically and delete older checkpoints once it is complete."""
+    """Write ``run_dir/step-NNNNNN`` atomically and delete older checkpoints once it is complete."""
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"step-{step:06d}"
     staging = run_dir / f".tmp-step-{step:06d}"
@@ -68,7 +68,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     found = checkpoints(path)
     if not found:
-        raise FileNotFoundError(f"--resume {path}: no checkpoint (step-XXXXXX folder with trainer.pt) found there")
+        raise FileNotFoundError(f"--resume {path}: no checkpoint (step-NNNNNN folder with trainer.pt) found there")
     return found[-1]
 
 
