@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import BatchLoader, build_dataset, load_records
 from model import load_model, save_model
-from model.loss import chunked_cross_entropy
+from model.loss import next_token_loss_sum as token_loss_sum
 from optim import GaLoreAdamW, apply_lora, attach_fused_step, lr_lambda, merge_lora
 from sampling import LayerSampler, calibration_windows, load_or_compute_ratios, plot_sampling_counts, read_documents
 from training.args import parse_args
@@ -211,19 +210,6 @@ def accumulate_gradients(model, loader, args, world, device) -> tuple[float, int
         (loss_sum / n_targets).backward()
         total += loss_sum.item()
     return sum_scalar(total, world, device) / n_targets, input_ids.numel() * world.size
-
-
-def token_loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, chunked: bool) -> torch.Tensor | None:
-    """Sum of next-token cross-entropies over the unmasked targets (labels are aligned with inputs)."""
-    targets = labels[:, 1:]
-    n = int((targets != -100).sum())
-    if n == 0:
-        return None
-    if chunked:
-        hidden = model.forward_hidden(input_ids)[:, :-1]
-        return chunked_cross_entropy(hidden, model.output.weight, targets) * n
-    logits = model(input_ids)[:, :-1]
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum")
 
 
 class StopFlag:

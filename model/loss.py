@@ -38,3 +38,18 @@ def chunked_cross_entropy(hidden: Tensor, output_weight: Tensor, labels: Tensor,
         else:
             total = total + _chunk_loss_sum(h, output_weight, y)
     return total / (labels != IGNORE_INDEX).sum()
+
+
+def next_token_loss_sum(model, input_ids: Tensor, labels: Tensor, chunked: bool = False) -> Tensor | None:
+    """Sum of next-token cross-entropies over the unmasked targets (labels aligned with inputs, -100 masked);
+    None when every target is masked. `chunked` goes through `chunked_cross_entropy`."""
+    targets = labels[:, 1:]
+    n = int((targets != IGNORE_INDEX).sum())
+    if n == 0:
+        return None
+    if chunked:
+        hidden = model.forward_hidden(input_ids)[:, :-1]
+        return chunked_cross_entropy(hidden, model.output.weight, targets) * n
+    logits = model(input_ids)[:, :-1]
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 
 from data import load_records, tokenize_record
+from data.packing import pad_examples
 from eval import evaluate
+from model.loss import next_token_loss_sum
 
 
 class HeldOut:
@@ -36,17 +37,11 @@ class HeldOut:
         total, count = 0.0, 0
         for start in range(0, len(self.examples), self.batch_size):
             batch = self.examples[start:start + self.batch_size]
-            width = max(len(ids) for ids, _ in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)
-            for row, (tokens, targets) in enumerate(batch):
-                ids[row, :len(tokens)] = torch.tensor(tokens)
-                labels[row, :len(targets)] = torch.tensor(targets)
-            logits = model(ids.to(device))[:, :-1]
-            targets = labels[:, 1:].to(device)
-            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                     ignore_index=-100, reduction="sum").item()
-            count += int((targets != -100).sum())
+            ids, labels, _ = pad_examples(batch, max(len(tokens) for tokens, _ in batch), pad_id=0)
+            loss_sum = next_token_loss_sum(model, ids.to(device), labels.to(device))
+            if loss_sum is not None:
+                total += loss_sum.item()
+                count += int((labels[:, 1:] != -100).sum())
         return total / max(count, 1)
 
     def evaluate(self, model) -> dict:
