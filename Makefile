@@ -1,11 +1,24 @@
-PYTHON ?= python3
+# Inside an active virtual environment (or with PYTHON=... given) that interpreter is used; otherwise a
+# project-local .venv is created first, so the commands also work where the system Python refuses pip
+# installs (PEP 668: Debian 12, Ubuntu 23.04+).
+ifeq ($(origin PYTHON),undefined)
+ifdef VIRTUAL_ENV
+PYTHON := python3
+else
+PYTHON := .venv/bin/python
+VENV := .venv/bin/python
+endif
+endif
 PIP := $(PYTHON) -m pip install --quiet --disable-pip-version-check
 # A torch that is already installed and recent enough is kept; otherwise take the CPU 2.13 build.
-TORCH_OK := $(PYTHON) -c "import sys, torch; sys.exit(tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]) < (2, 4))"
+TORCH_OK := $(PYTHON) -c "import sys, torch; sys.exit(tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]) < (2, 5))"
 
 .PHONY: install install-dev assets demo test bench clean
 
-install:
+.venv/bin/python:
+	python3 -m venv .venv
+
+install: $(VENV)
 	@$(TORCH_OK) 2>/dev/null || $(PIP) "torch==2.13.0"
 	$(PIP) -r requirements.txt
 

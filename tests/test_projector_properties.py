@@ -170,20 +170,51 @@ def test_reverse_std_on_wide_matrix_with_rank_at_least_rows(m, extra_cols, extra
     assert torch.isfinite(w).all() and w.abs().sum() > 0
 
 
+def _with_spectrum(s: torch.Tensor, m: int, n: int, seed: int) -> torch.Tensor:
+    """U diag(s) V^T with Haar-random orthonormal U (m x k) and V (n x k), k = len(s)."""
+    u = torch.linalg.qr(_randn(m, len(s), seed=seed)).Q
+    v = torch.linalg.qr(_randn(n, len(s), seed=seed + 1)).Q
+    return u * s @ v.mT
+
+
 @settings(max_examples=20, deadline=None)
-@given(st.integers(24, 64), st.integers(24, 64), st.integers(1, 8), st.floats(0.3, 3.0), seeds)
-def test_randomized_svd_captures_optimal_energy_on_decaying_spectrum(m, n, rank, decay, seed):
-    """G = U diag(s) V^T with s_i = (i+1)^-decay, like a gradient; the randomized basis keeps >= 99 %
-    of the energy the exact top-r subspace keeps."""
-    k = min(m, n)
-    u = torch.linalg.qr(_randn(m, k, seed=seed)).Q
-    v = torch.linalg.qr(_randn(n, k, seed=seed + 1)).Q
-    s = torch.arange(1, k + 1, dtype=torch.float32).pow(-decay)
-    g = u * s @ v.mT
-    optimal = float(s[:rank].pow(2).sum())
+@given(st.integers(24, 64), st.integers(24, 64), st.integers(1, 8), st.integers(0, 8), seeds)
+def test_randomized_svd_is_exact_when_the_rank_fits_the_sketch(m, n, rank, extra, seed):
+    """A gradient of rank k <= rank + oversample lies in the sketch's range (almost surely), so the
+    randomized top-r basis keeps exactly the energy of the exact one, whatever the spectrum."""
+    k = min(rank + extra, m, n)
+    s = 0.5 + _randn(k, seed=seed + 2).abs()  # any positive spectrum, flat ones included
+    g = _with_spectrum(s, m, n, seed)
+    optimal = float(s.double().sort(descending=True).values[:rank].pow(2).sum())
     for proj_type in ("std", "reverse_std"):
-        p = compute_projection(g, rank, proj_type, svd="randomized", seed=seed)
-        assert _sq(p.project(g)) >= 0.99 * optimal
+        captured = _sq(compute_projection(g, rank, proj_type, svd="randomized", seed=seed).project(g))
+        assert abs(captured - optimal) <= 1e-4 * _sq(g)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(24, 64), st.integers(24, 64), st.integers(1, 8), st.floats(0.2, 0.7), seeds)
+def test_randomized_svd_captures_optimal_energy_on_geometric_spectrum(m, n, rank, ratio, seed):
+    """s_i = ratio^i: with 2 power iterations the sketch sees the spectrum as s^5, so the tail beyond
+    r + 8 oversamples is below ratio^40 <= 6e-7 of s_r and the captured energy is >= 99 % of the optimum
+    (the top-r energy of the exact SVD). It is never more than the optimum (Ky Fan)."""
+    k = min(m, n)
+    s = torch.tensor([ratio] * k, dtype=torch.float64).pow(torch.arange(k)).float()
+    g = _with_spectrum(s, m, n, seed)
+    optimal = float(s.double()[:rank].pow(2).sum())
+    for proj_type in ("std", "reverse_std"):
+        captured = _sq(compute_projection(g, rank, proj_type, svd="randomized", seed=seed).project(g))
+        assert 0.99 * optimal <= captured <= optimal * (1 + 1e-4)
+
+
+def test_randomized_svd_on_the_flat_spectrum_that_broke_ci():
+    """m=24, n=38, rank=4, s_i = (i+1)^-0.3125: the 0.99 bound is not guaranteed for a flat tail, but the
+    randomized basis is still far better than a random one and never better than the exact one."""
+    s = torch.arange(1, 25, dtype=torch.float32).pow(-0.3125)
+    g = _with_spectrum(s, 24, 38, seed=1)
+    optimal = float(s[:4].double().pow(2).sum())
+    captured = _sq(compute_projection(g, 4, "std", svd="randomized", seed=1).project(g))
+    random = _sq(compute_projection(g, 4, "std", source="random", seed=1).project(g))
+    assert random < 0.5 * optimal < captured <= optimal * (1 + 1e-4)
 
 
 def test_side_table_of_the_spec():
