@@ -25,20 +25,20 @@ from data import BatchLoader, build_dataset, load_records
 from model import load_model, save_model
 from model.loss import next_token_loss_sum as token_loss_sum
 from optim import GaLoreAdamW, apply_lora, attach_fused_step, lr_lambda, merge_lora
-from sampling import LayerSampler, calibration_windows, load_or_compute_ratios, plot_sampling_counts, read_documents
-from training.args import parse_args
+from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibration_windows, load_or_compute_ratios,
+                      plot_sampling_counts, read_documents)
+from training.args import DTYPES, parse_args
 from training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from training.distributed import close_world, init_world, sum_gradients, sum_scalar
 from training.heldout import HeldOut
 from training.memory import MemorySettings, estimate_memory, format_report
-from training.methods import SAMPLED_METHODS, activate_blocks, active_block_indices, param_groups
+from training.methods import METHODS, activate_blocks, active_block_indices, param_groups
 from training.metrics import MetricsLog, current_memory_bytes, peak_memory_bytes
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    method = METHODS[args.method]
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     world = init_world(device.type)
     if world.size > 1 and device.type == "cuda":
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     model.gradient_checkpointing = args.grad_ckpt
     n_layers = model.config.n_layers
-    if args.gamma > n_layers and args.method in SAMPLED_METHODS:
+    if args.gamma > n_layers and method.sampled:
         sys.exit(f"error: --gamma {args.gamma} exceeds the model's {n_layers} blocks")
 
     # 2. Training data: fixed-length blocks, a seeded order every rank agrees on.
@@ -67,29 +67,40 @@ def main(argv: list[str] | None = None) -> None:
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * loader.batches_per_epoch))
     say(f"data: {len(records)} records -> {len(dataset)} blocks of {args.seq_len} tokens; {total_steps} steps")
 
-    # 3. Layer sampling: outlier ratios D_l of the pre-trained blocks -> probabilities (OwLore), or uniform (LISA).
+    # 3. Layer sampling: the policy's per-block weights -> probabilities: outlier ratios D_l of the pre-trained
+    #    blocks (OwLore), uniform (LISA), ...; a dynamic policy re-weighs the blocks every period.
     sampler = None
-    if args.method in SAMPLED_METHODS:
-        ratios = None
-        if args.sampling in ("owlore", "owlore_reverse"):
+    if method.sampled:
+        policy, inputs = POLICIES[args.sampling], {}
+        if "ratios" in policy.needs:
             scores = Path(args.scores) if args.scores else out / "outlier_scores.json"
-            calib = None  # an existing cache made for these weights is used as it is
-            if args.calib or not scores.is_file():
-                calib_source = args.calib or args.data
-                windows = calibration_windows(read_documents(calib_source), tokenizer, args.calib_windows,
-                                              args.calib_seq_len, seed=args.seed)
-                calib = windows.to(device).split(4)
-            ratios = load_or_compute_ratios(model, args.model, calib, args.M, scores,
-                                            calibration_source=args.calib or args.data)
-            say("outlier ratios D_l (%): " + " ".join(f"{r:.3f}" for r in ratios))
-        sampler = LayerSampler(ratios, args.sampling, args.gamma, args.period, args.seed, n_layers,
-                               fixed_layers=args.fixed_layers)
+            source = args.calib or args.data
+
+            def windows() -> list[torch.Tensor]:
+                return calibration_windows(read_documents(source), tokenizer, args.calib_windows, args.calib_seq_len,
+                                           seed=args.seed).to(device).split(4)
+
+            try:  # a --calib named must match the cache's tokens; a stale default cache is recomputed, a --scores one refused
+                inputs["ratios"] = load_or_compute_ratios(model, args.model, windows() if args.calib else windows,
+                                                          args.M, scores, calibration_source=source,
+                                                          on_stale="error" if args.scores else "recompute")
+            except CacheError as err:
+                sys.exit(f"error: {'--scores ' if args.scores else ''}{err}")
+            say("outlier ratios D_l (%): " + " ".join(f"{r:.3f}" for r in inputs["ratios"]))
+        if "alphas" in policy.needs:
+            inputs["alphas"] = block_alphas(model)[0]
+            say("HT-SR alphas: " + " ".join(f"{a:.3f}" for a in inputs["alphas"]))
+        if "fixed_layers" in policy.needs:
+            inputs["fixed_layers"] = args.fixed_layers
+        sampler = LayerSampler(policy, args.gamma, args.period, args.seed, n_layers, **inputs)
 
     # 4. Optimizer: GaLore groups for 2-D block weights, AdamW for everything else.
-    if args.method == "lora":
+    if method.adapters:
         groups = [{"params": apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)}]
     else:
-        groups = param_groups(model, args)
+        galore = dict(rank=args.rank, update_proj_gap=args.update_proj_gap, scale=args.galore_scale,
+                      proj_type=args.proj_type, svd=args.svd)
+        groups = param_groups(model, galore if method.projected else None)
     optimizer = GaLoreAdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
     if args.fused and world.size > 1:
@@ -131,11 +142,14 @@ def main(argv: list[str] | None = None) -> None:
     progress = tqdm(range(step, total_steps), initial=step, total=total_steps, disable=not world.is_main)
     for step in progress:
         if sampler and (step % args.period == 0 or step == first_step):
-            left = activate_blocks(model, sampler.active_layers(step), train_outer=not args.freeze_embeddings)
+            left = activate_blocks(model, sampler.active_layers(step, model), train_outer=not args.freeze_embeddings)
             if not args.keep_inactive_state:
                 optimizer.drop_state(left)
         started = time.perf_counter()
-        loss, n_tokens = accumulate_gradients(model, loader, args, world, device)
+        try:
+            loss, n_tokens = accumulate_gradients(model, loader, world, device, args.grad_accum, args.chunked_ce)
+        except StepFailed as err:
+            sys.exit(f"error: {err}; stopping without saving (the last good checkpoint in {out} is intact)")
         trainable = [p for g in groups for p in g["params"] if p.grad is not None]
         sum_gradients(trainable, world)
         if args.max_grad_norm:
@@ -174,10 +188,11 @@ def main(argv: list[str] | None = None) -> None:
     if fused:
         fused.remove()
     if sampler and world.is_main:
-        plot_sampling_counts(out / "sampling_counts.png", sampler.counts, sampler.inclusion_probabilities("monte_carlo"),
+        expected = None if sampler.policy.dynamic else sampler.inclusion_probabilities("monte_carlo")
+        plot_sampling_counts(out / "sampling_counts.png", sampler.counts, expected,
                              title=f"{args.method}: periods each block was active")
     if world.is_main and args.save_format != "none" and not stop.requested:
-        if args.method == "lora":
+        if method.adapters:
             merge_lora(model)
         for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
             save_model(model, out / f"final-{fmt}", format=fmt, tokenizer=tokenizer)
@@ -187,7 +202,12 @@ def main(argv: list[str] | None = None) -> None:
     close_world(world)
 
 
-def accumulate_gradients(model, loader, args, world, device) -> tuple[float, int]:
+class StepFailed(RuntimeError):
+    """A training step cannot go on (no target tokens, a non-finite loss); nothing of it was applied."""
+
+
+def accumulate_gradients(model: torch.nn.Module, loader: BatchLoader, world, device: torch.device, grad_accum: int,
+                         chunked_ce: bool) -> tuple[float, int]:
     """Forward/backward over `grad_accum` micro-batches of this rank's share of the global batch.
 
     The loss is the mean over every target token of the global batch, so accumulation and data
@@ -198,15 +218,14 @@ def accumulate_gradients(model, loader, args, world, device) -> tuple[float, int
     targets = labels[:, 1:]
     n_targets = sum_scalar(int((targets != -100).sum()), world, device)
     if n_targets == 0:
-        sys.exit("error: a training batch has no target tokens (every label is masked)")
+        raise StepFailed("a training batch has no target tokens (every label is masked)")
     total = 0.0
-    for ids, lab in zip(input_ids.chunk(args.grad_accum), labels.chunk(args.grad_accum)):
-        loss_sum = token_loss_sum(model, ids, lab, args.chunked_ce)
+    for ids, lab in zip(input_ids.chunk(grad_accum), labels.chunk(grad_accum)):
+        loss_sum = token_loss_sum(model, ids, lab, chunked_ce)
         if loss_sum is None:  # every target of this micro-batch is masked: it adds nothing
             continue
         if not torch.isfinite(loss_sum):
-            sys.exit(f"error: loss is {loss_sum.item()} at this step; stopping without saving "
-                     f"(the last good checkpoint in {args.out} is intact); try a lower --lr")
+            raise StepFailed(f"loss is {loss_sum.item()} at this step (try a lower --lr)")
         (loss_sum / n_targets).backward()
         total += loss_sum.item()
     return sum_scalar(total, world, device) / n_targets, input_ids.numel() * world.size

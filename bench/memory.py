@@ -8,12 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from model.config import CONFIGS, get_config
-from training.memory import GIB, METHODS, MemoryEstimate, MemorySettings, estimate_memory
+from training.args import DTYPES
+from training.memory import GIB, MemoryEstimate, MemorySettings, estimate_memory
+from training.methods import METHODS
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPONENTS = ("weights", "gradients", "optimizer", "activations", "logits", "runtime")
 
 

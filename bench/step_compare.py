@@ -28,7 +28,8 @@ import torch
 from data.assets import asset_path
 from data.commonsense import build_commonsense
 from model import Transformer, get_config, save_model
-from training.memory import GIB, METHODS, MemorySettings, estimate_memory
+from training.memory import GIB, MemorySettings, estimate_memory
+from training.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

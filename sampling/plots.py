@@ -5,10 +5,14 @@ import os
 import tempfile
 from pathlib import Path
 
-from matplotlib.figure import Figure  # no pyplot: no global backend or GUI state
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure  # imported here: matplotlib costs 0.5 s; no pyplot, no global GUI state
+
+    return Figure(figsize=(width, height), layout="constrained")
 
 
-def _save(fig: Figure, path: str | Path) -> None:
+def _save(fig, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".png")
@@ -31,7 +35,7 @@ def plot_layer_profile(path: str | Path, ratios: list[float], probabilities: lis
         raise ValueError("ratios, probabilities, inclusion and alphas must have one value per block")
     blocks = list(range(n))
     panels = 3 if alphas is not None else 2
-    fig = Figure(figsize=(max(7.0, 0.28 * n + 3), 2.6 * panels + 0.6), layout="constrained")
+    fig = _figure(max(7.0, 0.28 * n + 3), 2.6 * panels + 0.6)
     axes = fig.subplots(panels, 1, sharex=True)
     axes[0].bar(blocks, ratios, color="tab:red")
     axes[0].set_ylabel("outlier ratio D (%)")
@@ -56,7 +60,7 @@ def plot_sampling_counts(path: str | Path, counts: list[int], inclusion: list[fl
                          title: str = "realised sampling counts") -> None:
     """Periods each block was active, with the expected count n_periods * P(active) when given."""
     n = len(counts)
-    fig = Figure(figsize=(max(7.0, 0.28 * n + 3), 3.2), layout="constrained")
+    fig = _figure(max(7.0, 0.28 * n + 3), 3.2)
     ax = fig.subplots()
     ax.bar(range(n), counts, color="tab:purple", label="realised")
     if inclusion is not None:

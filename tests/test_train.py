@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -122,8 +121,7 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_dir, data_file):
     for accum in (1, 2):
         model.zero_grad(set_to_none=True)
         loader = BatchLoader(dataset, batch_size=8, seed=0)
-        args = SimpleNamespace(grad_accum=accum, chunked_ce=False, out="unused")
-        train.accumulate_gradients(model, loader, args, World(), torch.device("cpu"))
+        train.accumulate_gradients(model, loader, World(), torch.device("cpu"), grad_accum=accum, chunked_ce=False)
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     # the same fp32 sums in another order: agreement to rounding
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-7, rtol=1e-5) for n in grads[0])

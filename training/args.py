@@ -5,11 +5,16 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
 import yaml
 
-METHODS = ("full", "lora", "galore", "lisa", "owlore", "owlore-fullrank")
-SAMPLING_MODES = ("owlore", "uniform", "owlore_reverse", "decrease", "increase", "fixed")
-DEFAULT_SAMPLING = {"lisa": "uniform", "owlore": "owlore", "owlore-fullrank": "owlore"}
+from data.templates import TEMPLATES
+from optim.projector import PROJ_TYPES, SVD_METHODS
+from optim.schedule import SCHEDULES
+from sampling.policies import POLICIES
+from training.methods import METHODS, SAMPLED_METHODS
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--model", default="smollm2-135m", help="named config, Meta/Mistral/HF dir or .gguf file")
     a("--ckpt-dir", help="checkpoint directory for a named config such as llama2-7b")
     a("--data", help="training data (Alpaca/LLM-Adapters JSON(L), LMFlow JSON, chat JSONL, .txt)")
-    a("--template", default="alpaca", choices=("alpaca", "chat"))
+    a("--template", default="alpaca", choices=TEMPLATES)
     a("--train-on-prompt", action="store_true", help="no loss masking of the prompt (the official run)")
     a("--no-pack", action="store_true", help="pad/truncate each record instead of packing")
     a("--seq-len", type=int, default=512)
@@ -28,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--method", default="owlore", choices=METHODS)
     a("--gamma", type=int, default=5, help="blocks trained at a time (LISA / OwLore)")
     a("--period", type=int, default=50, help="steps between block draws (K)")
-    a("--sampling", choices=SAMPLING_MODES, help="default: uniform for lisa, owlore otherwise")
+    a("--sampling", choices=POLICIES, help="block sampling policy (sampling/policies.py); "
+      "default: uniform for lisa, owlore otherwise")
     a("--fixed-layers", type=lambda s: [int(x) for x in s.split(",")], help="blocks for --sampling fixed")
     a("--freeze-embeddings", action="store_true", help="keep embeddings, final norm and head frozen")
     a("--keep-inactive-state", action="store_true", help="keep optimizer state of deactivated blocks (official)")
@@ -40,15 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--rank", type=int, default=128)
     a("--update-proj-gap", type=int, default=200)
     a("--galore-scale", type=float, default=0.25)
-    a("--proj-type", default="std", choices=("std", "reverse_std", "left", "right", "full"))
-    a("--svd", default="exact", choices=("exact", "randomized"))
+    a("--proj-type", default="std", choices=PROJ_TYPES)
+    a("--svd", default="exact", choices=SVD_METHODS)
     a("--lora-rank", type=int, default=8)
     a("--lora-alpha", type=float, default=16.0)
     a("--lora-dropout", type=float, default=0.05)
     # optimisation
     a("--lr", type=float, default=3e-4)
     a("--weight-decay", type=float, default=0.0)
-    a("--schedule", default="linear", choices=("linear", "cosine", "constant"))
+    a("--schedule", default="linear", choices=SCHEDULES)
     a("--warmup", type=int, default=0)
     a("--max-steps", type=int, help="optimizer steps (default: --epochs worth of steps)")
     a("--epochs", type=float, default=1.0)
@@ -57,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-grad-norm", type=float, help="global-norm clipping (off by default, as the official run)")
     a("--fused", action="store_true", help="step each parameter in its grad hook and free the grad")
     a("--chunked-ce", action="store_true", help="cross-entropy in chunks, never the full fp32 logits")
-    a("--dtype", choices=("fp32", "bf16", "fp16"), help="default: bf16 on CUDA, fp32 on CPU")
+    a("--dtype", choices=DTYPES, help="default: bf16 on CUDA, fp32 on CPU")
     a("--device", help="default: cuda if available, else cpu")
     a("--grad-ckpt", action="store_true", help="activation checkpointing per block")
     a("--lean", action="store_true", help="lean-memory preset: fused, chunked CE, grad ckpt, randomized SVD")
@@ -70,7 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     a("--eval-every", type=int, default=0, help="held-out evaluation every N steps (0: start and end only)")
     a("--eval-data", help="held-out file from data.commonsense (records with task and doc_id)")
     a("--eval-limit", type=int, help="score at most N held-out rows per task")
-    a("--log-every", type=int, default=1)
     return p
 
 
@@ -109,18 +114,19 @@ def apply_presets(args: argparse.Namespace) -> None:
         args.fused = args.chunked_ce = args.grad_ckpt = True
         args.svd = "randomized"
     if args.sampling is None:
-        args.sampling = DEFAULT_SAMPLING.get(args.method)
+        args.sampling = METHODS[args.method].default_sampling
 
 
 def check_consistency(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    sampled = args.method in DEFAULT_SAMPLING
+    sampled = METHODS[args.method].sampled
     if args.sampling and not sampled:
-        parser.error(f"--sampling applies to lisa/owlore/owlore-fullrank, not --method {args.method}")
+        parser.error(f"--sampling applies to {'/'.join(SAMPLED_METHODS)}, not --method {args.method}")
     if args.freeze_embeddings and not sampled:
-        parser.error(f"--freeze-embeddings applies to lisa/owlore/owlore-fullrank, not --method {args.method}")
-    if args.sampling == "fixed" and not args.fixed_layers:
-        parser.error("--sampling fixed needs --fixed-layers, e.g. --fixed-layers 0,3,7")
-    if args.fixed_layers and args.sampling != "fixed":
+        parser.error(f"--freeze-embeddings applies to {'/'.join(SAMPLED_METHODS)}, not --method {args.method}")
+    needs_fixed = sampled and "fixed_layers" in POLICIES[args.sampling].needs
+    if needs_fixed and not args.fixed_layers:
+        parser.error(f"--sampling {args.sampling} needs --fixed-layers, e.g. --fixed-layers 0,3,7")
+    if args.fixed_layers and not needs_fixed:
         parser.error("--fixed-layers is only used with --sampling fixed")
     if args.fused and args.grad_accum > 1:
         parser.error("--fused steps each parameter as soon as its gradient is ready: it needs --grad-accum 1")
