@@ -12,7 +12,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
-from model.config import Llama3RopeScaling, ModelConfig
+from model.config import FAMILIES, Llama3RopeScaling, ModelConfig
 from model.transformer import rope_frequencies
 
 SUPPORTED_TYPES = {
@@ -55,8 +55,10 @@ def _scaling_from_factors(factors: np.ndarray, head_dim: int, theta: float, path
 def config_from_gguf(meta: dict, tensor_shapes: dict[str, tuple[int, ...]], name: str) -> ModelConfig:
     """ModelConfig from GGUF metadata (`{arch}.*` keys) and the tensor names/shapes present."""
     arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise ValueError(f"{name}: GGUF architecture {arch!r} is not supported (only 'llama')")
+    families = [f.name for f in FAMILIES.values() if f.gguf_architecture == arch]
+    if not families:
+        known = sorted({f.gguf_architecture for f in FAMILIES.values()})
+        raise ValueError(f"{name}: GGUF architecture {arch!r} is not supported ({', '.join(known)})")
 
     def get(key, default=None):
         value = meta.get(f"{arch}.{key}", default)
@@ -79,6 +81,7 @@ def config_from_gguf(meta: dict, tensor_shapes: dict[str, tuple[int, ...]], name
         max_seq_len=int(get("context_length", 4096)),
         sliding_window=meta.get(f"{arch}.attention.sliding_window"),
         tie_embeddings="output.weight" not in tensor_shapes,
+        family=families[0],  # the first family llama.cpp stores under this architecture name
     )
     rope_dim = meta.get(f"{arch}.rope.dimension_count", config.head_dim)
     if rope_dim != config.head_dim:

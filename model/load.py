@@ -5,13 +5,12 @@ checkpoint is never held twice in memory.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from model.config import CONFIGS, ModelConfig
+from model.config import CONFIGS, FAMILIES, ModelConfig
 from model.gguf_format import read_gguf, write_vocab_gguf
 from model.hf_format import read_hf_dir, write_hf_dir
 from model.meta_format import atomic_write, read_meta_dir, write_meta_dir
@@ -53,22 +52,10 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], device="cpu
 def _find_tokenizer(path: Path) -> Tokenizer | None:
     for name in TOKENIZER_FILES:
         if (path / name).is_file():
-            tokenizer = load_tokenizer(path / name, chat_template="mistral" if name in MISTRAL_TOKENIZER_FILES else None)
+            tokenizer = load_tokenizer(path / name)
             tokenizer.source = path / name
             return tokenizer
     return None
-
-
-def _is_mistral(path: Path, config: ModelConfig) -> bool:
-    """Mistral's chat format: a sliding window (Meta never sets one) or an HF ``model_type`` "mistral".
-
-    Mistral's own tokenizer file names (``tokenizer.model.v1``/``.v3``) are recognised by `_find_tokenizer`.
-    ``head_dim``/``hidden_dim`` in params.json are no sign: `save_model` writes them for LLaMA too.
-    """
-    if config.sliding_window is not None:
-        return True
-    hf_config = path / "config.json"
-    return not (path / "params.json").is_file() and json.loads(hf_config.read_text()).get("model_type") == "mistral"
 
 
 def _resolve(source: str | Path, ckpt_dir: str | Path | None) -> tuple[Path, ModelConfig | None]:
@@ -106,8 +93,10 @@ def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
         config, state = read_hf_dir(path)
     else:
         raise FileNotFoundError(f"{path}: neither params.json (Meta/Mistral) nor config.json (HF) found")
-    if isinstance(tokenizer, SentencePieceTokenizer) and _is_mistral(path, config):
-        tokenizer.chat_template = "mistral"
+    if tokenizer is not None and tokenizer.source.name in MISTRAL_TOKENIZER_FILES:
+        config.family = "mistral"  # Mistral's own file names state the family where params.json cannot
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        tokenizer.chat_template = FAMILIES[config.family].chat_template
     return config, state, tokenizer
 
 

@@ -60,6 +60,7 @@ def config_from_params(params: dict, name: str, tokenizer_vocab: int | None = No
         norm_eps=float(params.get("norm_eps", 1e-5)), rope_theta=theta, rope_scaling=scaling,
         max_seq_len=params.get("max_seq_len", default_len), sliding_window=window,
         tie_embeddings=bool(params.get("tie_embeddings", False)),
+        family="mistral" if window else "llama",  # params.json names no family; only Mistral's sets a window
     )  # fmt: skip
 
 
