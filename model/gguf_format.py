@@ -12,6 +12,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
+from common.io import atomic_write
 from model.config import FAMILIES, Llama3RopeScaling, ModelConfig
 from model.transformer import rope_frequencies
 
@@ -125,12 +126,10 @@ def write_vocab_gguf(source: str | Path, out_path: str | Path) -> None:
     """Copy only the `tokenizer.*` metadata of a GGUF file into a small tensor-free GGUF (atomically)."""
     from gguf import GGUFWriter
 
-    from model.meta_format import atomic_write
-
     reader = GGUFReader(str(source))
     arch = reader.fields["general.architecture"].contents() if "general.architecture" in reader.fields else "llama"
 
-    def write(tmp: str) -> None:
+    def write(tmp: Path) -> None:
         writer = GGUFWriter(tmp, arch)
         for key, field in reader.fields.items():
             if key.startswith("tokenizer."):
@@ -140,4 +139,4 @@ def write_vocab_gguf(source: str | Path, out_path: str | Path) -> None:
         writer.write_tensors_to_file()
         writer.close()
 
-    atomic_write(Path(out_path), write)
+    atomic_write(out_path, write)

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from model.config import FAMILIES, Llama3RopeScaling, ModelConfig
-from model.meta_format import atomic_write, write_json
+from common.io import atomic_write, write_json
 
 _TOP = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight", "lm_head.weight": "output.weight"}
 _BLOCK = {

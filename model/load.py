@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
+from common.io import atomic_write
 from model.config import CONFIGS, FAMILIES, ModelConfig
 from model.gguf_format import read_gguf, write_vocab_gguf
 from model.hf_format import read_hf_dir, write_hf_dir
-from model.meta_format import atomic_write, read_meta_dir, write_meta_dir
+from model.meta_format import read_meta_dir, write_meta_dir
 from model.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer, tokenizer_from_gguf
 from model.transformer import Transformer
 
@@ -67,7 +68,7 @@ def _resolve(source: str | Path, ckpt_dir: str | Path | None) -> tuple[Path, Mod
         base = Path(ckpt_dir)
         return (base / name if (base / name).exists() else base), CONFIGS[name]
     if name == "smollm2-135m":
-        from data.assets import asset_path
+        from common.assets import asset_path
 
         return asset_path("smollm2-135m"), CONFIGS[name]
     raise FileNotFoundError(f"model {name!r} has no checkpoint here: pass ckpt_dir (--ckpt-dir) pointing to its weights")

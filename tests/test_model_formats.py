@@ -7,7 +7,7 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import dequantize, quantize
 from safetensors.torch import load_file, save_file
 
-from data.assets import asset_path
+from common.assets import asset_path
 from model import Transformer, get_config, load_model, save_model
 from model.config import meta_ffn_dim
 from model.hf_format import config_from_hf, meta_to_hf
