@@ -27,6 +27,7 @@ from model.loss import next_token_loss_sum as token_loss_sum
 from optim import GaLoreAdamW, apply_lora, attach_fused_step, lr_lambda, merge_lora
 from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibration_windows, load_or_compute_ratios,
                       plot_sampling_counts, read_documents)
+from sampling.calibration import training_documents
 from training.args import DTYPES, parse_args
 from training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from training.distributed import close_world, init_world, sum_gradients, sum_scalar
@@ -77,7 +78,10 @@ def main(argv: list[str] | None = None) -> None:
             source = args.calib or args.data
 
             def windows() -> list[torch.Tensor]:
-                return calibration_windows(read_documents(source), tokenizer, args.calib_windows, args.calib_seq_len,
+                documents = (read_documents(args.calib) if args.calib else  # else: the training stream itself
+                             training_documents(records, tokenizer, args.calib_windows * args.calib_seq_len,
+                                                args.template, args.seed))
+                return calibration_windows(documents, tokenizer, args.calib_windows, args.calib_seq_len,
                                            seed=args.seed).to(device).split(4)
 
             try:  # a --calib named must match the cache's tokens; a stale default cache is recomputed, a --scores one refused

@@ -12,7 +12,8 @@ import torch
 
 import train
 from model import load_model
-from sampling.cache import make_record, write_json_atomic
+from common.io import write_json
+from sampling.cache import make_record
 from sampling.htsr import block_alphas
 from sampling.policies import POLICIES, observe_alphas, register_policy
 from test_train import data_file, final_weights, run, tiny_dir  # noqa: F401  (fixtures)
@@ -94,7 +95,7 @@ def stale_cache(tiny_dir, path, **change):
     """An outlier-score cache for the tiny model at M=3, with one thing changed."""
     model = load_model(tiny_dir)[0]
     record = make_record(model, str(tiny_dir), 3.0, {"source": "test", "tokens_sha256": "0"}, [0.1, 0.2, 0.3, 0.4])
-    write_json_atomic(path, record | change)
+    write_json(path, record | change)
 
 
 @pytest.mark.parametrize("change, cause", [
