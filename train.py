@@ -24,7 +24,7 @@ from tqdm import tqdm
 from data import BatchLoader, build_dataset, load_records
 from model import load_model, save_model
 from model.loss import next_token_loss_sum as token_loss_sum
-from optim import GaLoreAdamW, apply_lora, attach_fused_step, lr_lambda, merge_lora
+from optim import GaLoreAdamW, apply_lora, attach_fused_step, build_projector, lr_lambda, merge_lora
 from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibration_windows, load_or_compute_ratios,
                       plot_sampling_counts, read_documents)
 from sampling.calibration import training_documents
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     if method.adapters:
         groups = [{"params": apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)}]
     else:
-        galore = dict(rank=args.rank, update_proj_gap=args.update_proj_gap, scale=args.galore_scale,
-                      proj_type=args.proj_type, svd=args.svd)
+        galore = dict(projector=build_projector("svd", rank=args.rank, proj_type=args.proj_type, svd=args.svd),
+                      update_proj_gap=args.update_proj_gap, scale=args.galore_scale)
         groups = param_groups(model, galore if method.projected else None)
     optimizer = GaLoreAdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))

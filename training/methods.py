@@ -60,8 +60,8 @@ def block_matrices(model: nn.Module) -> list[torch.nn.Parameter]:
 def param_groups(model: nn.Module, galore: dict | None = None) -> list[dict]:
     """Optimizer groups for a full-weight method; every block is in them, inactive ones hold no grad.
 
-    `galore`: the options of one GaLore group holding every block matrix (rank, update_proj_gap, scale,
-    proj_type, svd); None puts every parameter in one plain AdamW group.
+    `galore`: the options of one GaLore group holding every block matrix (projector, update_proj_gap,
+    scale; see optim/galore_adamw.py); None puts every parameter in one plain AdamW group.
     """
     matrices = block_matrices(model) if galore is not None else []
     in_rank_group = {id(p) for p in matrices}
