@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 
-
 from common.io import RecordError, read_objects
 from model.generate import beam_search, generate
 
