@@ -1,4 +1,4 @@
-"""AdamW with optional GaLore low-rank gradient projection per param group (SPEC.md §3).
+"""AdamW with optional GaLore low-rank gradient projection per param group (docs/method.md, "GaLore").
 
 Groups follow galore-torch: `{"params": [...], "rank": 128, "update_proj_gap": 200, "scale": 0.25,
 "proj_type": "std"}`; a group without `rank` is plain AdamW. The update is the original's:

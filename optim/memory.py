@@ -1,4 +1,4 @@
-"""Optimizer-state memory from shapes alone (SPEC.md §3), and the bytes an optimizer really holds.
+"""Optimizer-state memory from shapes alone (docs/method.md, "GaLore"), and the bytes an optimizer really holds.
 
 Adam on an m x n weight: moments 2 m n. GaLore at r' = min(r, m, n):
   side "left":  P m r' + moments 2 r' n;   side "right": P r' n + moments 2 m r';

@@ -1,4 +1,6 @@
-"""GaLore gradient projection (SPEC.md §3): a rank-r' subspace of a 2-D gradient and the maps into and out of it.
+"""GaLore gradient projection: a rank-r' subspace of a 2-D gradient and the maps into and out of it.
+
+The math: docs/method.md, "GaLore".
 
 For G (m x n) and r' = min(r, m, n), with G = U S Vh:
   side "right": P = Vh[:r'] (r' x n), R = G P^T,      back = R P

@@ -1,4 +1,4 @@
-"""Property tests of the GaLore projection math (SPEC.md §3) over random shapes, ranks, types, scales."""
+"""Property tests of the GaLore projection math (docs/method.md, "GaLore") over random shapes, ranks, types, scales."""
 from unittest import mock
 
 import torch
