@@ -94,7 +94,7 @@ def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
         config, state = read_hf_dir(path)
     else:
         raise FileNotFoundError(f"{path}: neither params.json (Meta/Mistral) nor config.json (HF) found")
-    if tokenizer is not None and tokenizer.source.name in MISTRAL_TOKENIZER_FILES:
+    if Path(getattr(tokenizer, "source", "")).name in MISTRAL_TOKENIZER_FILES:
         config.family = "mistral"  # Mistral's own file names state the family where params.json cannot
     if isinstance(tokenizer, SentencePieceTokenizer):
         tokenizer.chat_template = FAMILIES[config.family].chat_template

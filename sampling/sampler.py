@@ -1,4 +1,4 @@
-"""Which decoder blocks train when: gamma distinct blocks every `period` steps (SPEC.md §1.2).
+"""Which decoder blocks train when: gamma distinct blocks every `period` steps (docs/method.md, "Layer sampling").
 
 The probabilities come from a sampling policy (sampling/policies.py). The draw for period t is a pure
 function of (seed, t, the policy's state for t), so every data-parallel rank and a resumed run pick
