@@ -2,13 +2,13 @@
 survives a weights_only checkpoint round trip and is selectable from train.py's --projector."""
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import pytest
 import torch
 
 from optim import PROJECTORS, GaLoreAdamW, Projector, measured_state_bytes, state_bytes
+from test_galore_adamw import weights_only_round_trip
 from test_train import data_file, run, tiny_dir  # noqa: F401  (fixtures)
 
 
@@ -68,12 +68,9 @@ def test_new_projector_trains_is_counted_and_round_trips(registered):
     losses = [step(w, opt) for _ in range(60)]
     assert losses[-1] < 0.3 * losses[0], losses
     assert measured_state_bytes(opt) == state_bytes((12, 10), SketchProjector(rank=4)) == 2 * 12 * 4 * 4
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    buffer.seek(0)
     w2, opt2 = build()
     w2.data.copy_(w.detach())
-    opt2.load_state_dict(torch.load(buffer, weights_only=True))
+    opt2.load_state_dict(weights_only_round_trip(opt.state_dict()))
     assert opt2.param_groups[0]["projector"] == SketchProjector(rank=4)
     for _ in range(4):  # crosses a refresh
         step(w, opt)
