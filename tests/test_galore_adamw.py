@@ -268,3 +268,10 @@ def test_fp32_moments_of_a_bf16_weight_survive_a_weights_only_round_trip(project
         opt.step()
         opt2.step()
         assert torch.equal(w, w2)
+
+
+def test_state_of_another_optimizer_is_refused_clearly():
+    w = torch.nn.Parameter(torch.zeros(3, 2))
+    other = torch.optim.AdamW([w])
+    with pytest.raises(ValueError, match="without a 'projector'"):
+        GaLoreAdamW([w]).load_state_dict(other.state_dict())
