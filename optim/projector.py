@@ -7,8 +7,8 @@ and saved with it, so a checkpoint loads with `torch.load(..., weights_only=True
   make(grad, seed) -> state           a fresh subspace from a gradient (called every update_proj_gap steps)
   project(state, grad) -> low         the gradient in the subspace (moments have `low_shape(grad.shape)`)
   project_back(state, low) -> full    an update in the subspace back to the weight's shape
-  low_shape(shape), state_numel(shape)  the moments' shape and the elements `make` stores: the one
-                                      formula the memory accounting (optim/memory.py) uses
+  low_shape(shape), state_numel(shape)  the moments' shape and the tensor elements `make` stores (in the
+                                      weight's dtype): the one formula the memory accounting uses
   spec()                              plain options; `build_projector(**spec)` makes an equal projector
 
 A new projector is a dataclass subclass of `Projector` plus one line in `PROJECTORS`.
