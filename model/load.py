@@ -1,4 +1,4 @@
-"""load_model / save_model: any supported checkpoint -> Transformer (+ tokenizer), and back to disk.
+"""load_model: any supported checkpoint -> Transformer (+ tokenizer); `model.save` writes them back.
 
 Loading builds the model on the meta device and assigns the (mmapped) checkpoint tensors, so a
 checkpoint is never held twice in memory.
@@ -6,20 +6,19 @@ checkpoint is never held twice in memory.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 
 from model.config import CONFIGS, ModelConfig
-from model.gguf_format import read_gguf, write_vocab_gguf
-from model.hf_format import read_hf_dir, write_hf_dir
-from model.meta_format import atomic_write, read_meta_dir, write_meta_dir
-from model.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer, tokenizer_from_gguf
+from model.gguf_format import read_gguf
+from model.hf_format import read_hf_dir
+from model.meta_format import read_meta_dir
+from model.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_gguf
 from model.transformer import Transformer
 
 MISTRAL_TOKENIZER_FILES = ("tokenizer.model.v1", "tokenizer.model.v3")
-TOKENIZER_FILES = ("tokenizer.model", *MISTRAL_TOKENIZER_FILES, "tokenizer.gguf")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", *MISTRAL_TOKENIZER_FILES, "tokenizer.gguf")
 _SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_dim")
 
 
@@ -106,7 +105,7 @@ def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
         config, state = read_hf_dir(path)
     else:
         raise FileNotFoundError(f"{path}: neither params.json (Meta/Mistral) nor config.json (HF) found")
-    if isinstance(tokenizer, SentencePieceTokenizer) and _is_mistral(path, config):
+    if tokenizer is not None and tokenizer.chat_template == "llama2" and _is_mistral(path, config):
         tokenizer.chat_template = "mistral"
     return config, state, tokenizer
 
@@ -125,35 +124,3 @@ def load_model(source: str | Path, device="cpu", dtype: torch.dtype = torch.floa
             raise ValueError(f"{path}: checkpoint does not match config {named.name!r} (differs in {diff})")
         config.name = named.name
     return build_model(config, state, device, dtype, str(path)), tokenizer
-
-
-def save_model(model: Transformer, out_dir: str | Path, format: str = "meta", tokenizer: Tokenizer | str | Path | None = None,
-               max_shard_bytes: int = 5 << 30) -> None:  # fmt: skip
-    """Write `model` as a Meta dir (params.json + consolidated.00.pth) or an HF dir (config.json + safetensors).
-
-    `tokenizer` (a loaded Tokenizer or a tokenizer file) is copied next to the weights.
-    """
-    if format not in ("meta", "hf"):
-        raise ValueError(f"unknown save format {format!r} (meta or hf)")
-    out_dir = Path(out_dir)
-    state = model.state_dict()
-    if format == "meta":
-        write_meta_dir(state, model.config, out_dir)
-    else:
-        write_hf_dir(state, model.config, out_dir, max_shard_bytes)
-    if tokenizer is not None:
-        _copy_tokenizer(tokenizer, out_dir)
-
-
-def _copy_tokenizer(tokenizer: Tokenizer | str | Path, out_dir: Path) -> None:
-    source = Path(tokenizer) if isinstance(tokenizer, (str, Path)) else getattr(tokenizer, "source", None)
-    if source is None or not Path(source).is_file():
-        raise ValueError(f"cannot save tokenizer: its source file is unknown or missing ({source})")
-    source = Path(source)
-    if source.suffix == ".gguf":
-        write_vocab_gguf(source, out_dir / "tokenizer.gguf")
-    else:
-        # Mistral's file name survives, so the copy loads with the Mistral chat format again.
-        mistral = isinstance(tokenizer, Tokenizer) and tokenizer.chat_template == "mistral"
-        name = source.name if source.name in MISTRAL_TOKENIZER_FILES else "tokenizer.model" + ".v1" * mistral
-        atomic_write(out_dir / name, lambda tmp: shutil.copyfile(source, tmp))

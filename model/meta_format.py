@@ -63,18 +63,54 @@ def config_from_params(params: dict, name: str, tokenizer_vocab: int | None = No
     )  # fmt: skip
 
 
-def params_from_config(config: ModelConfig) -> dict:
-    """params.json content that `config_from_params` reads back to the same config."""
-    params = dict(
-        name=config.name, dim=config.dim, n_layers=config.n_layers, n_heads=config.n_heads,
-        n_kv_heads=config.n_kv_heads, vocab_size=config.vocab_size, hidden_dim=config.ffn_dim,
-        head_dim=config.head_dim, norm_eps=config.norm_eps, rope_theta=config.rope_theta,
-        max_seq_len=config.max_seq_len,
-    )  # fmt: skip
-    if config.rope_scaling is not None:
+# (multiple_of, ffn_dim_multiplier) pairs of Meta's own releases, tried first: LLaMA-2 7B/13B, 70B, LLaMA-3.
+_META_FFN_CHOICES = ((256, None), (4096, 1.3), (1024, 1.3))
+
+
+def meta_ffn_args(dim: int, ffn_dim: int) -> tuple[int, float | None]:
+    """(multiple_of, ffn_dim_multiplier) for which Meta's formula `meta_ffn_dim` gives ffn_dim back."""
+    sizes = [1 << k for k in range(12, -1, -1)]
+    for multiple_of, multiplier in (*_META_FFN_CHOICES, *((m, None) for m in sizes), *((m, 1.3) for m in sizes)):
+        if meta_ffn_dim(dim, multiple_of, multiplier) == ffn_dim:
+            return multiple_of, multiplier
+    # Any size: a multiplier that lands exactly on ffn_dim (int() truncates, so aim half a unit above it).
+    multiplier = (ffn_dim + 0.5) / int(2 * 4 * dim / 3)
+    assert meta_ffn_dim(dim, 1, multiplier) == ffn_dim
+    return 1, multiplier
+
+
+def params_from_config(config: ModelConfig, mistral: bool = False) -> dict:
+    """params.json with exactly the keys Meta's ``ModelArgs`` (or Mistral's, for ``mistral``) takes.
+
+    Meta: dim, n_layers, n_heads, n_kv_heads, vocab_size, multiple_of, ffn_dim_multiplier, norm_eps,
+    rope_theta, use_scaled_rope; Mistral: dim, n_layers, head_dim, hidden_dim, n_heads, n_kv_heads,
+    norm_eps, vocab_size, rope_theta, sliding_window. The sequence length is left to the loader, as in
+    Meta's files. Only what neither has is written as our own key: tied embeddings (SmolLM2) and RoPE
+    scaling other than LLaMA-3.1's.
+    """
+    if mistral:
+        params = dict(
+            dim=config.dim, n_layers=config.n_layers, head_dim=config.head_dim, hidden_dim=config.ffn_dim,
+            n_heads=config.n_heads, n_kv_heads=config.n_kv_heads, norm_eps=config.norm_eps,
+            vocab_size=config.vocab_size, rope_theta=config.rope_theta,
+        )  # fmt: skip
+        if config.sliding_window is not None:
+            params["sliding_window"] = config.sliding_window
+    else:
+        multiple_of, multiplier = meta_ffn_args(config.dim, config.ffn_dim)
+        params = dict(
+            dim=config.dim, n_layers=config.n_layers, n_heads=config.n_heads, n_kv_heads=config.n_kv_heads,
+            vocab_size=config.vocab_size, multiple_of=multiple_of, ffn_dim_multiplier=multiplier,
+            norm_eps=config.norm_eps, rope_theta=config.rope_theta,
+        )  # fmt: skip
+        if multiplier is None:
+            del params["ffn_dim_multiplier"]
+        if config.rope_scaling == Llama3RopeScaling():
+            params["use_scaled_rope"] = True
+        if config.sliding_window is not None:
+            params["sliding_window"] = config.sliding_window
+    if config.rope_scaling is not None and not params.get("use_scaled_rope"):
         params["rope_scaling"] = vars(config.rope_scaling).copy()
-    if config.sliding_window is not None:
-        params["sliding_window"] = config.sliding_window
     if config.tie_embeddings:
         params["tie_embeddings"] = True
     return params
@@ -159,8 +195,8 @@ def read_meta_dir(path: str | Path, tokenizer_vocab: int | None = None) -> tuple
 
 
 def write_meta_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: str | Path, n_shards: int = 1,
-                   embedding_dim: int = 1) -> None:  # fmt: skip
-    """Write params.json + consolidated.NN.pth (each file atomically)."""
+                   embedding_dim: int = 1, mistral: bool = False) -> None:  # fmt: skip
+    """Write params.json + consolidated.NN.pth (each file atomically); `mistral`: Mistral's params.json keys."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.tie_embeddings:
@@ -169,7 +205,7 @@ def write_meta_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir:
     shards = [state] if n_shards == 1 else split_shards(state, n_shards, embedding_dim)
     for i, shard in enumerate(shards):
         atomic_write(out_dir / f"consolidated.{i:02d}.pth", lambda tmp, s=shard: torch.save(s, tmp))
-    write_json(out_dir / "params.json", params_from_config(config))
+    write_json(out_dir / "params.json", params_from_config(config, mistral))
 
 
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:

@@ -3,7 +3,8 @@
 Every tokenizer has ``encode(text, bos=False, eos=False)``, ``encode_special(text, bos=False, eos=False)``,
 ``decode(ids, skip_special=True)`` and the attributes ``bos_id`` (None when the model adds no BOS, e.g.
 SmolLM2), ``eos_id``, ``pad_id`` (None when the model has none), ``stop_ids``, ``vocab_size``,
-``chat_template`` (a name for :func:`model.chat.render_chat`) and ``special_tokens`` (text -> id).
+``chat_template`` (a built-in name or the checkpoint's :class:`model.chat.ChatTemplate`, for
+:func:`model.chat.render_chat`) and ``special_tokens`` (text -> id).
 
 Special tokens: ``encode`` treats the text literally, so a string such as ``"<|eot_id|>"`` or ``"</s>"``
 inside data becomes ordinary text tokens (no injection from data). ``encode_special`` maps every
@@ -16,8 +17,15 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sentencepiece as spm
+
+if TYPE_CHECKING:
+    from model.chat import ChatTemplate
+
+# Control tokens that end a turn in the chat formats we know; generation stops on them as on eos.
+END_OF_TURN = {"<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "</s>"}
 
 
 class Tokenizer(ABC):
@@ -28,7 +36,7 @@ class Tokenizer(ABC):
     pad_id: int | None
     stop_ids: frozenset[int]
     vocab_size: int
-    chat_template: str
+    chat_template: str | ChatTemplate
     special_tokens: dict[str, int]
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
@@ -74,8 +82,11 @@ class SentencePieceTokenizer(Tokenizer):
         self.pad_id = _optional_id(processor.pad_id())
         self.stop_ids = frozenset({self.eos_id})
         self.chat_template = chat_template
+        # Control pieces (<s>, </s>, ...) and <unk>: the pieces tokenizer.json files list as special tokens.
         self.special_tokens = {
-            processor.id_to_piece(i): i for i in range(self.vocab_size) if processor.is_control(i)
+            processor.id_to_piece(i): i
+            for i in range(self.vocab_size)
+            if processor.is_control(i) or processor.is_unknown(i)
         }
         # Longest first, so that e.g. "</s>" is not split as "<" + ... when a shorter special is a prefix.
         names = sorted(self.special_tokens, key=len, reverse=True)
@@ -119,17 +130,22 @@ def _is_tiktoken_ranks(path: Path) -> bool:
 
 
 def load_tokenizer(path: str | Path, chat_template: str | None = None) -> Tokenizer:
-    """Open a tokenizer file: LLaMA-3 tiktoken ranks, SentencePiece ``tokenizer.model`` or a ``.gguf`` vocab.
+    """Open a tokenizer: HF ``tokenizer.json``, LLaMA-3 tiktoken ranks, SentencePiece model or ``.gguf`` vocab.
 
-    A directory means its ``tokenizer.model``. ``chat_template`` overrides the default template name
+    A directory means its ``tokenizer.json`` (with the tokenizer_config.json beside it) if it has one, else
+    its ``tokenizer.model``. ``chat_template`` overrides the default template name
     ("llama3" for tiktoken, "llama2" for SentencePiece; pass "mistral" for Mistral models).
     """
     path = Path(path)
     if path.is_dir():
-        path = path / "tokenizer.model"
+        path = path / ("tokenizer.json" if (path / "tokenizer.json").is_file() else "tokenizer.model")
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file {path} does not exist")
-    if path.suffix == ".gguf":
+    if path.suffix == ".json":
+        from model.tokenizer_hf import load_hf_tokenizer
+
+        tok = load_hf_tokenizer(path)
+    elif path.suffix == ".gguf":
         tok = tokenizer_from_gguf(path)
     elif _is_tiktoken_ranks(path):
         from model.tokenizer_bpe import llama3_tokenizer
@@ -139,6 +155,7 @@ def load_tokenizer(path: str | Path, chat_template: str | None = None) -> Tokeni
         tok = SentencePieceTokenizer(_load_sentencepiece(path))
     if chat_template is not None:
         tok.chat_template = chat_template
+    tok.source = getattr(tok, "source", path)  # the file an export copies or converts
     return tok
 
 
