@@ -22,7 +22,9 @@ import torch
 from tqdm import tqdm
 
 from data import BatchLoader, build_dataset, load_records
+from data.commonsense import TRAIN_FILE, build_commonsense
 from model import load_model, save_model
+from model.cli import DTYPES
 from model.loss import next_token_loss_sum as token_loss_sum
 from optim import GaLoreAdamW, apply_lora, attach_fused_step, lr_lambda, merge_lora
 from sampling import LayerSampler, calibration_windows, load_or_compute_ratios, plot_sampling_counts, read_documents
@@ -34,7 +36,6 @@ from training.memory import MemorySettings, estimate_memory, format_report
 from training.methods import SAMPLED_METHODS, activate_blocks, active_block_indices, param_groups
 from training.metrics import MetricsLog, current_memory_bytes, peak_memory_bytes
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     say = print if world.is_main else (lambda *a, **k: None)
 
     # 1. The pre-trained model.
-    model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir)
+    model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)
     model.train()
     model.gradient_checkpointing = args.grad_ckpt
     n_layers = model.config.n_layers
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: --gamma {args.gamma} exceeds the model's {n_layers} blocks")
 
     # 2. Training data: fixed-length blocks, a seeded order every rank agrees on.
+    if not args.data:  # the embedded commonsense set: the real train splits of its 8 tasks, held-out rows kept out
+        args.data = str(out / "commonsense" / TRAIN_FILE)
+        if not Path(args.data).is_file():
+            build_commonsense(out / "commonsense")
+        say(f"data: no --data given; training on the commonsense set built in {args.data} (python -m data.commonsense)")
     records = load_records(args.data)
     dataset = build_dataset(records, tokenizer, args.seq_len, pack=not args.no_pack,
                             mask_prompt=not args.train_on_prompt, template=args.template)

@@ -75,14 +75,13 @@ def _resolve(source: str | Path, ckpt_dir: str | Path | None) -> tuple[Path, Mod
     name = str(source)
     if name not in CONFIGS:
         return Path(source), None
-    if ckpt_dir is not None:
-        base = Path(ckpt_dir)
-        return (base / name if (base / name).exists() else base), CONFIGS[name]
-    if name == "smollm2-135m":
+    if name == "smollm2-135m" and ckpt_dir is None:  # the default model: the fetched GGUF asset, on every machine
         from data.assets import asset_path
 
         return asset_path("smollm2-135m"), CONFIGS[name]
-    raise FileNotFoundError(f"model {name!r} has no checkpoint here: pass ckpt_dir (--ckpt-dir) pointing to its weights")
+    from model.discover import find_checkpoint
+
+    return find_checkpoint(name, ckpt_dir), CONFIGS[name]
 
 
 def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer | None]:
@@ -99,6 +98,8 @@ def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
     if not path.is_dir():
         raise ValueError(f"{path}: not a checkpoint (expected a .gguf file or a Meta/Mistral/HF directory)")
     tokenizer = _find_tokenizer(path)
+    if tokenizer is None and (path / "params.json").is_file():
+        tokenizer = _find_tokenizer(path.parent)  # Meta's download: tokenizer.model beside the llama-2-7b/ folder
     if (path / "params.json").is_file():
         config, state = read_meta_dir(path, tokenizer.vocab_size if tokenizer else None)
     elif (path / "config.json").is_file():
@@ -111,13 +112,16 @@ def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
 
 
 def load_model(source: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
-               ckpt_dir: str | Path | None = None) -> tuple[Transformer, Tokenizer | None]:  # fmt: skip
+               ckpt_dir: str | Path | None = None, tokenizer: str | Path | None = None,
+               ) -> tuple[Transformer, Tokenizer | None]:  # fmt: skip
     """(model, tokenizer) from a Meta/Mistral dir, an HF dir, a .gguf file or a named config.
 
-    The tokenizer is None when the checkpoint has no tokenizer file or vocabulary.
+    The tokenizer is None when the checkpoint has no tokenizer file or vocabulary; `tokenizer` (a file
+    or folder) replaces the checkpoint's own.
     """
     path, named = _resolve(source, ckpt_dir)
-    config, state, tokenizer = read_checkpoint(path)
+    config, state, found = read_checkpoint(path)
+    tokenizer = found if tokenizer is None else load_tokenizer(tokenizer)
     if named is not None:
         diff = [f for f in _SHAPE_FIELDS if getattr(config, f) != getattr(named, f)]
         if diff:

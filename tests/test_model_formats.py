@@ -8,7 +8,7 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import dequantize, quantize
 from safetensors.torch import load_file, save_file
 
-from data.assets import asset_path
+from data.assets import asset_path, cache_dir
 from model import Transformer, get_config, load_model, save_model
 from model.config import meta_ffn_dim
 from model.hf_format import config_from_hf, meta_to_hf
@@ -340,6 +340,11 @@ def test_bad_hf_and_gguf(tmp_path):
         load_model(tmp_path / "junk.gguf")
 
 
-def test_named_config_without_checkpoint():
-    with pytest.raises(FileNotFoundError, match="'llama2-7b' has no checkpoint here: pass ckpt_dir"):
+def test_named_config_without_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("OWLORE_CACHE", str(cache_dir()))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("OWLORE_MODELS", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HOME", raising=False)
+    with pytest.raises(FileNotFoundError, match="'llama2-7b' has no checkpoint here .*huggingface-cli download meta-llama/Llama-2-7b-hf"):
         load_model("llama2-7b")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from model.cli import add_model_flags
+
 METHODS = ("full", "lora", "galore", "lisa", "owlore", "owlore-fullrank")
 SAMPLING_MODES = ("owlore", "uniform", "owlore_reverse", "decrease", "increase", "fixed")
 DEFAULT_SAMPLING = {"lisa": "uniform", "owlore": "owlore", "owlore-fullrank": "owlore"}
@@ -18,8 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--config", help="YAML or JSON file with the same keys as the flags (flags override it)")
     # model and data
     a("--model", default="smollm2-135m", help="named config, Meta/Mistral/HF dir or .gguf file")
-    a("--ckpt-dir", help="checkpoint directory for a named config such as llama2-7b")
-    a("--data", help="training data (Alpaca/LLM-Adapters JSON(L), LMFlow JSON, chat JSONL, .txt)")
+    a("--data", help="training data (Alpaca/LLM-Adapters JSON(L), LMFlow JSON, chat JSONL, .txt); "
+               "default: the commonsense set of data/commonsense.py, built into --out")
     a("--template", default="alpaca", choices=("alpaca", "chat"))
     a("--train-on-prompt", action="store_true", help="no loss masking of the prompt (the official run)")
     a("--no-pack", action="store_true", help="pad/truncate each record instead of packing")
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-grad-norm", type=float, help="global-norm clipping (off by default, as the official run)")
     a("--fused", action="store_true", help="step each parameter in its grad hook and free the grad")
     a("--chunked-ce", action="store_true", help="cross-entropy in chunks, never the full fp32 logits")
-    a("--dtype", choices=("fp32", "bf16", "fp16"), help="default: bf16 on CUDA, fp32 on CPU")
+    add_model_flags(p, dtype_default=None)  # --ckpt-dir, --tokenizer, --dtype
     a("--device", help="default: cuda if available, else cpu")
     a("--grad-ckpt", action="store_true", help="activation checkpointing per block")
     a("--lean", action="store_true", help="lean-memory preset: fused, chunked CE, grad ckpt, randomized SVD")
@@ -135,5 +137,5 @@ def check_consistency(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error(f"--batch-size {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
     if args.max_steps is not None and args.max_steps < 1:
         parser.error(f"--max-steps must be >= 1, got {args.max_steps}")
-    if not args.data and not args.resume:
-        parser.error("--data is required (training data file)")
+    if args.resume and not args.data:
+        parser.error("--resume needs --data: the training data of the run being resumed")
