@@ -92,23 +92,25 @@ def params_from_config(config: ModelConfig, mistral: bool = False) -> dict:
         params = dict(
             dim=config.dim, n_layers=config.n_layers, head_dim=config.head_dim, hidden_dim=config.ffn_dim,
             n_heads=config.n_heads, n_kv_heads=config.n_kv_heads, norm_eps=config.norm_eps,
-            vocab_size=config.vocab_size, rope_theta=config.rope_theta,
+            vocab_size=config.vocab_size,
         )  # fmt: skip
         if config.sliding_window is not None:
             params["sliding_window"] = config.sliding_window
     else:
         multiple_of, multiplier = meta_ffn_args(config.dim, config.ffn_dim)
-        params = dict(
-            dim=config.dim, n_layers=config.n_layers, n_heads=config.n_heads, n_kv_heads=config.n_kv_heads,
-            vocab_size=config.vocab_size, multiple_of=multiple_of, ffn_dim_multiplier=multiplier,
-            norm_eps=config.norm_eps, rope_theta=config.rope_theta,
-        )  # fmt: skip
-        if multiplier is None:
-            del params["ffn_dim_multiplier"]
-        if config.rope_scaling == Llama3RopeScaling():
-            params["use_scaled_rope"] = True
+        params = dict(dim=config.dim, n_layers=config.n_layers, n_heads=config.n_heads)
+        if config.n_kv_heads != config.n_heads:  # LLaMA-2 7B/13B files have no n_kv_heads
+            params["n_kv_heads"] = config.n_kv_heads
+        params.update(vocab_size=config.vocab_size, multiple_of=multiple_of)
+        if multiplier is not None:
+            params["ffn_dim_multiplier"] = multiplier
+        params["norm_eps"] = config.norm_eps
         if config.sliding_window is not None:
             params["sliding_window"] = config.sliding_window
+    if config.rope_theta != 10000.0:  # LLaMA-2's ModelArgs has no rope_theta; its files and Mistral v0.1's omit it
+        params["rope_theta"] = config.rope_theta
+    if not mistral and config.rope_scaling == Llama3RopeScaling():
+        params["use_scaled_rope"] = True
     if config.rope_scaling is not None and not params.get("use_scaled_rope"):
         params["rope_scaling"] = vars(config.rope_scaling).copy()
     if config.tie_embeddings:

@@ -36,6 +36,7 @@ def save_model(model: Transformer, out_dir: str | Path, format: str = "meta", to
     out_dir.mkdir(parents=True, exist_ok=True)
     state, config = model.state_dict(), model.config
     if format == "meta":
+        _check_shards(config, meta_shards)
         mistral = config.sliding_window is not None or getattr(tokenizer, "chat_template", None) == "mistral"
         # LLaMA-2 shards split the embedding width, LLaMA-3 (vocabulary > 100k) the vocabulary.
         write_meta_dir(state, config, out_dir, meta_shards, embedding_dim=0 if config.vocab_size > 100_000 else 1,
@@ -46,6 +47,13 @@ def save_model(model: Transformer, out_dir: str | Path, format: str = "meta", to
         write_hf_dir(state, config, out_dir, max_shard_bytes, special_ids(tokenizer) if tokenizer else None)
         if tokenizer is not None:
             write_hf_tokenizer(tokenizer, out_dir, config.max_seq_len)
+
+
+def _check_shards(config, n: int) -> None:
+    sizes = {"n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads, "ffn_dim": config.ffn_dim, "dim": config.dim}
+    bad = [f"{k} {v}" for k, v in sizes.items() if v % n]
+    if n < 1 or bad:
+        raise ValueError(f"cannot write {n} model-parallel shards: {', '.join(bad) or 'need at least 1'} not divisible")
 
 
 def _copy(source: Path, target: Path) -> None:
