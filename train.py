@@ -25,6 +25,7 @@ from data import BatchLoader, build_dataset, load_records
 from data.commonsense import TRAIN_FILE, build_commonsense
 from model import load_model, save_model
 from model.cli import DTYPES
+from model.peft_format import write_peft_adapter
 from model.loss import next_token_loss_sum as token_loss_sum
 from optim import GaLoreAdamW, apply_lora, attach_fused_step, lr_lambda, merge_lora
 from sampling import LayerSampler, calibration_windows, load_or_compute_ratios, plot_sampling_counts, read_documents
@@ -183,7 +184,9 @@ def main(argv: list[str] | None = None) -> None:
         plot_sampling_counts(out / "sampling_counts.png", sampler.counts, sampler.inclusion_probabilities("monte_carlo"),
                              title=f"{args.method}: periods each block was active")
     if world.is_main and args.save_format != "none" and not stop.requested:
-        if args.method == "lora":
+        if args.method == "lora":  # the adapter for PEFT, then the merged weights
+            write_peft_adapter(model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
+            say(f"saved the LoRA adapter (PEFT) to {out / 'final-peft'}")
             merge_lora(model)
         for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
             save_model(model, out / f"final-{fmt}", format=fmt, tokenizer=tokenizer)

@@ -109,7 +109,7 @@ def test_transformers_logits_equal_ours(tmp_path, name, overrides, cls):
             layer.attention.wq.weight.mul_(8)
             layer.attention.wk.weight.mul_(8)
     save_model(model, tmp_path, format="hf")
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32).eval()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     assert type(theirs).__name__ == cls
     tokens = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -120,7 +120,7 @@ def test_bf16_model_is_written_as_bf16(tmp_path):
     model = Transformer(get_config("tiny")).to(torch.bfloat16)
     save_model(model, tmp_path, format="hf")
     assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "bfloat16"
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, torch_dtype="auto")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype="auto")
     assert theirs.dtype == torch.bfloat16
 
 
