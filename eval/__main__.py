@@ -15,7 +15,8 @@ import sys
 
 import torch
 
-from eval.report import results_table, write_json
+from common.io import write_json, write_jsonl
+from eval.report import results_table
 
 from model.cli import DTYPES, add_model_flags
 
@@ -105,19 +106,19 @@ def mtbench_main(argv: list[str]) -> None:
     questions = mtbench.read_questions(args.questions)
     prompts = mtbench.read_judge_prompts(args.judge_prompts) if args.judge_prompts else None
     if args.judge_only:
-        from eval.docs import read_json_records
+        from common.io import read_objects
 
-        answers = read_json_records(args.answers)
+        answers = read_objects(args.answers)
     else:
         model, tokenizer = _load(args)
         answers = mtbench.generate_answers(model, tokenizer, questions, args.model_id or str(args.model), args.max_new_tokens)
-        mtbench.write_jsonl(args.answers, answers)
+        write_jsonl(args.answers, answers)
     if args.judge_url:
         client = mtbench.JudgeClient(args.judge_url, args.judge_model, os.environ.get(args.judge_api_key_env))
         refs = mtbench.read_references(args.references) if args.references else None
         judgments = mtbench.judge_answers(questions, answers, client, refs, prompts)
         if args.judgments:
-            mtbench.write_jsonl(args.judgments, judgments)
+            write_jsonl(args.judgments, judgments)
         print(json.dumps(mtbench.summarize_scores(judgments), indent=1))
 
 

@@ -10,7 +10,7 @@ import re
 
 import torch
 
-from eval.docs import read_json_records
+from common.io import RecordError, read_objects
 from model.generate import generate
 
 ANSWER_PATTERNS: dict[str, str] = {
@@ -48,11 +48,11 @@ def extract_answer(dataset: str, text: str) -> str:
 
 
 def read_llm_adapters(path: str) -> list[dict]:
-    rows = read_json_records(path)
+    rows = read_objects(path)
     for i, row in enumerate(rows):
         missing = [k for k in ("instruction", "answer") if not isinstance(row.get(k), str)]
         if missing:
-            raise ValueError(f"{path}: row {i} lacks string field(s) {missing} of the LLM-Adapters test.json format")
+            raise RecordError(path, f"lacks string field(s) {missing} of the LLM-Adapters test.json format", record=i)
     return rows
 
 

@@ -5,16 +5,15 @@ checkpoint is never held twice in memory.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from model.config import CONFIGS, ModelConfig
+from model.config import CONFIGS, FAMILIES, ModelConfig
 from model.gguf_format import read_gguf
 from model.hf_format import read_hf_dir
 from model.meta_format import read_meta_dir
-from model.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_gguf
+from model.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer, tokenizer_from_gguf
 from model.transformer import Transformer
 
 MISTRAL_TOKENIZER_FILES = ("tokenizer.model.v1", "tokenizer.model.v3")
@@ -52,22 +51,10 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], device="cpu
 def _find_tokenizer(path: Path) -> Tokenizer | None:
     for name in TOKENIZER_FILES:
         if (path / name).is_file():
-            tokenizer = load_tokenizer(path / name, chat_template="mistral" if name in MISTRAL_TOKENIZER_FILES else None)
+            tokenizer = load_tokenizer(path / name)
             tokenizer.source = path / name
             return tokenizer
     return None
-
-
-def _is_mistral(path: Path, config: ModelConfig) -> bool:
-    """Mistral's chat format: a sliding window (Meta never sets one) or an HF ``model_type`` "mistral".
-
-    Mistral's own tokenizer file names (``tokenizer.model.v1``/``.v3``) are recognised by `_find_tokenizer`.
-    ``head_dim``/``hidden_dim`` in params.json are no sign: `save_model` writes them for LLaMA too.
-    """
-    if config.sliding_window is not None:
-        return True
-    hf_config = path / "config.json"
-    return not (path / "params.json").is_file() and json.loads(hf_config.read_text()).get("model_type") == "mistral"
 
 
 def _resolve(source: str | Path, ckpt_dir: str | Path | None) -> tuple[Path, ModelConfig | None]:
@@ -76,7 +63,7 @@ def _resolve(source: str | Path, ckpt_dir: str | Path | None) -> tuple[Path, Mod
     if name not in CONFIGS:
         return Path(source), None
     if name == "smollm2-135m" and ckpt_dir is None:  # the default model: the fetched GGUF asset, on every machine
-        from data.assets import asset_path
+        from common.assets import asset_path
 
         return asset_path("smollm2-135m"), CONFIGS[name]
     from model.discover import find_checkpoint
@@ -106,8 +93,11 @@ def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
         config, state = read_hf_dir(path)
     else:
         raise FileNotFoundError(f"{path}: neither params.json (Meta/Mistral) nor config.json (HF) found")
-    if tokenizer is not None and tokenizer.chat_template == "llama2" and _is_mistral(path, config):
-        tokenizer.chat_template = "mistral"
+    if tokenizer is not None and tokenizer.source.name in MISTRAL_TOKENIZER_FILES:
+        config.family = "mistral"  # Mistral's own file names state the family where params.json cannot
+    if isinstance(tokenizer, SentencePieceTokenizer) or getattr(tokenizer, "chat_template", None) == "llama2":
+        # a SentencePiece file, or an HF tokenizer.json without a template: the family's built-in format
+        tokenizer.chat_template = FAMILIES[config.family].chat_template
     return config, state, tokenizer
 
 

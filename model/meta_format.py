@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file
 
+from common.io import atomic_write, write_json
 from model.config import Llama3RopeScaling, ModelConfig, meta_ffn_dim
 
 # Meta's model-parallel layout: column-parallel weights split rows, row-parallel weights split columns.
@@ -60,6 +58,7 @@ def config_from_params(params: dict, name: str, tokenizer_vocab: int | None = No
         norm_eps=float(params.get("norm_eps", 1e-5)), rope_theta=theta, rope_scaling=scaling,
         max_seq_len=params.get("max_seq_len", default_len), sliding_window=window,
         tie_embeddings=bool(params.get("tie_embeddings", False)),
+        family="mistral" if window else "llama",  # params.json names no family; only Mistral's sets a window
     )  # fmt: skip
 
 
@@ -79,8 +78,8 @@ def meta_ffn_args(dim: int, ffn_dim: int) -> tuple[int, float | None]:
     return 1, multiplier
 
 
-def params_from_config(config: ModelConfig, mistral: bool = False) -> dict:
-    """params.json with exactly the keys Meta's ``ModelArgs`` (or Mistral's, for ``mistral``) takes.
+def params_from_config(config: ModelConfig) -> dict:
+    """params.json with exactly the keys Meta's ``ModelArgs`` (Mistral's, for the mistral family) takes.
 
     Meta: dim, n_layers, n_heads, n_kv_heads, vocab_size, multiple_of, ffn_dim_multiplier, norm_eps,
     rope_theta, use_scaled_rope; Mistral: dim, n_layers, head_dim, hidden_dim, n_heads, n_kv_heads,
@@ -88,6 +87,7 @@ def params_from_config(config: ModelConfig, mistral: bool = False) -> dict:
     Meta's files. Only what neither has is written as our own key: tied embeddings (SmolLM2) and RoPE
     scaling other than LLaMA-3.1's.
     """
+    mistral = config.family == "mistral"
     if mistral:
         params = dict(
             dim=config.dim, n_layers=config.n_layers, head_dim=config.head_dim, hidden_dim=config.ffn_dim,
@@ -197,8 +197,8 @@ def read_meta_dir(path: str | Path, tokenizer_vocab: int | None = None) -> tuple
 
 
 def write_meta_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: str | Path, n_shards: int = 1,
-                   embedding_dim: int = 1, mistral: bool = False) -> None:  # fmt: skip
-    """Write params.json + consolidated.NN.pth (each file atomically); `mistral`: Mistral's params.json keys."""
+                   embedding_dim: int = 1) -> None:  # fmt: skip
+    """Write params.json + consolidated.NN.pth (each file atomically)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.tie_embeddings:
@@ -207,20 +207,4 @@ def write_meta_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir:
     shards = [state] if n_shards == 1 else split_shards(state, n_shards, embedding_dim)
     for i, shard in enumerate(shards):
         atomic_write(out_dir / f"consolidated.{i:02d}.pth", lambda tmp, s=shard: torch.save(s, tmp))
-    write_json(out_dir / "params.json", params_from_config(config, mistral))
-
-
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Call write(temp_path) for a temporary file next to `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, content: dict) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(content, indent=2)))
+    write_json(out_dir / "params.json", params_from_config(config))

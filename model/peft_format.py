@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from model.hf_format import meta_to_hf_name, permute
-from model.meta_format import atomic_write, write_json
+from common.io import atomic_write, write_json
 from model.transformer import Transformer
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from model.gguf_format import write_vocab_gguf
 from model.hf_format import write_hf_dir
-from model.meta_format import atomic_write, write_meta_dir
+from common.io import atomic_write
+from model.meta_format import write_meta_dir
 from model.tokenizer import Tokenizer, load_tokenizer
 from model.tokenizer_json import special_ids, write_hf_tokenizer
 from model.transformer import Transformer
@@ -37,10 +38,8 @@ def save_model(model: Transformer, out_dir: str | Path, format: str = "meta", to
     state, config = model.state_dict(), model.config
     if format == "meta":
         _check_shards(config, meta_shards)
-        mistral = config.sliding_window is not None or getattr(tokenizer, "chat_template", None) == "mistral"
         # LLaMA-2 shards split the embedding width, LLaMA-3 (vocabulary > 100k) the vocabulary.
-        write_meta_dir(state, config, out_dir, meta_shards, embedding_dim=0 if config.vocab_size > 100_000 else 1,
-                       mistral=mistral)  # fmt: skip
+        write_meta_dir(state, config, out_dir, meta_shards, embedding_dim=0 if config.vocab_size > 100_000 else 1)
         if tokenizer is not None:
             _write_meta_tokenizer(tokenizer, out_dir)
     else:

@@ -10,11 +10,11 @@ vocabulary.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import tokenizers
 
+from common.io import read_json
 from model.chat import ChatTemplate, builtin_name
 from model.tokenizer import END_OF_TURN, Tokenizer
 
@@ -89,12 +89,7 @@ def _chat_template(config: dict, folder: Path, special: dict[str, int]) -> str |
 
 def read_json_file(path: Path) -> dict:
     """A JSON object file; {} when it does not exist."""
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: invalid JSON ({e})") from None
+    value = read_json(path) if path.is_file() else {}
     if not isinstance(value, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return value

@@ -21,7 +21,7 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 
 from model.chat import template_source
-from model.meta_format import atomic_write, write_json
+from common.io import atomic_write, write_json
 from model.tokenizer import SentencePieceTokenizer, Tokenizer
 from model.tokenizer_bpe import TiktokenTokenizer, gpt2_byte_decoder
 
@@ -154,6 +154,6 @@ def write_hf_tokenizer(tok: Tokenizer, out_dir: Path, max_length: int) -> None:
             write_json(out_dir / "generation_config.json", {**special_ids(tok), "_from_model_config": False})
         return
     converted = to_tokenizers(tok)
-    atomic_write(out_dir / "tokenizer.json", lambda tmp: converted.save(tmp))
+    atomic_write(out_dir / "tokenizer.json", lambda tmp: converted.save(str(tmp)))
     write_json(out_dir / "tokenizer_config.json", tokenizer_config(tok, max_length))
     write_json(out_dir / "generation_config.json", {**special_ids(tok), "_from_model_config": False})

@@ -116,7 +116,7 @@ def test_step_compare_runs_end_to_end(tmp_path):
 
 def test_reproduce_runs_end_to_end_on_a_tiny_model(tmp_path):
     import bench.reproduce
-    from data.assets import asset_path
+    from common.assets import asset_path
     from model import save_model
 
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.assets import asset_path, cache_dir
+from common.assets import asset_path, cache_dir
 from model import Transformer, get_config, load_model, save_model
 from model.config import CONFIGS
 from model.discover import CheckpointNotFound, find_checkpoint
@@ -100,7 +100,7 @@ def test_hf_repo_original_subfolder(tmp_path, monkeypatch):
 
 
 def test_owlore_models_and_ckpt_dir_with_our_names(tmp_path, monkeypatch):
-    model = tiny_as(monkeypatch, "mistral-7b", sliding_window=6)
+    model = tiny_as(monkeypatch, "mistral-7b", sliding_window=6, family="mistral")
     save_model(model, tmp_path / "models" / "mistral-7b", format="hf")
     monkeypatch.setenv("OWLORE_MODELS", str(tmp_path / "models"))
     assert same_logits(load_model("mistral-7b")[0], model)

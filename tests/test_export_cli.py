@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import train
-from data.assets import asset_path
+from common.assets import asset_path
 from model import Transformer, get_config, load_model, save_model
 from model.export import main as export_main
 

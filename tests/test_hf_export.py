@@ -6,7 +6,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from data.assets import asset_path  # noqa: E402
+from common.assets import asset_path  # noqa: E402
 from model import Transformer, get_config, load_model, save_model  # noqa: E402
 from model.chat import encode_chat, render_chat  # noqa: E402
 from model.tokenizer import load_tokenizer, tokenizer_from_gguf  # noqa: E402
@@ -99,7 +99,7 @@ def test_smollm2_prompt_has_its_default_system_prompt():
     ("tiny", {}, "LlamaForCausalLM"),
     ("tiny-tied", {}, "LlamaForCausalLM"),
     ("tiny", {"rope_theta": 500000.0, "rope_scaling": get_config("llama3.1-8b").rope_scaling}, "LlamaForCausalLM"),
-    ("tiny", {"sliding_window": 6}, "MistralForCausalLM"),
+    ("tiny", {"sliding_window": 6, "family": "mistral"}, "MistralForCausalLM"),
 ])  # fmt: skip
 def test_transformers_logits_equal_ours(tmp_path, name, overrides, cls):
     torch.manual_seed(1)

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from data.assets import asset_path
+from common.assets import asset_path
 from model import Transformer, get_config, load_model, save_model
 from model.config import CONFIGS, meta_ffn_dim
 from model.meta_format import config_from_params, meta_ffn_args, params_from_config
@@ -38,7 +38,7 @@ def test_params_are_metas_own(name):
 
 
 def test_mistral_params_are_mistrals_own():
-    assert params_from_config(CONFIGS["mistral-7b"], mistral=True) == MISTRAL_7B_V01
+    assert params_from_config(CONFIGS["mistral-7b"]) == MISTRAL_7B_V01
 
 
 @given(st.integers(8, 2048).map(lambda d: d * 2), st.integers(1, 20000))

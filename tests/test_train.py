@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import train
-from data.assets import asset_path
+from common.assets import asset_path
 from data import BatchLoader, build_dataset, load_records
 from model import Transformer, get_config, load_model, save_model
 from training.distributed import World

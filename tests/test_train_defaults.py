@@ -4,7 +4,7 @@ import json
 import torch
 
 import train
-from data.assets import asset_path
+from common.assets import asset_path
 from model import Transformer, get_config, load_model, save_model
 
 
