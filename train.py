@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     say = print if world.is_main else (lambda *a, **k: None)
 
     # 1. The pre-trained model.
-    model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)
+    try:
+        model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)
+    except (FileNotFoundError, ValueError) as err:  # no weights found, unreadable checkpoint or tokenizer
+        sys.exit(f"error: {err}")
     model.train()
     model.gradient_checkpointing = args.grad_ckpt
     n_layers = model.config.n_layers
