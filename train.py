@@ -36,7 +36,8 @@ from training.distributed import close_world, init_world, sum_gradients, sum_sca
 from training.heldout import HeldOut
 from training.memory import MemorySettings, estimate_memory, format_report
 from training.methods import SAMPLED_METHODS, activate_blocks, active_block_indices, param_groups
-from training.metrics import MetricsLog, current_memory_bytes, peak_memory_bytes
+from training.metrics import current_memory_bytes, peak_memory_bytes
+from training.runlog import RunLog
 
 
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         + format_report(estimate))
 
     heldout = HeldOut(args.eval_data, tokenizer, args.eval_limit, template=args.template) if args.eval_data else None
-    metrics = MetricsLog(out / "metrics.jsonl", enabled=world.is_main)
+    metrics = RunLog(out, enabled=world.is_main, wandb=args.wandb, config=vars(args), say=say)  # jsonl, TensorBoard, W&B
     if heldout and world.is_main and step == 0:
         metrics.write(step=0, **heldout.evaluate(model))
 

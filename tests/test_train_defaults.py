@@ -19,5 +19,7 @@ def test_no_data_flag_trains_on_the_commonsense_set(tmp_path, capsys):
     assert "no --data given; training on the commonsense set built in" in said
     records = json.loads((tmp_path / "run" / "commonsense" / "commonsense_train.json").read_text())
     assert {r["task"] for r in records} >= {"boolq", "piqa", "hellaswag"}
+    assert (tmp_path / "run" / "training_curves.png").is_file()  # the end-of-run plot
+    assert any((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     _, tokenizer = load_model(tmp_path / "run" / "final-hf")  # the export carries the --tokenizer it trained with
     assert tokenizer.encode("Hello world") == load_model(tmp_path / "m", tokenizer=asset_path("mistral-v1-tokenizer"))[1].encode("Hello world")

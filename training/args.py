@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--eval-data", help="held-out file from data.commonsense (records with task and doc_id)")
     a("--eval-limit", type=int, help="score at most N held-out rows per task")
     a("--log-every", type=int, default=1)
+    a("--wandb", choices=("offline", "online"), help="also log to a Weights & Biases run (offline: no network)")
     return p
 
 
@@ -137,5 +139,7 @@ def check_consistency(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error(f"--batch-size {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
     if args.max_steps is not None and args.max_steps < 1:
         parser.error(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.wandb and importlib.util.find_spec("wandb") is None:
+        parser.error(f"--wandb {args.wandb}: the wandb package is not installed (pip install wandb)")
     if args.resume and not args.data:
         parser.error("--resume needs --data: the training data of the run being resumed")
