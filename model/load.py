@@ -111,7 +111,12 @@ def load_model(source: str | Path, device="cpu", dtype: torch.dtype = torch.floa
     """
     path, named = _resolve(source, ckpt_dir)
     config, state, found = read_checkpoint(path)
-    tokenizer = found if tokenizer is None else load_tokenizer(tokenizer)
+    if tokenizer is not None:
+        tokenizer = load_tokenizer(tokenizer)
+        if isinstance(tokenizer, SentencePieceTokenizer):
+            tokenizer.chat_template = FAMILIES[config.family].chat_template
+    else:
+        tokenizer = found
     if named is not None:
         diff = [f for f in _SHAPE_FIELDS if getattr(config, f) != getattr(named, f)]
         if diff:
