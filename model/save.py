@@ -41,7 +41,7 @@ def save_model(model: Transformer, out_dir: str | Path, format: str = "meta", to
         # LLaMA-2 shards split the embedding width, LLaMA-3 (vocabulary > 100k) the vocabulary.
         write_meta_dir(state, config, out_dir, meta_shards, embedding_dim=0 if config.vocab_size > 100_000 else 1)
         if tokenizer is not None:
-            _write_meta_tokenizer(tokenizer, out_dir)
+            _write_meta_tokenizer(tokenizer, out_dir, config.max_seq_len)
     else:
         write_hf_dir(state, config, out_dir, max_shard_bytes, special_ids(tokenizer) if tokenizer else None)
         if tokenizer is not None:
@@ -59,7 +59,7 @@ def _copy(source: Path, target: Path) -> None:
     atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
-def _write_meta_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> None:
+def _write_meta_tokenizer(tokenizer: Tokenizer, out_dir: Path, max_length: int) -> None:
     """The tokenizer file beside Meta weights: tokenizer.model (Mistral's .v1/.v3 name kept), or the GGUF vocab."""
     source = getattr(tokenizer, "source", None)
     if source is None or not Path(source).is_file():
@@ -72,7 +72,7 @@ def _write_meta_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> None:
             if candidate.is_file():
                 _copy(candidate, out_dir / "tokenizer.model")
                 return
-        write_hf_tokenizer(tokenizer, out_dir, max_length=0)
+        write_hf_tokenizer(tokenizer, out_dir, max_length)
     else:
         # Mistral's file name survives, so the copy loads with the Mistral chat format again.
         mistral = tokenizer.chat_template == "mistral"

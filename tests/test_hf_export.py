@@ -136,3 +136,28 @@ def test_bad_tokenizer_json(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(ValueError, match="tokenizer.json: not a readable tokenizer.json"):
         load_tokenizer(tmp_path)
+
+
+def test_llama3_instruct_style_hf_folder(tmp_path):
+    """tokenizer.json only, eos <|eot_id|>, a Jinja template and generation_config's stop list (LLaMA-3-Instruct)."""
+    llama3 = load_tokenizer(asset_path("llama3-tokenizer"))
+    torch.manual_seed(0)
+    save_model(Transformer(get_config("tiny", vocab_size=llama3.vocab_size, dim=32, n_layers=1)), tmp_path,
+               format="hf", tokenizer=llama3)  # fmt: skip
+    source = (
+        "{{- bos_token }}{%- for m in messages %}{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n'"
+        " + m['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+    )
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config.update(eos_token="<|eot_id|>", chat_template=source)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"bos_token_id": 128000, "eos_token_id": [128001, 128009]}))
+    assert not (tmp_path / "tokenizer.model").exists()
+    _, ours = load_model(tmp_path)
+    assert ours.chat_template.source == source and ours.chat_template.tokens["bos_token"] == "<|begin_of_text|>"
+    assert (ours.bos_id, ours.eos_id) == (128000, 128009) and ours.stop_ids == {128001, 128008, 128009}
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for dialog in DIALOGS:
+        ids = theirs.apply_chat_template(dialog, tokenize=True, add_generation_prompt=True, return_dict=False)
+        assert list(ids) == encode_chat(ours, dialog)
