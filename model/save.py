@@ -13,13 +13,13 @@ from pathlib import Path
 
 from model.gguf_format import write_vocab_gguf
 from model.hf_format import write_hf_dir
+from model.load import MISTRAL_TOKENIZER_FILES
 from common.io import atomic_write
 from model.meta_format import write_meta_dir
 from model.tokenizer import Tokenizer, load_tokenizer
 from model.tokenizer_json import special_ids, write_hf_tokenizer
 from model.transformer import Transformer
 
-MISTRAL_TOKENIZER_FILES = ("tokenizer.model.v1", "tokenizer.model.v3")
 FORMATS = ("meta", "hf")
 
 
