@@ -33,7 +33,8 @@ class HFTokenizer(Tokenizer):
         # Whatever `tokenizers` adds around a text (its post-processor) is the model's BOS.
         with_specials = tokenizer.encode("a", add_special_tokens=True).ids
         plain = tokenizer.encode("a", add_special_tokens=False).ids
-        head = with_specials[: len(with_specials) - len(plain)] if with_specials[-len(plain):] == plain else []
+        starts = [k for k in range(len(with_specials) - len(plain) + 1) if with_specials[k:k + len(plain)] == plain]
+        head = with_specials[: starts[0]] if starts else []  # what comes before the text (an eos after it is ours to add)
         self.bos_id = head[0] if len(head) == 1 else None
         eos = self._token_id(config.get("eos_token"), "eos_token")
         generation_eos = generation.get("eos_token_id")

@@ -161,3 +161,18 @@ def test_llama3_instruct_style_hf_folder(tmp_path):
     for dialog in DIALOGS:
         ids = theirs.apply_chat_template(dialog, tokenize=True, add_generation_prompt=True, return_dict=False)
         assert list(ids) == encode_chat(ours, dialog)
+
+
+def test_bos_read_from_a_post_processor_that_also_appends_eos(tmp_path):
+    from tokenizers import processors
+
+    from model.tokenizer_json import to_tokenizers
+
+    sp = load_tokenizer(asset_path("mistral-v1-tokenizer"))
+    converted = to_tokenizers(sp)
+    converted.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    converted.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    ours = load_tokenizer(tmp_path)
+    assert (ours.bos_id, ours.eos_id) == (1, 2)
+    assert ours.encode("Hello world", bos=True) == sp.encode("Hello world", bos=True)
