@@ -17,7 +17,7 @@ from model.load import MISTRAL_TOKENIZER_FILES
 from common.io import atomic_write
 from model.meta_format import write_meta_dir
 from model.tokenizer import Tokenizer, load_tokenizer
-from model.tokenizer_json import special_ids, write_hf_tokenizer
+from model.tokenizer_json import llama3_ranks_file, special_ids, write_hf_tokenizer
 from model.transformer import Transformer
 
 FORMATS = ("meta", "hf")
@@ -72,7 +72,11 @@ def _write_meta_tokenizer(tokenizer: Tokenizer, out_dir: Path, max_length: int) 
             if candidate.is_file():
                 _copy(candidate, out_dir / "tokenizer.model")
                 return
-        write_hf_tokenizer(tokenizer, out_dir, max_length)
+        ranks = llama3_ranks_file(tokenizer)  # LLaMA-3 without original/: Meta's tiktoken file from tokenizer.json
+        if ranks is not None:
+            atomic_write(out_dir / "tokenizer.model", lambda tmp: tmp.write_bytes(ranks))
+        else:
+            write_hf_tokenizer(tokenizer, out_dir, max_length)
     else:
         # Mistral's file name survives, so the copy loads with the Mistral chat format again.
         mistral = tokenizer.chat_template == "mistral"

@@ -14,6 +14,7 @@ added by the post-processor, so ``tokenizer(text)`` gives ``encode_special(text,
 """
 from __future__ import annotations
 
+import base64
 import shutil
 from pathlib import Path
 
@@ -112,6 +113,24 @@ def _byte_level(tok: TiktokenTokenizer) -> tokenizers.Tokenizer:
     ])  # fmt: skip
     out.decoder = decoders.ByteLevel()
     return out
+
+
+def llama3_ranks_file(tok: Tokenizer) -> bytes | None:
+    """Meta's tiktoken ``tokenizer.model`` of a LLaMA-3 tokenizer.json (byte-level tokens, ids = ranks, the 256
+    specials after them); None for any other vocabulary, which Meta's LLaMA-3 code could not read anyway."""
+    tk = getattr(tok, "tk", None)
+    if tk is None or "<|begin_of_text|>" not in tok.special_tokens:
+        return None
+    vocab = tk.get_vocab(with_added_tokens=False)
+    n = tok.special_tokens["<|begin_of_text|>"]
+    decoder = gpt2_byte_decoder()
+    by_id = sorted((i, t) for t, i in vocab.items() if i < n)
+    if [i for i, _ in by_id] != list(range(n)) or tok.vocab_size != n + 256:
+        return None
+    try:
+        return b"".join(base64.b64encode(bytes(decoder[c] for c in t)) + b" %d\n" % i for i, t in by_id)
+    except KeyError:  # not a byte-level vocabulary
+        return None
 
 
 def tokenizer_config(tok: Tokenizer, max_length: int) -> dict:

@@ -10,6 +10,7 @@ from common.assets import asset_path
 from model import Transformer, get_config, load_model, save_model
 from model.config import CONFIGS, meta_ffn_dim
 from model.meta_format import config_from_params, meta_ffn_args, params_from_config
+from model.tokenizer import load_tokenizer
 
 # The params.json files of Meta's and Mistral's releases (vocab_size: Meta writes -1 for LLaMA-2; we write the size).
 RELEASED = {
@@ -87,3 +88,13 @@ def test_config_from_params_reads_metas_keys():
         want = CONFIGS[name]
         assert (config.ffn_dim, config.n_kv_heads, config.rope_theta, config.rope_scaling) == (
             want.ffn_dim, want.n_kv_heads, want.rope_theta, want.rope_scaling)  # fmt: skip
+
+
+def test_llama3_hf_folder_to_meta_writes_metas_tiktoken_file(tmp_path):
+    llama3 = load_tokenizer(asset_path("llama3-tokenizer"))
+    torch.manual_seed(0)
+    model = Transformer(get_config("tiny", vocab_size=llama3.vocab_size, dim=32, n_layers=1, rope_theta=500000.0))
+    save_model(model, tmp_path / "hf", format="hf", tokenizer=llama3)  # tokenizer.json only, no tokenizer.model
+    loaded, from_hf = load_model(tmp_path / "hf")
+    save_model(loaded, tmp_path / "meta", format="meta", tokenizer=from_hf)
+    assert (tmp_path / "meta" / "tokenizer.model").read_bytes() == asset_path("llama3-tokenizer").read_bytes()
