@@ -123,12 +123,21 @@ def mtbench_main(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run a command; a bad input (file, row, name) is one line `error: <file or name>: <cause>` (--debug: traceback)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     commands = {"generate": generate_main, "mtbench": mtbench_main}
-    if argv and argv[0] in commands:
-        commands[argv[0]](argv[1:])
-    else:
-        harness_main(argv)
+    try:
+        if argv and argv[0] in commands:
+            commands[argv[0]](argv[1:])
+        else:
+            harness_main(argv)
+    except (ValueError, KeyError, OSError) as err:
+        if debug:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        sys.exit(f"error: {message}")
 
 
 if __name__ == "__main__":

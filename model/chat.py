@@ -23,13 +23,10 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-if TYPE_CHECKING:
-    from model.tokenizer import Tokenizer
 
 ROLES = ("system", "user", "assistant")
 
@@ -64,6 +61,12 @@ BUILTIN: dict[str, str] = {
 }
 TEMPLATES = tuple(BUILTIN)
 _ALTERNATING = ("llama2", "mistral")  # formats that can only say user/assistant turns in strict alternation
+
+
+class ChatTokenizer(Protocol):  # what encode_chat needs of a model.tokenizer_base.Tokenizer
+    chat_template: str | ChatTemplate
+
+    def encode_special(self, text: str) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,7 @@ def render_chat(messages: list[dict[str, str]], template: str | ChatTemplate, ad
         raise ValueError(f"chat template refused the conversation: {e}") from None
 
 
-def encode_chat(tokenizer: Tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+def encode_chat(tokenizer: ChatTokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
     """Token ids of a conversation in the tokenizer's own chat format."""
     text = render_chat(messages, tokenizer.chat_template, add_generation_prompt)
     return tokenizer.encode_special(text)

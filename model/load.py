@@ -93,7 +93,7 @@ def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
         config, state = read_hf_dir(path)
     else:
         raise FileNotFoundError(f"{path}: neither params.json (Meta/Mistral) nor config.json (HF) found")
-    if tokenizer is not None and tokenizer.source.name in MISTRAL_TOKENIZER_FILES:
+    if Path(getattr(tokenizer, "source", "")).name in MISTRAL_TOKENIZER_FILES:
         config.family = "mistral"  # Mistral's own file names state the family where params.json cannot
     if isinstance(tokenizer, SentencePieceTokenizer) or getattr(tokenizer, "chat_template", None) == "llama2":
         # a SentencePiece file, or an HF tokenizer.json without a template: the family's built-in format

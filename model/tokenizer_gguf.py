@@ -14,7 +14,8 @@ import gguf
 import sentencepiece as spm
 
 from model.chat import ChatTemplate, builtin_name
-from model.tokenizer import END_OF_TURN, SentencePieceTokenizer, Tokenizer
+from model.tokenizer_base import END_OF_TURN, Tokenizer
+from model.tokenizer_spm import SentencePieceTokenizer
 from model.tokenizer_bpe import (
     DIGITS_THEN_GPT2_PATTERN,
     GPT2_PATTERN,

@@ -16,7 +16,7 @@ import tokenizers
 
 from common.io import read_json
 from model.chat import ChatTemplate, builtin_name
-from model.tokenizer import END_OF_TURN, Tokenizer
+from model.tokenizer_base import END_OF_TURN, Tokenizer
 
 CONFIG_FILES = ("tokenizer_config.json", "generation_config.json", "config.json", "special_tokens_map.json")
 

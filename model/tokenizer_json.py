@@ -23,8 +23,9 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 
 from model.chat import template_source
 from common.io import atomic_write, write_json
-from model.tokenizer import SentencePieceTokenizer, Tokenizer
+from model.tokenizer_base import Tokenizer
 from model.tokenizer_bpe import TiktokenTokenizer, gpt2_byte_decoder
+from model.tokenizer_spm import SentencePieceTokenizer
 
 # What an HF tokenizer folder may hold besides config.json; copied as they are when the source was one.
 HF_TOKENIZER_FILES = (

@@ -1,4 +1,4 @@
-"""Layerwise outlier ratios D_l from calibration activations (OWL's metric, SPEC.md §1.1).
+"""Layerwise outlier ratios D_l from calibration activations (OWL's metric; docs/method.md, "Outlier ratios").
 
 For each linear of a decoder block, a forward pre-hook keeps the fp32 sum of squares of every input
 feature over all calibration tokens, so ||X_j||_2 = sqrt(sum_sq_j). The Wanda score of a weight is

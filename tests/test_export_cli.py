@@ -1,4 +1,4 @@
-"""python -m model.export: a training checkpoint becomes an HF, Meta or PEFT folder."""
+"""python -m training.export: a training checkpoint becomes an HF, Meta or PEFT folder."""
 import json
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 import train
 from common.assets import asset_path
 from model import Transformer, get_config, load_model, save_model
-from model.export import main as export_main
+from training.export import main as export_main
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

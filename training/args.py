@@ -1,4 +1,4 @@
-"""Command-line and config-file arguments of train.py, with the paper's defaults (SPEC.md §1-§3)."""
+"""Command-line and config-file arguments of train.py, with the paper's defaults (docs/method.md, "Defaults and where they come from")."""
 from __future__ import annotations
 
 import argparse

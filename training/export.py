@@ -1,8 +1,8 @@
 """Turn a training checkpoint into a folder other tools open.
 
-    python -m model.export runs/x/step-000500 --format hf      # transformers / vLLM: runs/x/step-000500-hf
-    python -m model.export runs/x --format meta --meta-shards 2  # the newest checkpoint of a run, Meta layout
-    python -m model.export runs/x/step-000500 --format peft    # LoRA runs: the adapter for peft
+    python -m training.export runs/x/step-000500 --format hf      # transformers / vLLM: runs/x/step-000500-hf
+    python -m training.export runs/x --format meta --meta-shards 2  # the newest checkpoint of a run, Meta layout
+    python -m training.export runs/x/step-000500 --format peft    # LoRA runs: the adapter for peft
 
 The base model, tokenizer and method come from the arguments the run was started with (``trainer.pt``);
 ``--model`` / ``--ckpt-dir`` / ``--tokenizer`` replace them when the base has moved. The weights keep the
@@ -20,6 +20,8 @@ from model.cli import DTYPES, add_model_flags
 from model.load import load_model
 from model.peft_format import write_peft_adapter
 from model.save import save_model
+from optim.lora import apply_lora, merge_lora
+from training.checkpoint import resolve_checkpoint
 
 FORMATS = ("hf", "meta", "peft")
 
@@ -28,8 +30,6 @@ def export_checkpoint(checkpoint: Path, format: str, out: Path, model_source: st
                       ckpt_dir: str | None = None, tokenizer: str | None = None, meta_shards: int = 1,
                       dtype: torch.dtype | None = None) -> Path:  # fmt: skip
     """Write `checkpoint` (a step-NNNNNN folder) as `format` into `out` (in `dtype`, default the trained one)."""
-    from optim.lora import apply_lora, merge_lora
-
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r} ({', '.join(FORMATS)})")
     for name in ("model.pt", "trainer.pt"):
@@ -62,9 +62,7 @@ def export_checkpoint(checkpoint: Path, format: str, out: Path, model_source: st
 
 
 def main(argv: list[str] | None = None) -> None:
-    from training.checkpoint import resolve_checkpoint
-
-    p = argparse.ArgumentParser(prog="python -m model.export", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a step-NNNNNN folder, or a run folder (its newest checkpoint)")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", help="output folder (default: the checkpoint folder name + -FORMAT)")
