@@ -9,7 +9,7 @@ import argparse
 import json
 
 from model.config import CONFIGS, get_config
-from training.args import DTYPES
+from model.cli import DTYPES
 from training.memory import GIB, MemoryEstimate, MemorySettings, estimate_memory
 from training.methods import METHODS
 

@@ -9,6 +9,7 @@ import time
 import torch
 
 from common.io import write_json
+from model.cli import DTYPES, add_model_flags
 from sampling.cache import make_record
 from sampling.calibration import batches, boolq_passages, calibration_windows, describe, read_documents
 from sampling.htsr import block_alphas, spearman
@@ -17,7 +18,6 @@ from sampling.plots import plot_layer_profile
 from sampling.sampler import LayerSampler
 
 BOOLQ_SOURCE = "built-in: distinct passages of the BoolQ validation set (real English Wikipedia text)"
-DTYPES = ("float32", "bfloat16", "float16")  # torch's own names: getattr(torch, name)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -34,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--htsr", action="store_true", help="also compute HT-SR alphas and their Spearman rho with D")
     p.add_argument("--plot", help="PNG with ratios, sampling probabilities and alphas per block")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    add_model_flags(p)  # --ckpt-dir, --tokenizer, --dtype
     p.add_argument("--blockwise", action="store_true", help="move one block at a time to --device (low memory)")
     p.add_argument("--debug", action="store_true", help="a traceback instead of a one-line error")
     return p
@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     documents = read_documents(args.calib) if args.calib else None  # a bad file fails before the model loads
-    model, tokenizer = load_model(args.model, device="cpu" if args.blockwise else args.device,
-                                  dtype=getattr(torch, args.dtype))
+    model, tokenizer = load_model(args.model, device="cpu" if args.blockwise else args.device, dtype=DTYPES[args.dtype],
+                                  ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)  # fmt: skip
     if tokenizer is None:
         raise ValueError(f"{args.model}: the checkpoint has no tokenizer, so calibration text cannot be tokenized")
     return score(model, tokenizer, args, documents, start)
