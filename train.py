@@ -14,54 +14,69 @@ from __future__ import annotations
 
 import math
 import signal
-import sys
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+import cli
 from data import BatchLoader, build_dataset, load_records
 from model import load_model, save_model
 from model.loss import next_token_loss_sum as token_loss_sum
 from optim import GaLoreAdamW, apply_lora, attach_fused_step, lr_lambda, merge_lora
 from sampling import LayerSampler, calibration_windows, load_or_compute_ratios, plot_sampling_counts, read_documents
-from training.args import parse_args
-from training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from errors import UserError
+from training.args import parse_args, write_config
+from training.checkpoint import checkpoints, clear_run, load_checkpoint, resolve_checkpoint, run_outputs, save_checkpoint
 from training.distributed import close_world, init_world, sum_gradients, sum_scalar
 from training.heldout import HeldOut
 from training.memory import MemorySettings, estimate_memory, format_report
 from training.methods import SAMPLED_METHODS, activate_blocks, active_block_indices, param_groups
 from training.metrics import MetricsLog, current_memory_bytes, peak_memory_bytes
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parse_args(argv)  # flags, config file, the resumed run's arguments: all checked here
+    out = Path(args.out)
+    resumed_from = resolve_checkpoint(args.resume) if args.resume else None
+    replace_run = check_out_folder(out, resumed_from, args.overwrite)  # every rank, before any rank writes
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     world = init_world(device.type)
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     torch.manual_seed(args.seed)
-    out = Path(args.out)
     say = print if world.is_main else (lambda *a, **k: None)
+    if world.is_main:
+        if replace_run:
+            clear_run(out)
+        write_config(args, out, resumed_from)
+    records = load_records(args.data)  # a bad data file fails before the model loads
 
     # 1. The pre-trained model.
     model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir)
+    if tokenizer is None:
+        raise UserError(f"--model {args.model}: the checkpoint has no tokenizer file; training needs one")
     model.train()
     model.gradient_checkpointing = args.grad_ckpt
     n_layers = model.config.n_layers
     if args.gamma > n_layers and args.method in SAMPLED_METHODS:
-        sys.exit(f"error: --gamma {args.gamma} exceeds the model's {n_layers} blocks")
+        raise UserError(f"--gamma: {args.gamma} exceeds the model's {n_layers} blocks")
 
     # 2. Training data: fixed-length blocks, a seeded order every rank agrees on.
-    records = load_records(args.data)
-    dataset = build_dataset(records, tokenizer, args.seq_len, pack=not args.no_pack,
-                            mask_prompt=not args.train_on_prompt, template=args.template)
+    try:
+        dataset = build_dataset(records, tokenizer, args.seq_len, pack=not args.no_pack,
+                                mask_prompt=not args.train_on_prompt, template=args.template)
+    except ValueError as err:
+        raise UserError(f"{args.data}: {err}") from None
+    if len(dataset) < args.batch_size:
+        raise UserError(f"{args.data}: {len(dataset)} training rows of {args.seq_len} tokens, fewer than one batch "
+                        f"(--batch-size {args.batch_size}); lower --batch-size or add data")
     if world.size > 1 and args.batch_size % (world.size * args.grad_accum):
-        sys.exit(f"error: --batch-size {args.batch_size} must split over {world.size} ranks x {args.grad_accum} micro-batches")
+        raise UserError(f"--batch-size: {args.batch_size} must split over {world.size} ranks x {args.grad_accum} micro-batches")
     loader = BatchLoader(dataset, batch_size=args.batch_size // world.size, seed=args.seed,
                          rank=world.rank, world_size=world.size)
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * loader.batches_per_epoch))
@@ -90,18 +105,18 @@ def main(argv: list[str] | None = None) -> None:
         groups = [{"params": apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)}]
     else:
         groups = param_groups(model, args)
-    optimizer = GaLoreAdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = GaLoreAdamW(groups, lr=args.lr, eps=args.eps, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
     if args.fused and world.size > 1:
-        sys.exit("error: --fused steps each parameter before gradients could be summed across ranks; "
-                 "drop --fused under torchrun")
+        raise UserError("--fused: steps each parameter before gradients could be summed across ranks; "
+                        "drop --fused under torchrun")
     fused = attach_fused_step(optimizer, [p for g in groups for p in g["params"]], grad_accum_steps=args.grad_accum,
                               max_grad_norm=args.max_grad_norm) if args.fused else None
 
     # Resume: weights, optimizer, scheduler, sampler, data position and RNG, exactly where they were.
     step = 0
-    if args.resume:
-        state = load_checkpoint(resolve_checkpoint(args.resume), model, optimizer)
+    if resumed_from:
+        state = load_checkpoint(resumed_from, model, optimizer)
         step = state["step"]
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
@@ -119,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         + format_report(estimate))
 
     heldout = HeldOut(args.eval_data, tokenizer, args.eval_limit, template=args.template) if args.eval_data else None
-    metrics = MetricsLog(out / "metrics.jsonl", enabled=world.is_main)
+    metrics = MetricsLog(out / "metrics.jsonl", enabled=world.is_main, resume_step=step if resumed_from else None)
     if heldout and world.is_main and step == 0:
         metrics.write(step=0, **heldout.evaluate(model))
 
@@ -136,10 +151,13 @@ def main(argv: list[str] | None = None) -> None:
                 optimizer.drop_state(left)
         started = time.perf_counter()
         loss, n_tokens = accumulate_gradients(model, loader, args, world, device)
+        if not math.isfinite(loss):  # every rank sees the same summed loss, so every rank stops here
+            raise diverged(f"loss is {loss}", step + 1, out)
         trainable = [p for g in groups for p in g["params"] if p.grad is not None]
         sum_gradients(trainable, world)
-        if args.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
+        grad_norm = gradient_norm(trainable, args.max_grad_norm)  # None with --fused: already stepped
+        if grad_norm is not None and not math.isfinite(grad_norm):
+            raise diverged(f"gradient norm is {grad_norm}", step + 1, out)
         optimizer.step()  # with --fused every parameter already stepped in backward and this finds no grad
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
@@ -147,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
 
         lr = scheduler.get_last_lr()[0]
         active = active_block_indices(model) if sampler else None
-        record = dict(step=step + 1, loss=loss, lr=lr, tokens_per_s=n_tokens / seconds, step_s=seconds,
+        record = dict(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=n_tokens / seconds, step_s=seconds,
                       active_blocks=active, peak_memory=peak_memory_bytes(device), memory=current_memory_bytes(device))
         if step + 1 == first_step + 2:
             say("measured after 2 steps:\n" + format_report(estimate, record["peak_memory"]))
@@ -158,10 +176,12 @@ def main(argv: list[str] | None = None) -> None:
                              blocks=",".join(map(str, active or [])))
         done = step + 1 == total_steps
         if stop.requested or done or (args.save_every and (step + 1) % args.save_every == 0):
+            check_weights(model, step + 1, out)  # on every rank: the weights, and so the verdict, agree
             if world.is_main:
+                saved_args = {k: v for k, v in vars(args).items() if k != "changed_on_resume"}
                 state = dict(step=step + 1, scheduler=scheduler.state_dict(), loader=loader.state_dict(),
-                             sampler=sampler.state_dict() if sampler else None, args=vars(args))
-                path = save_checkpoint(out, step + 1, model, optimizer, state)
+                             sampler=sampler.state_dict() if sampler else None, args=saved_args)
+                path = save_checkpoint(out, step + 1, model, optimizer, state, keep=args.keep_checkpoints)
                 say(f"checkpoint: {path}")
         if stop.requested:
             say(f"stopped by signal after step {step + 1}; resume with --resume {out}")
@@ -179,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     if world.is_main and args.save_format != "none" and not stop.requested:
         if args.method == "lora":
             merge_lora(model)
+        check_weights(model, total_steps, out)
         for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
             save_model(model, out / f"final-{fmt}", format=fmt, tokenizer=tokenizer)
             say(f"saved {fmt} weights to {out / f'final-{fmt}'}")
@@ -198,18 +219,51 @@ def accumulate_gradients(model, loader, args, world, device) -> tuple[float, int
     targets = labels[:, 1:]
     n_targets = sum_scalar(int((targets != -100).sum()), world, device)
     if n_targets == 0:
-        sys.exit("error: a training batch has no target tokens (every label is masked)")
+        raise UserError("--data: a training batch has no target tokens (every label is masked)")
     total = 0.0
     for ids, lab in zip(input_ids.chunk(args.grad_accum), labels.chunk(args.grad_accum)):
         loss_sum = token_loss_sum(model, ids, lab, args.chunked_ce)
         if loss_sum is None:  # every target of this micro-batch is masked: it adds nothing
             continue
-        if not torch.isfinite(loss_sum):
-            sys.exit(f"error: loss is {loss_sum.item()} at this step; stopping without saving "
-                     f"(the last good checkpoint in {args.out} is intact); try a lower --lr")
-        (loss_sum / n_targets).backward()
         total += loss_sum.item()
+        if math.isfinite(total):  # a non-finite loss reaches every rank through the sum below
+            (loss_sum / n_targets).backward()
     return sum_scalar(total, world, device) / n_targets, input_ids.numel() * world.size
+
+
+def gradient_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> float | None:
+    """The total 2-norm of the gradients (clipping them to `max_norm` when given); None without gradients."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    if max_norm:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])))
+
+
+def check_weights(model: torch.nn.Module, step: int, out: Path) -> None:
+    """Refuse to save weights that are not finite."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise diverged(f"weight {name} is not finite", step, out)
+
+
+def diverged(what: str, step: int, out: Path) -> UserError:
+    """The error for a run that blew up: nothing was saved, and what the last good checkpoint is."""
+    found = checkpoints(out)
+    kept = f"the newest checkpoint {found[-1]} is untouched" if found else f"{out} holds no checkpoint"
+    return UserError(f"step {step}: {what}; stopped without saving ({kept}); try a lower --lr")
+
+
+def check_out_folder(out: Path, resumed_from: Path | None, overwrite: bool) -> bool:
+    """Whether `out` holds another run to replace (with --overwrite); refuse one otherwise."""
+    held = run_outputs(out)
+    if not held or (resumed_from is not None and resumed_from.parent.resolve() == out.resolve()):
+        return False
+    if not overwrite:
+        raise UserError(f"--out {out}: already holds a run ({', '.join(held)}); continue it with --resume {out}, "
+                        "replace it with --overwrite, or choose another --out")
+    return True
 
 
 class StopFlag:
@@ -228,4 +282,4 @@ class StopFlag:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

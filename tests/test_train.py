@@ -17,6 +17,8 @@ import train
 from data.assets import asset_path
 from data import BatchLoader, build_dataset, load_records
 from model import Transformer, get_config, load_model, save_model
+from errors import UserError
+from training.checkpoint import checkpoints
 from training.distributed import World
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,8 +53,7 @@ def run(tiny_dir: Path, data_file: Path, out: Path, *extra: str) -> list[dict]:
 
 
 def final_weights(out: Path) -> dict[str, torch.Tensor]:
-    (ckpt,) = [p for p in out.iterdir() if p.name.startswith("step-")]
-    return torch.load(ckpt / "model.pt", weights_only=True)
+    return torch.load(checkpoints(out)[-1] / "model.pt", weights_only=True)
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "galore", "lisa", "owlore", "owlore-fullrank"])
@@ -79,7 +80,7 @@ def test_owlore_trains_only_the_sampled_blocks_and_frees_the_rest(tiny_dir, data
         changed = not torch.equal(before[f"layers.{i}.attention.wq.weight"], after[f"layers.{i}.attention.wq.weight"])
         assert changed == (i in ever_active), (i, active)
     assert not torch.equal(before["tok_embeddings.weight"], after["tok_embeddings.weight"])
-    state = torch.load(next(tmp_path.glob("step-*")) / "optimizer.pt", weights_only=True)["state"]
+    state = torch.load(checkpoints(tmp_path)[-1] / "optimizer.pt", weights_only=True)["state"]
     n_outer = 3  # embeddings, final norm, head
     assert len(state) == n_outer + 9 * 1  # only the last period's block: 7 matrices + 2 norms
 
@@ -88,7 +89,7 @@ def test_keep_inactive_state_keeps_every_visited_block(tiny_dir, data_file, tmp_
     metrics = run(tiny_dir, data_file, tmp_path, "--method", "owlore", "--max-steps", "6", "--gamma", "1",
                   "--period", "2", "--sampling", "uniform", "--seed", "3", "--keep-inactive-state")
     visited = {i for m in metrics for i in m["active_blocks"]}
-    state = torch.load(next(tmp_path.glob("step-*")) / "optimizer.pt", weights_only=True)["state"]
+    state = torch.load(checkpoints(tmp_path)[-1] / "optimizer.pt", weights_only=True)["state"]
     assert len(visited) > 1 and len(state) == 3 + 9 * len(visited)
 
 
@@ -109,7 +110,7 @@ def test_sigint_then_resume_is_bit_identical(tiny_dir, data_file, tmp_path, firs
     run(tiny_dir, data_file, tmp_path / "split", *args)
     assert [p.name for p in (tmp_path / "split").glob("step-*")] == [f"step-{first:06d}"]
     monkeypatch.undo()
-    run(tiny_dir, data_file, tmp_path / "split", *args, "--resume", str(tmp_path / "split"))
+    train.main(["--resume", str(tmp_path / "split")])  # the saved arguments are restored
     straight, split = final_weights(tmp_path / "straight"), final_weights(tmp_path / "split")
     assert all(torch.equal(straight[k], split[k]) for k in straight)
 
@@ -134,8 +135,10 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny_
     good = final_weights(tmp_path)
     real = train.token_loss_sum
     monkeypatch.setattr(train, "token_loss_sum", lambda *a: real(*a) * float("nan"))
-    with pytest.raises(SystemExit, match="loss is nan"):
-        run(tiny_dir, data_file, tmp_path, "--method", "full", "--max-steps", "4", "--resume", str(tmp_path))
+    with pytest.raises(UserError, match="loss is nan") as err:
+        run(tiny_dir, data_file, tmp_path, "--method", "full", "--max-steps", "4", "--resume", str(tmp_path),
+            "--allow-changes")
+    assert f"the newest checkpoint {tmp_path / 'step-000002'} is untouched" in str(err.value)
     assert (tmp_path / "step-000002").is_dir()
     assert all(torch.equal(good[k], v) for k, v in final_weights(tmp_path).items())
 
