@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import cli
 import train
 from data.assets import asset_path
 from data import BatchLoader, build_dataset, load_records
@@ -143,20 +145,116 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny_
     assert all(torch.equal(good[k], v) for k, v in final_weights(tmp_path).items())
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--model", "no-such-model"], "no-such-model"),
-    (["--model", "llama2-7b"], "llama2-7b"),
-    (["--method", "full", "--sampling", "uniform"], "--sampling applies"),
-    (["--fused", "--grad-accum", "2"], "--fused"),
-    (["--batch-size", "6", "--grad-accum", "4"], "not divisible"),
-    (["--method", "lisa", "--gamma", "9"], "exceeds"),
-])
-def test_cli_errors_are_one_clear_line(tiny_dir, data_file, tmp_path, flags, message, capsys):
-    argv = ["--model", str(tiny_dir), "--data", str(data_file), "--out", str(tmp_path), *flags]
-    with pytest.raises((SystemExit, Exception)) as err:
-        train.main(argv)
-    text = str(err.value) + capsys.readouterr().err
-    assert message in text
+def _model_copy(tiny_dir: Path, tmp: Path, params=None, state=None, tokenizer: bool = True) -> Path:
+    """tiny_dir's Meta checkpoint with params.json and/or the weights replaced."""
+    out = tmp / "model"
+    out.mkdir()
+    if tokenizer:
+        shutil.copy(tiny_dir / "tokenizer.model", out)
+    real = json.loads((tiny_dir / "params.json").read_text())
+    (out / "params.json").write_text(json.dumps(params(real) if params else real))
+    weights = torch.load(tiny_dir / "consolidated.00.pth", weights_only=True)
+    torch.save(state(weights) if state else weights, out / "consolidated.00.pth")
+    return out
+
+
+def _hf_copy(tiny_dir: Path, tmp: Path, config=None, tensors=None) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    out = tmp / "hf"
+    model, tokenizer = load_model(tiny_dir)
+    save_model(model, out, format="hf", tokenizer=tokenizer)
+    if config:
+        (out / "config.json").write_text(json.dumps(config(json.loads((out / "config.json").read_text()))))
+    if tensors:
+        (file,) = out.glob("*.safetensors")
+        save_file(tensors(load_file(file)), file)
+    return out
+
+
+def _with(state: dict, key: str, value: torch.Tensor) -> dict:
+    return {**state, key: value}
+
+
+def _masked_data(tmp: Path) -> Path:
+    path = tmp / "masked.json"
+    path.write_text(json.dumps([{"instruction": "a long question " * 20, "input": "", "output": "yes"}] * 8))
+    return path
+
+
+def _damaged_resume(tiny_dir: Path, data_file: Path, tmp: Path) -> list[str]:
+    run(tiny_dir, data_file, tmp / "run", "--method", "full", "--max-steps", "1")
+    (tmp / "run" / "step-000001" / "model.pt").write_bytes(b"")
+    return ["--resume", str(tmp / "run")]
+
+
+Q = "layers.0.attention.wq.weight"
+CASES = {  # name: (extra argv, or a function of (tiny_dir, data_file, tmp) giving it; what the line must say)
+    "unknown model name": (["--model", "no-such-model"], "--model: 'no-such-model' is neither a known model (llama2-7b, "),
+    "named model without weights": (["--model", "llama2-7b"], "--ckpt-dir"),
+    "sampling without a sampled method": (["--method", "full", "--sampling", "uniform"], "--sampling: applies"),
+    "fused with accumulation": (["--fused", "--grad-accum", "2"], "--fused: "),
+    "indivisible batch": (["--batch-size", "6", "--grad-accum", "4"], "--batch-size: 6 is not divisible"),
+    "gamma above the blocks": (["--method", "lisa", "--gamma", "9"], "--gamma: 9 exceeds the model's 4 blocks"),
+    "seq-len 1": (["--seq-len", "1"], "--seq-len: must be >= 2, got 1"),
+    "save-every -1": (["--save-every", "-1"], "--save-every: must be >= 0, got -1"),
+    "lr inf": (["--lr", "inf"], "--lr: must be a finite number, got inf"),
+    "missing data": (["--data", "nope.json"], "--data: nope.json: no such file"),
+    "missing eval data": (["--eval-data", "nope.json"], "--eval-data: nope.json: no such file"),
+    "every label masked": (lambda t, d, tmp: ["--data", str(_masked_data(tmp)), "--seq-len", "8", "--no-pack"],
+                           "masked.json: no training rows of 8 tokens"),
+    "fewer rows than a batch": (["--batch-size", "16", "--no-pack"], "train.json: 8 training rows of 512 tokens, fewer than one batch"),
+    "model without tokenizer": (lambda t, d, tmp: ["--model", str(_model_copy(t, tmp, tokenizer=False))],
+                                "the checkpoint has no tokenizer file"),
+    "indivisible dim, no head_dim": (lambda t, d, tmp: ["--model", str(_model_copy(
+        t, tmp, params=lambda p: {k: v for k, v in p.items() if k != "head_dim"} | {"dim": 66}))],
+        "params.json: params.json head_dim 16.5 * n_heads 4 != dim 66"),
+    "n_heads 0": (lambda t, d, tmp: ["--model", str(_model_copy(t, tmp, params=lambda p: p | {"n_heads": 0}))],
+                  "params.json: params.json n_heads must be a positive integer, got 0"),
+    "string dim": (lambda t, d, tmp: ["--model", str(_model_copy(t, tmp, params=lambda p: p | {"dim": "64"}))],
+                   "params.json: params.json dim must be a positive integer, got '64'"),
+    "string n_layers": (lambda t, d, tmp: ["--model", str(_model_copy(t, tmp, params=lambda p: p | {"n_layers": "4"}))],
+                        "params.json: config 'tiny': n_layers must be a positive integer, got '4'"),
+    "params.json a list": (lambda t, d, tmp: ["--model", str(_model_copy(t, tmp, params=lambda p: [p]))],
+                           "params.json: params.json must hold an object of hyper-parameters, got a list"),
+    ".pth holding a list": (lambda t, d, tmp: ["--model", str(_model_copy(t, tmp, state=lambda s: list(s.values())))],
+                            "consolidated.00.pth: expected a dict of tensor names to tensors, got a list"),
+    "integer tensor": (lambda t, d, tmp: ["--model", str(_model_copy(t, tmp, state=lambda s: _with(s, Q, s[Q].long())))],
+                       f"tensor {Q} has non-float dtype torch.int64"),
+    "NaN weight": (lambda t, d, tmp: ["--model", str(_model_copy(t, tmp, state=lambda s: _with(s, Q, s[Q] * float("nan"))))],
+                   f"tensor {Q} holds NaN or inf"),
+    "HF q_proj wrong shape": (lambda t, d, tmp: ["--model", str(_hf_copy(t, tmp, tensors=lambda s: _with(
+        s, "model.layers.0.self_attn.q_proj.weight", torch.zeros(64, 60))))],
+        "tensor model.layers.0.self_attn.q_proj.weight has shape (64, 60), expected (64, 64)"),
+    "HF q_proj wrong rank": (lambda t, d, tmp: ["--model", str(_hf_copy(t, tmp, tensors=lambda s: _with(
+        s, "model.layers.0.self_attn.q_proj.weight", torch.zeros(4096))))],
+        "tensor model.layers.0.self_attn.q_proj.weight has shape (4096,), expected (64, 64)"),
+    "HF rope_scaling missing fields": (lambda t, d, tmp: ["--model", str(_hf_copy(t, tmp, config=lambda c: c | {
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}))],
+        "rope_scaling needs numbers for low_freq_factor, high_freq_factor, original_max_position_embeddings"),
+    "empty model.pt on resume": (_damaged_resume, "step-000001/model.pt: cannot be read"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cli_errors_are_one_clear_line(tiny_dir, data_file, tmp_path, case, capsys):
+    """`error: <file or flag>: <cause>` on stderr, exit status 2, no traceback."""
+    extra, message = CASES[case]
+    if callable(extra):
+        extra = extra(tiny_dir, data_file, tmp_path)
+    capsys.readouterr()
+    argv = ["--model", str(tiny_dir), "--data", str(data_file), "--out", str(tmp_path / "out"), "--gamma", "2", *extra]
+    with pytest.raises(SystemExit) as err:
+        cli.run(train.main, argv)
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in lines[0], lines
+    assert message in lines[0]
+
+
+def test_debug_shows_the_traceback(tiny_dir, data_file, tmp_path):
+    with pytest.raises(UserError, match="--seq-len"):
+        cli.run(train.main, ["--model", str(tiny_dir), "--data", str(data_file), "--seq-len", "1", "--debug"])
 
 
 def test_torchrun_two_processes_match_one_process(tiny_dir, data_file, tmp_path):
