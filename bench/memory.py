@@ -10,6 +10,7 @@ import json
 
 import torch
 
+import cli
 from model.config import CONFIGS, get_config
 from training.memory import GIB, METHODS, MemoryEstimate, MemorySettings, estimate_memory
 
@@ -36,7 +37,7 @@ def table(rows: dict[str, MemoryEstimate]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, MemoryEstimate]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llama2-7b", choices=sorted(CONFIGS))
     p.add_argument("--method", choices=METHODS, help="default: all six")
     p.add_argument("--gamma", type=int, default=5)
@@ -69,4 +70,4 @@ def main(argv: list[str] | None = None) -> dict[str, MemoryEstimate]:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

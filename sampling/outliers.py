@@ -178,15 +178,17 @@ def outlier_ratios(model: nn.Module, batches: Iterable[Tensor], M: float, blockw
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sampling.outliers", description=__doc__.split("\n\n")[0])
+    import cli
+
+    p = cli.ArgumentParser(prog="python -m sampling.outliers", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="load_model source: config name, .gguf, Meta or HF dir")
     p.add_argument("--calib", help=".txt/.json/.jsonl calibration file (default: BoolQ validation passages)")
-    p.add_argument("--n-windows", type=int, default=128)
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--M", type=float, default=13.0, help="outlier threshold multiple of the mean (OWL's M)")
-    p.add_argument("--gamma", type=int, default=5, help="blocks per draw, for the reported inclusion probabilities")
+    p.add_argument("--n-windows", type=cli.number(int, at_least=1), default=128)
+    p.add_argument("--seq-len", type=cli.number(int, at_least=2), default=2048)
+    p.add_argument("--seed", type=cli.number(int, at_least=0), default=0)
+    p.add_argument("--batch-size", type=cli.number(int, at_least=1), default=4)
+    p.add_argument("--M", type=cli.number(float, above=0), default=13.0, help="outlier threshold multiple of the mean (OWL's M)")
+    p.add_argument("--gamma", type=cli.number(int, at_least=1), default=5, help="blocks per draw, for the reported inclusion probabilities")
     p.add_argument("--out", required=True, help="scores JSON (also a valid ratio cache)")
     p.add_argument("--htsr", action="store_true", help="also compute HT-SR alphas and their Spearman rho with D")
     p.add_argument("--plot", help="PNG with ratios, sampling probabilities and alphas per block")
@@ -203,4 +205,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    import cli
+
+    cli.run(main)

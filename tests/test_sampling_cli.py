@@ -9,6 +9,7 @@ from model import Transformer, get_config
 from sampling.cache import cached_ratios
 from sampling.outliers import parser
 from sampling.report import score
+from errors import UserError
 
 
 class ByteTokenizer:
@@ -41,5 +42,5 @@ def test_cli_scores_a_model_and_writes_cache_alphas_and_plot(tmp_path, capsys):
 
 
 def test_cli_requires_model_and_out():
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="required: --model, --out"):
         parser().parse_args(["--M", "13"])
