@@ -55,7 +55,7 @@ def test_sampling_outliers(argv, message, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--out", "cs", "--tasks", "boolq,nope"], "error: --tasks: unknown task(s) nope; known: boolq, "),
+    (["--out", "cs", "--tasks", "boolq,nope"], "error: unknown commonsense task(s) ['nope']; known: boolq, "),
     (["--out", "cs", "--heldout-per-task", "-1"], "error: --heldout-per-task: must be >= 0, got -1"),
 ])
 def test_data_commonsense(argv, message, capsys, tmp_path, monkeypatch):
