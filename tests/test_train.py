@@ -176,6 +176,11 @@ def _with(state: dict, key: str, value: torch.Tensor) -> dict:
     return {**state, key: value}
 
 
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 def _masked_data(tmp: Path) -> Path:
     path = tmp / "masked.json"
     path.write_text(json.dumps([{"instruction": "a long question " * 20, "input": "", "output": "yes"}] * 8))
@@ -199,6 +204,9 @@ CASES = {  # name: (extra argv, or a function of (tiny_dir, data_file, tmp) givi
     "seq-len 1": (["--seq-len", "1"], "--seq-len: must be >= 2, got 1"),
     "save-every -1": (["--save-every", "-1"], "--save-every: must be >= 0, got -1"),
     "lr inf": (["--lr", "inf"], "--lr: must be a finite number, got inf"),
+    "dtype fp16 (removed)": (["--dtype", "fp16"], "--dtype: invalid choice: 'fp16'"),
+    "config value as the flag": (lambda t, d, tmp: ["--config", str(_write(tmp / "c.yaml", "gamma: 2.5\n"))],
+                                 "c.yaml: --gamma: expected an integer, got '2.5'"),
     "missing data": (["--data", "nope.json"], "--data: nope.json: no such file"),
     "missing eval data": (["--eval-data", "nope.json"], "--eval-data: nope.json: no such file"),
     "every label masked": (lambda t, d, tmp: ["--data", str(_masked_data(tmp)), "--seq-len", "8", "--no-pack"],
@@ -281,3 +289,18 @@ def test_config_file_sets_flags_and_the_command_line_wins(tmp_path):
     (tmp_path / "bad.json").write_text('{"gama": 3}')
     with pytest.raises(SystemExit):
         parse_args(["--config", str(tmp_path / "bad.json")])
+
+
+@pytest.mark.parametrize("method, eps", [("full", 1e-8), ("lora", 1e-8), ("lisa", 1e-8), ("owlore-fullrank", 1e-8),
+                                         ("galore", 1e-6), ("owlore", 1e-6)])
+def test_adam_eps_defaults_to_the_official_runs(method, eps, data_file):
+    from training.args import parse_args
+
+    assert parse_args(["--data", str(data_file), "--method", method]).eps == eps
+    assert parse_args(["--data", str(data_file), "--method", method, "--eps", "1e-7"]).eps == 1e-7
+
+
+def test_the_optimizer_gets_the_eps(tiny_dir, data_file, tmp_path):
+    run(tiny_dir, data_file, tmp_path, "--method", "galore", "--max-steps", "1", "--eps", "3e-7")
+    groups = torch.load(checkpoints(tmp_path)[-1] / "optimizer.pt", weights_only=True)["param_groups"]
+    assert [g["eps"] for g in groups] == [3e-7, 3e-7]
