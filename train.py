@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         if replace_run:
             clear_run(out)
         write_config(args, out, resumed_from)
-    records = load_records(args.data)  # a bad data file fails before the model loads
+    records = load_records(args.data)  # bad data files fail before the model loads
+    eval_records = load_records(args.eval_data) if args.eval_data else None
 
     # 1. The pre-trained model.
     model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir)
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     say(f"memory estimate for {args.method} ({dtype}, micro-batch {settings.micro_batch}x{args.seq_len}):\n"
         + format_report(estimate))
 
-    heldout = HeldOut(args.eval_data, tokenizer, args.eval_limit, template=args.template) if args.eval_data else None
+    heldout = HeldOut(eval_records, tokenizer, args.eval_limit, template=args.template) if eval_records else None
     metrics = MetricsLog(out / "metrics.jsonl", enabled=world.is_main, resume_step=step if resumed_from else None)
     if heldout and world.is_main and step == 0:
         metrics.write(step=0, **heldout.evaluate(model))
