@@ -259,7 +259,14 @@ def diverged(what: str, step: int, out: Path) -> UserError:
 def check_out_folder(out: Path, resumed_from: Path | None, overwrite: bool) -> bool:
     """Whether `out` holds another run to replace (with --overwrite); refuse one otherwise."""
     held = run_outputs(out)
-    if not held or (resumed_from is not None and resumed_from.parent.resolve() == out.resolve()):
+    if resumed_from is not None and resumed_from.parent.resolve() == out.resolve():
+        names = [p.name for p in checkpoints(out)]
+        newer = names[names.index(resumed_from.name) + 1:] if resumed_from.name in names else []
+        if newer:  # they belong to the abandoned continuation, and the newest checkpoint wins a later resume
+            raise UserError(f"--resume {resumed_from}: {out} holds newer checkpoints ({', '.join(newer)}); "
+                            f"resume the newest with --resume {out}, or branch off with another --out")
+        return False
+    if not held:
         return False
     if not overwrite:
         raise UserError(f"--out {out}: already holds a run ({', '.join(held)}); continue it with --resume {out}, "

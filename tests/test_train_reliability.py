@@ -42,6 +42,17 @@ def test_a_fresh_run_into_a_used_out_is_refused_and_overwrite_replaces_it(tiny_d
     assert steps_logged(tmp_path) == [1, 2, 3]
 
 
+def test_resuming_an_older_checkpoint_into_its_own_run_is_refused(tiny_dir, data_file, tmp_path):
+    """Its newer checkpoints would survive beside the new branch and win the next --resume."""
+    run(tiny_dir, data_file, tmp_path / "a", *FULL, "--max-steps", "3", "--keep-checkpoints", "3")
+    with pytest.raises(UserError, match=r"holds newer checkpoints \(step-000002, step-000003\); resume the newest"):
+        train.main(["--resume", str(tmp_path / "a" / "step-000001")])
+    train.main(["--resume", str(tmp_path / "a" / "step-000001"), "--out", str(tmp_path / "b")])  # a branch
+    assert [p.name for p in checkpoints(tmp_path / "b")] == ["step-000002", "step-000003"]
+    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_non_finite_weights_are_never_saved_and_the_message_is_true(tiny_dir, data_file, tmp_path, monkeypatch):
     """An update that blows up a weight at step 3: step 2 stays the newest checkpoint, nothing is exported."""
     real_step, calls = train.GaLoreAdamW.step, []

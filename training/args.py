@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import yaml
@@ -145,6 +146,7 @@ def as_tokens(parser: argparse.ArgumentParser, values: dict, source: str) -> lis
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
     saved_tokens, config_tokens, saved = [], [], None
@@ -157,7 +159,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.set_defaults(out=str(checkpoint.parent))
     if first.config:
         config_tokens = as_tokens(parser, load_config_file(first.config), first.config)
-    args = parser.parse_args([*saved_tokens, *config_tokens, *(argv or [])])
+    args = parser.parse_args([*saved_tokens, *config_tokens, *argv])
     apply_presets(args)
     check_consistency(args)
     args.changed_on_resume = {}
