@@ -27,7 +27,7 @@ KNOWN_PARAMS = {
 def config_from_params(params: dict, name: str, tokenizer_vocab: int | None = None) -> ModelConfig:
     """ModelConfig from a Meta/Mistral params.json dict (vocab_size -1 takes the tokenizer's size)."""
     if not isinstance(params, dict):
-        raise ValueError(f"{name}: params.json must hold an object of hyper-parameters, got a {type(params).__name__}")
+        raise ValueError(f"{name}: must hold an object of hyper-parameters, got a {type(params).__name__}")
     unknown = sorted(set(params) - KNOWN_PARAMS)
     if unknown:
         raise ValueError(f"{name}: params.json has unknown keys {unknown}")
@@ -39,7 +39,7 @@ def config_from_params(params: dict, name: str, tokenizer_vocab: int | None = No
     dim, n_heads = params["dim"], params["n_heads"]
     for key, value in (("dim", dim), ("n_heads", n_heads)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name}: params.json {key} must be a positive integer, got {value!r}")
+            raise ValueError(f"{name}: {key} must be a positive integer, got {value!r}")
     if params.get("head_dim", dim // n_heads) * n_heads != dim:
         raise ValueError(f"{name}: params.json head_dim {params.get('head_dim', dim / n_heads)} * n_heads {n_heads} "
                          f"!= dim {dim}")
