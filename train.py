@@ -20,13 +20,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import cli
+from common import cli
+from common.errors import UserError
 from data import BatchLoader, build_dataset, load_records
 from model import load_model, save_model
 from model.loss import next_token_loss_sum as token_loss_sum
 from optim import GaLoreAdamW, apply_lora, attach_fused_step, lr_lambda, merge_lora
 from sampling import LayerSampler, calibration_windows, load_or_compute_ratios, plot_sampling_counts, read_documents
-from errors import UserError
+from sampling.calibration import training_documents
 from training.args import parse_args, write_config
 from training.checkpoint import checkpoints, clear_run, load_checkpoint, resolve_checkpoint, run_outputs, save_checkpoint
 from training.distributed import close_world, init_world, sum_gradients, sum_scalar
@@ -91,9 +92,11 @@ def main(argv: list[str] | None = None) -> None:
             scores = Path(args.scores) if args.scores else out / "outlier_scores.json"
             calib = None  # an existing cache made for these weights is used as it is
             if args.calib or not scores.is_file():
-                calib_source = args.calib or args.data
-                windows = calibration_windows(read_documents(calib_source), tokenizer, args.calib_windows,
-                                              args.calib_seq_len, seed=args.seed)
+                documents = (read_documents(args.calib) if args.calib else  # else: the training stream itself
+                             training_documents(records, tokenizer, args.calib_windows * args.calib_seq_len,
+                                                args.template, args.seed))
+                windows = calibration_windows(documents, tokenizer, args.calib_windows, args.calib_seq_len,
+                                              seed=args.seed)
                 calib = windows.to(device).split(4)
             ratios = load_or_compute_ratios(model, args.model, calib, args.M, scores,
                                             calibration_source=args.calib or args.data)

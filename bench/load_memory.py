@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-import cli
+from common import cli
 from model.config import get_config
 from model.meta_format import write_meta_dir
 from model.transformer import Transformer

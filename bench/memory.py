@@ -10,7 +10,7 @@ import json
 
 import torch
 
-import cli
+from common import cli
 from model.config import CONFIGS, get_config
 from training.memory import GIB, METHODS, MemoryEstimate, MemorySettings, estimate_memory
 

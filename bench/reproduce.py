@@ -16,7 +16,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import cli
+from common import cli
 from bench.step_compare import run_method
 from data.commonsense import TASKS, build_commonsense
 from training.memory import GIB, METHODS

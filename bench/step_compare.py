@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-import cli
-from data.assets import asset_path
+from common import cli
+from common.assets import asset_path
 from data.commonsense import build_commonsense
 from model import Transformer, get_config, save_model
 from training.memory import GIB, METHODS, MemorySettings, estimate_memory

@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import torch
 
-import cli
-from errors import UserError
-from eval.report import results_table, write_json
+from common import cli
+from common.errors import UserError
+from common.io import write_json, write_jsonl
+from eval.report import results_table
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -111,24 +111,28 @@ def mtbench_main(argv: list[str]) -> None:
     questions = mtbench.read_questions(args.questions)
     prompts = mtbench.read_judge_prompts(args.judge_prompts) if args.judge_prompts else None
     if args.judge_only:
-        from eval.docs import read_json_records
+        from common.io import read_objects
 
-        answers = read_json_records(args.answers)
+        answers = read_objects(args.answers)
     else:
         model, tokenizer = _load(args)
         answers = mtbench.generate_answers(model, tokenizer, questions, args.model_id or str(args.model), args.max_new_tokens)
-        mtbench.write_jsonl(args.answers, answers)
+        write_jsonl(args.answers, answers)
     if args.judge_url:
         client = mtbench.JudgeClient(args.judge_url, args.judge_model, os.environ.get(args.judge_api_key_env))
         refs = mtbench.read_references(args.references) if args.references else None
         judgments = mtbench.judge_answers(questions, answers, client, refs, prompts)
         if args.judgments:
-            mtbench.write_jsonl(args.judgments, judgments)
+            write_jsonl(args.judgments, judgments)
         print(json.dumps(mtbench.summarize_scores(judgments), indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run a command; a bad input (file, row, name) is one line `error: <file or name>: <cause>` (--debug: traceback)."""
+    cli.run(_dispatch, argv)
+
+
+def _dispatch(argv: list[str]) -> None:
     commands = {"generate": generate_main, "mtbench": mtbench_main}
     if argv and argv[0] in commands:
         commands[argv[0]](argv[1:])
@@ -137,4 +141,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    main()

@@ -9,8 +9,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model.config import ModelConfig, checked, rope_scaling_from
-from model.meta_format import atomic_write, write_json
+from common.io import atomic_write, write_json
+from model.config import FAMILIES, ModelConfig, checked, rope_scaling_from
 
 _TOP = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight", "lm_head.weight": "output.weight"}
 _BLOCK = {
@@ -29,8 +29,8 @@ def config_from_hf(cfg: dict, name: str) -> ModelConfig:
     """ModelConfig from an HF LLaMA/Mistral config.json dict."""
     if not isinstance(cfg, dict):
         raise ValueError(f"{name}: config.json must hold an object, got a {type(cfg).__name__}")
-    if cfg.get("model_type") not in ("llama", "mistral"):
-        raise ValueError(f"{name}: model_type {cfg.get('model_type')!r} is not supported (llama, mistral)")
+    if cfg.get("model_type") not in FAMILIES:
+        raise ValueError(f"{name}: model_type {cfg.get('model_type')!r} is not supported ({', '.join(FAMILIES)})")
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size") if k not in cfg]
     if missing:
         raise ValueError(f"{name}: config.json is missing {missing}")
@@ -52,14 +52,13 @@ def config_from_hf(cfg: dict, name: str) -> ModelConfig:
         ffn_dim=cfg["intermediate_size"], norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         rope_theta=float(cfg.get("rope_theta", 10000.0)), rope_scaling=scaling,
         max_seq_len=cfg.get("max_position_embeddings", 4096), sliding_window=cfg.get("sliding_window"),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), family=cfg["model_type"],
     )  # fmt: skip
 
 
 def hf_config_from(config: ModelConfig) -> dict:
     cfg = {
-        "architectures": ["MistralForCausalLM" if config.sliding_window else "LlamaForCausalLM"],
-        "model_type": "mistral" if config.sliding_window else "llama",
+        "architectures": [FAMILIES[config.family].hf_architecture], "model_type": config.family,
         "_name_or_path": config.name, "hidden_size": config.dim, "num_hidden_layers": config.n_layers,
         "num_attention_heads": config.n_heads, "num_key_value_heads": config.n_kv_heads,
         "head_dim": config.head_dim, "vocab_size": config.vocab_size, "intermediate_size": config.ffn_dim,

@@ -5,16 +5,16 @@ checkpoint is never held twice in memory.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from model.config import CONFIGS, ModelConfig
+from common.io import atomic_write
+from model.config import CONFIGS, FAMILIES, ModelConfig
 from model.gguf_format import read_gguf, write_vocab_gguf
 from model.hf_format import read_hf_dir, write_hf_dir
-from model.meta_format import atomic_write, read_meta_dir, write_meta_dir
+from model.meta_format import read_meta_dir, write_meta_dir
 from model.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer, tokenizer_from_gguf
 from model.transformer import Transformer
 
@@ -55,22 +55,10 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], device="cpu
 def _find_tokenizer(path: Path) -> Tokenizer | None:
     for name in TOKENIZER_FILES:
         if (path / name).is_file():
-            tokenizer = load_tokenizer(path / name, chat_template="mistral" if name in MISTRAL_TOKENIZER_FILES else None)
+            tokenizer = load_tokenizer(path / name)
             tokenizer.source = path / name
             return tokenizer
     return None
-
-
-def _is_mistral(path: Path, config: ModelConfig) -> bool:
-    """Mistral's chat format: a sliding window (Meta never sets one) or an HF ``model_type`` "mistral".
-
-    Mistral's own tokenizer file names (``tokenizer.model.v1``/``.v3``) are recognised by `_find_tokenizer`.
-    ``head_dim``/``hidden_dim`` in params.json are no sign: `save_model` writes them for LLaMA too.
-    """
-    if config.sliding_window is not None:
-        return True
-    hf_config = path / "config.json"
-    return not (path / "params.json").is_file() and json.loads(hf_config.read_text()).get("model_type") == "mistral"
 
 
 def _resolve(source: str | Path, ckpt_dir: str | Path | None) -> tuple[Path, ModelConfig | None]:
@@ -82,7 +70,7 @@ def _resolve(source: str | Path, ckpt_dir: str | Path | None) -> tuple[Path, Mod
         base = Path(ckpt_dir)
         return (base / name if (base / name).exists() else base), CONFIGS[name]
     if name == "smollm2-135m":
-        from data.assets import asset_path
+        from common.assets import asset_path
 
         return asset_path("smollm2-135m"), CONFIGS[name]
     raise FileNotFoundError(f"model {name!r} has no checkpoint here: pass ckpt_dir (--ckpt-dir) pointing to its weights")
@@ -108,8 +96,10 @@ def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
         config, state = read_hf_dir(path)
     else:
         raise FileNotFoundError(f"{path}: neither params.json (Meta/Mistral) nor config.json (HF) found")
-    if isinstance(tokenizer, SentencePieceTokenizer) and _is_mistral(path, config):
-        tokenizer.chat_template = "mistral"
+    if Path(getattr(tokenizer, "source", "")).name in MISTRAL_TOKENIZER_FILES:
+        config.family = "mistral"  # Mistral's own file names state the family where params.json cannot
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        tokenizer.chat_template = FAMILIES[config.family].chat_template
     return config, state, tokenizer
 
 

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file
 
+from common.io import atomic_write, write_json
 from model.config import Llama3RopeScaling, ModelConfig, checked, meta_ffn_dim, rope_scaling_from
 
 # Meta's model-parallel layout: column-parallel weights split rows, row-parallel weights split columns.
@@ -66,6 +64,7 @@ def config_from_params(params: dict, name: str, tokenizer_vocab: int | None = No
         norm_eps=float(params.get("norm_eps", 1e-5)), rope_theta=theta, rope_scaling=scaling,
         max_seq_len=params.get("max_seq_len", default_len), sliding_window=window,
         tie_embeddings=bool(params.get("tie_embeddings", False)),
+        family="mistral" if window else "llama",  # params.json names no family; only Mistral's sets a window
     )  # fmt: skip
 
 
@@ -179,19 +178,3 @@ def write_meta_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir:
     for i, shard in enumerate(shards):
         atomic_write(out_dir / f"consolidated.{i:02d}.pth", lambda tmp, s=shard: torch.save(s, tmp))
     write_json(out_dir / "params.json", params_from_config(config))
-
-
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Call write(temp_path) for a temporary file next to `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, content: dict) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(content, indent=2)))

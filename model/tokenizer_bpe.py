@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tiktoken
 
-from model.tokenizer import Tokenizer
+from model.tokenizer_base import Tokenizer
 
 # LLaMA-3's pre-tokenizer (the cl100k pattern).
 LLAMA3_PATTERN = (

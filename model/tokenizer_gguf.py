@@ -13,7 +13,8 @@ from pathlib import Path
 import gguf
 import sentencepiece as spm
 
-from model.tokenizer import SentencePieceTokenizer, Tokenizer
+from model.tokenizer_base import Tokenizer
+from model.tokenizer_spm import SentencePieceTokenizer
 from model.tokenizer_bpe import (
     DIGITS_THEN_GPT2_PATTERN,
     GPT2_PATTERN,

@@ -1,4 +1,4 @@
-"""Layerwise outlier ratios D_l from calibration activations (OWL's metric, SPEC.md §1.1).
+"""Layerwise outlier ratios D_l from calibration activations (OWL's metric; docs/method.md, "Outlier ratios").
 
 For each linear of a decoder block, a forward pre-hook keeps the fp32 sum of squares of every input
 feature over all calibration tokens, so ||X_j||_2 = sqrt(sum_sq_j). The Wanda score of a weight is
@@ -178,7 +178,7 @@ def outlier_ratios(model: nn.Module, batches: Iterable[Tensor], M: float, blockw
 
 
 def parser() -> argparse.ArgumentParser:
-    import cli
+    from common import cli
 
     p = cli.ArgumentParser(prog="python -m sampling.outliers", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="load_model source: config name, .gguf, Meta or HF dir")
@@ -205,6 +205,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    import cli
+    from common import cli
 
     cli.run(main)

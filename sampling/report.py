@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from sampling.cache import make_record, write_json_atomic
+from common.io import write_json
+from sampling.cache import make_record
 from sampling.calibration import batches, boolq_passages, calibration_windows, describe, read_documents
 from sampling.htsr import block_alphas, spearman
 from sampling.outliers import collect_input_sum_sq, outlier_report
@@ -52,7 +53,7 @@ def score(model: torch.nn.Module, tokenizer, args: argparse.Namespace, start: fl
     name = getattr(model.config, "name", args.model)
     record = make_record(model, name, args.M, calibration, ratios, **extra)
     record["seconds"] = round(time.perf_counter() - start, 1)
-    write_json_atomic(args.out, record)
+    write_json(args.out, record, allow_nan=False)
 
     if args.plot:
         plot_layer_profile(args.plot, ratios, sampler.probabilities,

@@ -13,7 +13,7 @@ from model import Transformer, get_config
 from optim import GaLoreAdamW, measured_state_bytes
 from sampling import set_trainable
 from training.memory import MemorySettings, activation_bytes, estimate_memory, parameter_count
-from errors import UserError
+from common.errors import UserError
 
 
 def saved_activation_bytes(model: Transformer, tokens: torch.Tensor) -> int:
@@ -117,7 +117,7 @@ def test_step_compare_runs_end_to_end(tmp_path):
 
 def test_reproduce_runs_end_to_end_on_a_tiny_model(tmp_path):
     import bench.reproduce
-    from data.assets import asset_path
+    from common.assets import asset_path
     from model import save_model
 
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """Chat formats: exact prompt strings, and ids equal to the turn-by-turn encodings of the reference recipes."""
 import pytest
 
-from data.assets import asset_path
+from common.assets import asset_path
 from model.chat import encode_chat, render_chat
 from model.tokenizer import load_tokenizer
 

@@ -9,7 +9,7 @@ from model import Transformer, get_config
 from sampling.cache import cached_ratios
 from sampling.outliers import parser
 from sampling.report import score
-from errors import UserError
+from common.errors import UserError
 
 
 class ByteTokenizer:

@@ -6,7 +6,7 @@ import sentencepiece as spm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data.assets import asset_path
+from common.assets import asset_path
 from model.chat import encode_chat
 from model.tokenizer import load_tokenizer, tokenizer_from_gguf
 from model.tokenizer_gguf import read_gguf_metadata

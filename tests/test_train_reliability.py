@@ -17,7 +17,7 @@ import yaml
 
 import train
 import training.checkpoint
-from errors import UserError
+from common.errors import UserError
 from test_train import ROOT, data_file, final_weights, run, tiny_dir  # noqa: F401 (fixtures)
 from training.checkpoint import CheckpointError, checkpoints
 
@@ -217,7 +217,8 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(tiny_dir, data_file, tmp
     script.write_text(textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(ROOT)!r})
-        import cli, train
+        import train
+        from common import cli
         real, calls = train.token_loss_sum, []
         def loss_sum(*a):
             calls.append(1)

@@ -1,4 +1,4 @@
-"""Command-line and config-file arguments of train.py, with the paper's defaults (SPEC.md §1-§3).
+"""Command-line and config-file arguments of train.py, with the paper's defaults (docs/method.md, "Defaults and where they come from").
 
 Three sources, later ones winning: the arguments saved in the checkpoint being resumed (`--resume`), a
 `--config` file, the command line. The first two are turned into command-line tokens, so every value
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from cli import ArgumentParser, number
-from errors import UserError
+from common.cli import ArgumentParser, number
+from common.errors import UserError
 from training.checkpoint import read_trainer_state, resolve_checkpoint
 
 METHODS = ("full", "lora", "galore", "lisa", "owlore", "owlore-fullrank")
@@ -226,7 +226,7 @@ def check_model_source(model: str, ckpt_dir: str | None) -> None:
 
 def write_config(args: argparse.Namespace, out: Path, resumed_from: Path | None = None) -> Path:
     """`out/config.yaml`: the resolved arguments (loadable with --config), and every change made on resume."""
-    from model.meta_format import atomic_write
+    from common.io import atomic_write
 
     path = out / "config.yaml"
     notes = [line for line in path.read_text().splitlines() if line.startswith("# resumed")] if path.is_file() else []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from errors import UserError
+from common.errors import UserError
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "final-meta", "final-hf", "sampling_counts.png")

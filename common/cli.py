@@ -1,5 +1,5 @@
 """What every command line shares: a user's mistake is one line on stderr, ``error: <file or flag>:
-<cause>``, and exit status 2; ``--debug`` anywhere on the command line shows the traceback instead.
+<cause>``, and exit status 1; ``--debug`` anywhere on the command line shows the traceback instead.
 
     if __name__ == "__main__":
         cli.run(main)
@@ -11,14 +11,14 @@ import math
 import sys
 from typing import Callable
 
-from errors import UserError
+from common.errors import UserError
 
-# Besides UserError, the library's own input checks raise ValueError / OSError with the file named.
-USER_ERRORS = (UserError, ValueError, OSError)
+# Besides UserError, the library's own input checks raise ValueError / KeyError / OSError with the file or name.
+USER_ERRORS = (UserError, ValueError, KeyError, OSError)
 
 
 def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> object:
-    """Call ``main(argv)`` (without ``--debug``); a user error becomes one line and exit status 2."""
+    """Call ``main(argv)`` (without ``--debug``); a user error becomes ``SystemExit("error: ...")``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
@@ -27,14 +27,15 @@ def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> o
     except USER_ERRORS as err:
         if debug:
             raise
-        print(f"error: {describe(err)}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(f"error: {describe(err)}") from None
 
 
 def describe(err: BaseException) -> str:
     """The error as one line; an OSError as ``<file>: <reason>``."""
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         text = f"{err.filename}: {err.strerror}"
+    elif isinstance(err, KeyError) and err.args:
+        text = str(err.args[0])
     else:
         text = str(err) or type(err).__name__
     return " ".join(text.split())
