@@ -23,7 +23,10 @@ from tqdm import tqdm
 from common import cli
 from common.errors import UserError
 from data import BatchLoader, build_dataset, load_records
+from data.commonsense import TRAIN_FILE, build_commonsense
 from model import load_model, save_model
+from model.cli import DTYPES
+from model.peft_format import write_peft_adapter
 from model.loss import next_token_loss_sum as token_loss_sum
 from optim import GaLoreAdamW, apply_lora, attach_fused_step, lr_lambda, merge_lora
 from sampling import LayerSampler, calibration_windows, load_or_compute_ratios, plot_sampling_counts, read_documents
@@ -34,9 +37,9 @@ from training.distributed import close_world, init_world, sum_gradients, sum_sca
 from training.heldout import HeldOut
 from training.memory import MemorySettings, estimate_memory, format_report
 from training.methods import SAMPLED_METHODS, activate_blocks, active_block_indices, param_groups
-from training.metrics import MetricsLog, current_memory_bytes, peak_memory_bytes
+from training.metrics import current_memory_bytes, peak_memory_bytes
+from training.runlog import RunLog
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,15 +54,20 @@ def main(argv: list[str] | None = None) -> None:
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     torch.manual_seed(args.seed)
     say = print if world.is_main else (lambda *a, **k: None)
+    if world.is_main and replace_run:
+        clear_run(out)
+    if not args.data:  # the embedded commonsense set: the real train splits of its 8 tasks, held-out rows kept out
+        args.data = str(out / "commonsense" / TRAIN_FILE)
+        if not Path(args.data).is_file():
+            build_commonsense(out / "commonsense")
+        say(f"data: no --data given; training on the commonsense set built in {args.data} (python -m data.commonsense)")
     if world.is_main:
-        if replace_run:
-            clear_run(out)
         write_config(args, out, resumed_from)
     records = load_records(args.data)  # bad data files fail before the model loads
     eval_records = load_records(args.eval_data) if args.eval_data else None
 
     # 1. The pre-trained model.
-    model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir)
+    model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)
     if tokenizer is None:
         raise UserError(f"--model {args.model}: the checkpoint has no tokenizer file; training needs one")
     model.train()
@@ -109,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         groups = [{"params": apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)}]
     else:
         groups = param_groups(model, args)
-    optimizer = GaLoreAdamW(groups, lr=args.lr, eps=args.eps, weight_decay=args.weight_decay)
+    optimizer = GaLoreAdamW(groups, lr=args.lr, eps=args.eps, weight_decay=args.weight_decay, fp32_moments=args.fp32_moments)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
     if args.fused and world.size > 1:
         raise UserError("--fused: steps each parameter before gradients could be summed across ranks; "
@@ -138,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         + format_report(estimate))
 
     heldout = HeldOut(eval_records, tokenizer, args.eval_limit, template=args.template) if eval_records else None
-    metrics = MetricsLog(out / "metrics.jsonl", enabled=world.is_main, resume_step=step if resumed_from else None)
+    metrics = RunLog(out, enabled=world.is_main, wandb=args.wandb, config=vars(args), say=say,  # jsonl, TensorBoard, W&B
+                     resume_step=step if resumed_from else None)
     if heldout and world.is_main and step == 0:
         metrics.write(step=0, **heldout.evaluate(model))
 
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         grad_norm = gradient_norm(trainable, args.max_grad_norm)  # None with --fused: already stepped
         if grad_norm is not None and not math.isfinite(grad_norm):
             raise diverged(f"gradient norm is {grad_norm}", step + 1, out)
-        optimizer.step()  # with --fused every parameter already stepped in backward and this finds no grad
+        optimizer.step()  # --fused: parameters stepped in backward find no grad; with --grad-accum, applies the sums
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         seconds = time.perf_counter() - started
@@ -201,9 +210,11 @@ def main(argv: list[str] | None = None) -> None:
         plot_sampling_counts(out / "sampling_counts.png", sampler.counts, sampler.inclusion_probabilities("monte_carlo"),
                              title=f"{args.method}: periods each block was active")
     if world.is_main and args.save_format != "none" and not stop.requested:
-        if args.method == "lora":
-            merge_lora(model)
         check_weights(model, total_steps, out)
+        if args.method == "lora":  # the adapter for PEFT, then the merged weights
+            write_peft_adapter(model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
+            say(f"saved the LoRA adapter (PEFT) to {out / 'final-peft'}")
+            merge_lora(model)
         for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
             save_model(model, out / f"final-{fmt}", format=fmt, tokenizer=tokenizer)
             say(f"saved {fmt} weights to {out / f'final-{fmt}'}")

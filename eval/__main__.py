@@ -19,13 +19,14 @@ from common.errors import UserError
 from common.io import write_json, write_jsonl
 from eval.report import results_table
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from model.cli import DTYPES, add_model_flags
 
 
 def _load(args):
     from model import load_model
 
-    model, tokenizer = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype])
+    model, tokenizer = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype], ckpt_dir=args.ckpt_dir,
+                                  tokenizer=args.tokenizer)  # fmt: skip
     if tokenizer is None:
         raise UserError(f"--model {args.model}: the checkpoint has no tokenizer; evaluation needs one")
     return model, tokenizer
@@ -34,7 +35,7 @@ def _load(args):
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="Meta/Mistral/HF dir, .gguf file or config name")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    add_model_flags(p)
 
 
 def harness_main(argv: list[str]) -> None:

@@ -3,7 +3,8 @@
 Every tokenizer has ``encode(text, bos=False, eos=False)``, ``encode_special(text, bos=False, eos=False)``,
 ``decode(ids, skip_special=True)`` and the attributes ``bos_id`` (None when the model adds no BOS, e.g.
 SmolLM2), ``eos_id``, ``pad_id`` (None when the model has none), ``stop_ids``, ``vocab_size``,
-``chat_template`` (a name for :func:`model.chat.render_chat`) and ``special_tokens`` (text -> id).
+``chat_template`` (a built-in name or the checkpoint's :class:`model.chat.ChatTemplate`, for
+:func:`model.chat.render_chat`) and ``special_tokens`` (text -> id).
 
 Special tokens: ``encode`` treats the text literally, so a string such as ``"<|eot_id|>"`` or ``"</s>"``
 inside data becomes ordinary text tokens (no injection from data). ``encode_special`` maps every
@@ -21,6 +22,7 @@ import sentencepiece as spm
 from model.tokenizer_base import Tokenizer
 from model.tokenizer_bpe import llama3_tokenizer
 from model.tokenizer_gguf import gguf_tokenizer
+from model.tokenizer_hf import load_hf_tokenizer
 from model.tokenizer_spm import SentencePieceTokenizer
 
 __all__ = ["SentencePieceTokenizer", "Tokenizer", "load_tokenizer", "tokenizer_from_gguf"]
@@ -34,17 +36,20 @@ def _is_tiktoken_ranks(path: Path) -> bool:
 
 
 def load_tokenizer(path: str | Path, chat_template: str | None = None) -> Tokenizer:
-    """Open a tokenizer file: LLaMA-3 tiktoken ranks, SentencePiece ``tokenizer.model`` or a ``.gguf`` vocab.
+    """Open a tokenizer: HF ``tokenizer.json``, LLaMA-3 tiktoken ranks, SentencePiece model or ``.gguf`` vocab.
 
-    A directory means its ``tokenizer.model``. ``chat_template`` overrides the default template name
+    A directory means its ``tokenizer.json`` (with the tokenizer_config.json beside it) if it has one, else
+    its ``tokenizer.model``. ``chat_template`` overrides the default template name
     ("llama3" for tiktoken, "llama2" for SentencePiece; pass "mistral" for Mistral models).
     """
     path = Path(path)
     if path.is_dir():
-        path = path / "tokenizer.model"
+        path = path / ("tokenizer.json" if (path / "tokenizer.json").is_file() else "tokenizer.model")
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file {path} does not exist")
-    if path.suffix == ".gguf":
+    if path.suffix == ".json":
+        tok = load_hf_tokenizer(path)
+    elif path.suffix == ".gguf":
         tok = tokenizer_from_gguf(path)
     elif _is_tiktoken_ranks(path):
         tok = llama3_tokenizer(path)
@@ -52,6 +57,7 @@ def load_tokenizer(path: str | Path, chat_template: str | None = None) -> Tokeni
         tok = SentencePieceTokenizer(_load_sentencepiece(path))
     if chat_template is not None:
         tok.chat_template = chat_template
+    tok.source = getattr(tok, "source", path)  # the file an export copies or converts
     return tok
 
 

@@ -2,6 +2,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from model.chat import ChatTemplate
+
+# Control tokens that end a turn in the chat formats we know; generation stops on them as on eos.
+END_OF_TURN = {"<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "</s>"}
 
 
 class Tokenizer(ABC):
@@ -12,7 +19,7 @@ class Tokenizer(ABC):
     pad_id: int | None
     stop_ids: frozenset[int]
     vocab_size: int
-    chat_template: str
+    chat_template: str | ChatTemplate  # a built-in format name, or the checkpoint's own Jinja template
     special_tokens: dict[str, int]
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:

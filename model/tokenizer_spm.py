@@ -21,8 +21,11 @@ class SentencePieceTokenizer(Tokenizer):
         self.pad_id = _optional_id(processor.pad_id())
         self.stop_ids = frozenset({self.eos_id})
         self.chat_template = chat_template
+        # Control pieces (<s>, </s>, ...) and <unk>: the pieces tokenizer.json files list as special tokens.
         self.special_tokens = {
-            processor.id_to_piece(i): i for i in range(self.vocab_size) if processor.is_control(i)
+            processor.id_to_piece(i): i
+            for i in range(self.vocab_size)
+            if processor.is_control(i) or processor.is_unknown(i)
         }
         # Longest first, so that e.g. "</s>" is not split as "<" + ... when a shorter special is a prefix.
         names = sorted(self.special_tokens, key=len, reverse=True)

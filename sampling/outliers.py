@@ -179,6 +179,7 @@ def outlier_ratios(model: nn.Module, batches: Iterable[Tensor], M: float, blockw
 
 def parser() -> argparse.ArgumentParser:
     from common import cli
+    from model.cli import add_model_flags
 
     p = cli.ArgumentParser(prog="python -m sampling.outliers", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="load_model source: config name, .gguf, Meta or HF dir")
@@ -193,7 +194,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--htsr", action="store_true", help="also compute HT-SR alphas and their Spearman rho with D")
     p.add_argument("--plot", help="PNG with ratios, sampling probabilities and alphas per block")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_model_flags(p)
     p.add_argument("--blockwise", action="store_true", help="move one block at a time to --device (low memory)")
     return p
 

@@ -7,6 +7,7 @@ goes through the same parsing, bounds and choices as the flag itself.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ import yaml
 
 from common.cli import ArgumentParser, number
 from common.errors import UserError
+from model.cli import add_model_flags
+from optim.projector import PROJ_TYPES, PROJECTORS, SVD_METHODS
 from training.checkpoint import read_trainer_state, resolve_checkpoint
 
 METHODS = ("full", "lora", "galore", "lisa", "owlore", "owlore-fullrank")
@@ -46,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--config", help="YAML or JSON file with the same keys as the flags (flags override it)")
     # model and data
     a("--model", default="smollm2-135m", help="named config, Meta/Mistral/HF dir or .gguf file")
-    a("--ckpt-dir", help="checkpoint directory for a named config such as llama2-7b")
-    a("--data", help="training data (Alpaca/LLM-Adapters JSON(L), LMFlow JSON, chat JSONL, .txt)")
+    a("--data", help="training data (Alpaca/LLM-Adapters JSON(L), LMFlow JSON, chat JSONL, .txt); "
+               "default: the commonsense set of data/commonsense.py, built into --out")
     a("--template", default="alpaca", choices=("alpaca", "chat"))
     a("--train-on-prompt", action="store_true", help="no loss masking of the prompt (the official run)")
     a("--no-pack", action="store_true", help="pad/truncate each record instead of packing")
@@ -68,8 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--rank", type=COUNT, default=128, help="GaLore rank (the official script: 256)")
     a("--update-proj-gap", type=COUNT, default=200, help="steps between projector updates (official script: 100)")
     a("--galore-scale", type=POSITIVE, default=0.25, help="GaLore update scale (official script: 1.0)")
-    a("--proj-type", default="std", choices=("std", "reverse_std", "left", "right", "full"))
-    a("--svd", default="exact", choices=("exact", "randomized"))
+    a("--proj-type", default="std", choices=PROJ_TYPES)
+    a("--svd", default="exact", choices=SVD_METHODS)
+    a("--projector", default="svd", choices=tuple(PROJECTORS), help="GaLore subspace: SVD of the gradient, or random")
+    a("--svd-oversample", type=NONNEG, default=8, help="randomized SVD: extra sketch columns")
+    a("--svd-power-iters", type=NONNEG, default=2, help="randomized SVD: power iterations (raise for flat spectra)")
+    a("--reproject-moments", action="store_true", help="carry Adam's first moment into each new subspace")
+    a("--fp32-moments", action="store_true", help="Adam moments in fp32 for bf16 weights (they can decay)")
     a("--lora-rank", type=COUNT, default=8)
     a("--lora-alpha", type=POSITIVE, default=16.0)
     a("--lora-dropout", type=number(float, at_least=0), default=0.05)
@@ -87,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-grad-norm", type=POSITIVE, help="global-norm clipping (off by default, as the official run)")
     a("--fused", action="store_true", help="step each parameter in its grad hook and free the grad")
     a("--chunked-ce", action="store_true", help="cross-entropy in chunks, never the full fp32 logits")
-    a("--dtype", choices=("fp32", "bf16"), help="default: bf16 on CUDA, fp32 on CPU")
+    add_model_flags(p, dtype_default=None)  # --ckpt-dir, --tokenizer, --dtype
     a("--device", help="default: cuda if available, else cpu")
     a("--grad-ckpt", action="store_true", help="activation checkpointing per block")
     a("--lean", action="store_true", help="lean-memory preset: fused, chunked CE, grad ckpt, randomized SVD")
@@ -105,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--eval-data", help="held-out file from data.commonsense (records with task and doc_id)")
     a("--eval-limit", type=COUNT, help="score at most N held-out rows per task")
     a("--log-every", type=COUNT, default=1)
+    a("--wandb", choices=("offline", "online"), help="also log to a Weights & Biases run (offline: no network)")
     return p
 
 
@@ -195,16 +204,17 @@ def check_consistency(args: argparse.Namespace) -> None:
         raise UserError("--sampling fixed: needs --fixed-layers, e.g. --fixed-layers 0,3,7")
     if args.fixed_layers and args.sampling != "fixed":
         raise UserError("--fixed-layers: only used with --sampling fixed")
-    if args.fused and args.grad_accum > 1:
-        raise UserError("--fused: steps each parameter as soon as its gradient is ready, so it needs --grad-accum 1")
     if args.fused and args.max_grad_norm:
         raise UserError("--fused: cannot clip by global norm (--max-grad-norm): the norm is unknown when a parameter steps")
     if args.fused and args.method == "lora":
         raise UserError("--fused: is for full-weight methods; LoRA adapters are small")
     if args.batch_size % args.grad_accum:
         raise UserError(f"--batch-size: {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
-    if not args.data:
-        raise UserError("--data: required (training data file)")
+    if args.dtype == "fp16":
+        raise UserError("--dtype fp16: not for training (it would need fp32 optimizer state and loss scaling); "
+                        "use bf16 or fp32")
+    if args.wandb and importlib.util.find_spec("wandb") is None:
+        raise UserError(f"--wandb {args.wandb}: the wandb package is not installed (pip install wandb)")
     for flag, value in (("--data", args.data), ("--eval-data", args.eval_data), ("--calib", args.calib)):
         if value and not Path(value).is_file():
             raise UserError(f"{flag}: {value}: no such file")
