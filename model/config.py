@@ -96,7 +96,7 @@ def checked(source: str, make, **fields):
     try:
         return make(**fields)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{source}: {err}") from None
+        raise ValueError(str(err) if source in str(err) else f"{source}: {err}") from None
 
 
 def meta_ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None = None) -> int:

@@ -233,7 +233,7 @@ CASES = {  # name: (extra argv, or a function of (tiny_dir, data_file, tmp) givi
     "string dim": (lambda t, d, tmp: ["--model", str(_model_copy(t, tmp, params=lambda p: p | {"dim": "64"}))],
                    "params.json: dim must be a positive integer, got '64'"),
     "string n_layers": (lambda t, d, tmp: ["--model", str(_model_copy(t, tmp, params=lambda p: p | {"n_layers": "4"}))],
-                        "params.json: config 'tiny': n_layers must be a positive integer, got '4'"),
+                        "params.json': n_layers must be a positive integer, got '4'"),
     "params.json a list": (lambda t, d, tmp: ["--model", str(_model_copy(t, tmp, params=lambda p: [p]))],
                            "params.json: must hold an object of hyper-parameters, got a list"),
     ".pth holding a list": (lambda t, d, tmp: ["--model", str(_model_copy(t, tmp, state=lambda s: list(s.values())))],
