@@ -32,7 +32,7 @@ def test_a_fresh_run_into_a_used_out_is_refused_and_overwrite_replaces_it(tiny_d
     run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "4")
     before = (tmp_path / "metrics.jsonl").read_bytes(), final_weights(tmp_path)
     with pytest.raises(UserError, match=rf"--out {tmp_path}: already holds a run \(step-000003, step-000004, "
-                                        r"config.yaml, metrics.jsonl\).*--resume.*--overwrite"):
+                                        r"config.yaml, metrics.jsonl.*\); continue it with --resume .*--overwrite"):
         run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "3")
     assert (tmp_path / "metrics.jsonl").read_bytes() == before[0]  # the old run is untouched
     assert all(torch.equal(before[1][k], v) for k, v in final_weights(tmp_path).items())
