@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 import signal
-import sys
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from common import cli
+from common.errors import UserError
 from data import BatchLoader, build_dataset, load_records
 from data.commonsense import TRAIN_FILE, build_commonsense
 from model import load_model, save_model
@@ -31,8 +32,8 @@ from optim import GaLoreAdamW, apply_lora, attach_fused_step, build_projector, l
 from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibration_windows, load_or_compute_ratios,
                       plot_sampling_counts, read_documents)
 from sampling.calibration import training_documents
-from training.args import parse_args
-from training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from training.args import parse_args, write_config
+from training.checkpoint import checkpoints, clear_run, load_checkpoint, resolve_checkpoint, run_outputs, save_checkpoint
 from training.distributed import close_world, init_world, sum_gradients, sum_scalar
 from training.heldout import HeldOut
 from training.memory import MemorySettings, estimate_memory, format_report
@@ -41,41 +42,52 @@ from training.metrics import current_memory_bytes, peak_memory_bytes
 from training.runlog import RunLog
 
 
-
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parse_args(argv)  # flags, config file, the resumed run's arguments: all checked here
     method = METHODS[args.method]
+    out = Path(args.out)
+    resumed_from = resolve_checkpoint(args.resume) if args.resume else None
+    replace_run = check_out_folder(out, resumed_from, args.overwrite)  # every rank, before any rank writes
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     world = init_world(device.type)
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     torch.manual_seed(args.seed)
-    out = Path(args.out)
     say = print if world.is_main else (lambda *a, **k: None)
-
-    # 1. The pre-trained model.
-    try:
-        model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)
-    except (FileNotFoundError, ValueError) as err:  # no weights found, unreadable checkpoint or tokenizer
-        sys.exit(f"error: {err}")
-    model.train()
-    model.gradient_checkpointing = args.grad_ckpt
-    n_layers = model.config.n_layers
-    if args.gamma > n_layers and method.sampled:
-        sys.exit(f"error: --gamma {args.gamma} exceeds the model's {n_layers} blocks")
-
-    # 2. Training data: fixed-length blocks, a seeded order every rank agrees on.
+    if world.is_main and replace_run:
+        clear_run(out)
     if not args.data:  # the embedded commonsense set: the real train splits of its 8 tasks, held-out rows kept out
         args.data = str(out / "commonsense" / TRAIN_FILE)
         if not Path(args.data).is_file():
             build_commonsense(out / "commonsense")
         say(f"data: no --data given; training on the commonsense set built in {args.data} (python -m data.commonsense)")
-    records = load_records(args.data)
-    dataset = build_dataset(records, tokenizer, args.seq_len, pack=not args.no_pack,
-                            mask_prompt=not args.train_on_prompt, template=args.template)
+    if world.is_main:
+        write_config(args, out, resumed_from)
+    records = load_records(args.data)  # bad data files fail before the model loads
+    eval_records = load_records(args.eval_data) if args.eval_data else None
+
+    # 1. The pre-trained model.
+    model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)
+    if tokenizer is None:
+        raise UserError(f"--model {args.model}: the checkpoint has no tokenizer file; training needs one")
+    model.train()
+    model.gradient_checkpointing = args.grad_ckpt
+    n_layers = model.config.n_layers
+    if args.gamma > n_layers and method.sampled:
+        raise UserError(f"--gamma: {args.gamma} exceeds the model's {n_layers} blocks")
+
+    # 2. Training data: fixed-length blocks, a seeded order every rank agrees on.
+    try:
+        dataset = build_dataset(records, tokenizer, args.seq_len, pack=not args.no_pack,
+                                mask_prompt=not args.train_on_prompt, template=args.template)
+    except ValueError as err:
+        raise UserError(f"{args.data}: {err}") from None
+    if len(dataset) < args.batch_size:
+        raise UserError(f"{args.data}: {len(dataset)} training rows of {args.seq_len} tokens, fewer than one batch "
+                        f"(--batch-size {args.batch_size}); lower --batch-size or add data")
     if world.size > 1 and args.batch_size % (world.size * args.grad_accum):
-        sys.exit(f"error: --batch-size {args.batch_size} must split over {world.size} ranks x {args.grad_accum} micro-batches")
+        raise UserError(f"--batch-size: {args.batch_size} must split over {world.size} ranks x {args.grad_accum} micro-batches")
     loader = BatchLoader(dataset, batch_size=args.batch_size // world.size, seed=args.seed,
                          rank=world.rank, world_size=world.size)
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * loader.batches_per_epoch))
@@ -102,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
                                                           args.M, scores, calibration_source=source,
                                                           on_stale="error" if args.scores else "recompute")
             except CacheError as err:
-                sys.exit(f"error: {'--scores ' if args.scores else ''}{err}")
+                raise UserError(f"{'--scores ' if args.scores else ''}{err}") from None
             say("outlier ratios D_l (%): " + " ".join(f"{r:.3f}" for r in inputs["ratios"]))
         if "alphas" in policy.needs:
             inputs["alphas"] = block_alphas(model)[0]
@@ -120,18 +132,18 @@ def main(argv: list[str] | None = None) -> None:
                       update_proj_gap=args.update_proj_gap, scale=args.galore_scale,
                       reproject_moments=args.reproject_moments)
         groups = param_groups(model, galore if method.projected else None)
-    optimizer = GaLoreAdamW(groups, lr=args.lr, weight_decay=args.weight_decay, fp32_moments=args.fp32_moments)
+    optimizer = GaLoreAdamW(groups, lr=args.lr, eps=args.eps, weight_decay=args.weight_decay, fp32_moments=args.fp32_moments)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
     if args.fused and world.size > 1:
-        sys.exit("error: --fused steps each parameter before gradients could be summed across ranks; "
-                 "drop --fused under torchrun")
+        raise UserError("--fused: steps each parameter before gradients could be summed across ranks; "
+                        "drop --fused under torchrun")
     fused = attach_fused_step(optimizer, [p for g in groups for p in g["params"]], grad_accum_steps=args.grad_accum,
                               max_grad_norm=args.max_grad_norm) if args.fused else None
 
     # Resume: weights, optimizer, scheduler, sampler, data position and RNG, exactly where they were.
     step = 0
-    if args.resume:
-        state = load_checkpoint(resolve_checkpoint(args.resume), model, optimizer)
+    if resumed_from:
+        state = load_checkpoint(resumed_from, model, optimizer)
         step = state["step"]
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
@@ -148,8 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     say(f"memory estimate for {args.method} ({dtype}, micro-batch {settings.micro_batch}x{args.seq_len}):\n"
         + format_report(estimate))
 
-    heldout = HeldOut(args.eval_data, tokenizer, args.eval_limit, template=args.template) if args.eval_data else None
-    metrics = RunLog(out, enabled=world.is_main, wandb=args.wandb, config=vars(args), say=say)  # jsonl, TensorBoard, W&B
+    heldout = HeldOut(eval_records, tokenizer, args.eval_limit, template=args.template) if eval_records else None
+    metrics = RunLog(out, enabled=world.is_main, wandb=args.wandb, config=vars(args), say=say,  # jsonl, TensorBoard, W&B
+                     resume_step=step if resumed_from else None)
     if heldout and world.is_main and step == 0:
         metrics.write(step=0, **heldout.evaluate(model))
 
@@ -165,14 +178,14 @@ def main(argv: list[str] | None = None) -> None:
             if not args.keep_inactive_state:
                 optimizer.drop_state(left)
         started = time.perf_counter()
-        try:
-            loss, n_tokens = accumulate_gradients(model, loader, world, device, args.grad_accum, args.chunked_ce)
-        except StepFailed as err:
-            sys.exit(f"error: {err}; stopping without saving (the last good checkpoint in {out} is intact)")
+        loss, n_tokens = accumulate_gradients(model, loader, world, device, args.grad_accum, args.chunked_ce)
+        if not math.isfinite(loss):  # every rank sees the same summed loss, so every rank stops here
+            raise diverged(f"loss is {loss}", step + 1, out)
         trainable = [p for g in groups for p in g["params"] if p.grad is not None]
         sum_gradients(trainable, world)
-        if args.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
+        grad_norm = gradient_norm(trainable, args.max_grad_norm)  # None with --fused: already stepped
+        if grad_norm is not None and not math.isfinite(grad_norm):
+            raise diverged(f"gradient norm is {grad_norm}", step + 1, out)
         optimizer.step()  # --fused: parameters stepped in backward find no grad; with --grad-accum, applies the sums
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
@@ -180,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
 
         lr = scheduler.get_last_lr()[0]
         active = active_block_indices(model) if sampler else None
-        record = dict(step=step + 1, loss=loss, lr=lr, tokens_per_s=n_tokens / seconds, step_s=seconds,
+        record = dict(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=n_tokens / seconds, step_s=seconds,
                       active_blocks=active, peak_memory=peak_memory_bytes(device), memory=current_memory_bytes(device))
         if step + 1 == first_step + 2:
             say("measured after 2 steps:\n" + format_report(estimate, record["peak_memory"]))
@@ -191,10 +204,12 @@ def main(argv: list[str] | None = None) -> None:
                              blocks=",".join(map(str, active or [])))
         done = step + 1 == total_steps
         if stop.requested or done or (args.save_every and (step + 1) % args.save_every == 0):
+            check_weights(model, step + 1, out)  # on every rank: the weights, and so the verdict, agree
             if world.is_main:
+                saved_args = {k: v for k, v in vars(args).items() if k != "changed_on_resume"}
                 state = dict(step=step + 1, scheduler=scheduler.state_dict(), loader=loader.state_dict(),
-                             sampler=sampler.state_dict() if sampler else None, args=vars(args))
-                path = save_checkpoint(out, step + 1, model, optimizer, state)
+                             sampler=sampler.state_dict() if sampler else None, args=saved_args)
+                path = save_checkpoint(out, step + 1, model, optimizer, state, keep=args.keep_checkpoints)
                 say(f"checkpoint: {path}")
         if stop.requested:
             say(f"stopped by signal after step {step + 1}; resume with --resume {out}")
@@ -211,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         plot_sampling_counts(out / "sampling_counts.png", sampler.counts, expected,
                              title=f"{args.method}: periods each block was active")
     if world.is_main and args.save_format != "none" and not stop.requested:
+        check_weights(model, total_steps, out)
         if method.adapters:  # the adapter for PEFT, then the merged weights
             write_peft_adapter(model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
             say(f"saved the LoRA adapter (PEFT) to {out / 'final-peft'}")
@@ -221,10 +237,6 @@ def main(argv: list[str] | None = None) -> None:
     stop.restore()
     metrics.close()
     close_world(world)
-
-
-class StepFailed(RuntimeError):
-    """A training step cannot go on (no target tokens, a non-finite loss); nothing of it was applied."""
 
 
 def accumulate_gradients(model: torch.nn.Module, loader: BatchLoader, world, device: torch.device, grad_accum: int,
@@ -239,17 +251,58 @@ def accumulate_gradients(model: torch.nn.Module, loader: BatchLoader, world, dev
     targets = labels[:, 1:]
     n_targets = sum_scalar(int((targets != -100).sum()), world, device)
     if n_targets == 0:
-        raise StepFailed("a training batch has no target tokens (every label is masked)")
+        raise UserError("--data: a training batch has no target tokens (every label is masked)")
     total = 0.0
     for ids, lab in zip(input_ids.chunk(grad_accum), labels.chunk(grad_accum)):
         loss_sum = token_loss_sum(model, ids, lab, chunked_ce)
         if loss_sum is None:  # every target of this micro-batch is masked: it adds nothing
             continue
-        if not torch.isfinite(loss_sum):
-            raise StepFailed(f"loss is {loss_sum.item()} at this step (try a lower --lr)")
-        (loss_sum / n_targets).backward()
         total += loss_sum.item()
+        if math.isfinite(total):  # a non-finite loss reaches every rank through the sum below
+            (loss_sum / n_targets).backward()
     return sum_scalar(total, world, device) / n_targets, input_ids.numel() * world.size
+
+
+def gradient_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> float | None:
+    """The total 2-norm of the gradients (clipping them to `max_norm` when given); None without gradients."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    if max_norm:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])))
+
+
+def check_weights(model: torch.nn.Module, step: int, out: Path) -> None:
+    """Refuse to save weights that are not finite."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise diverged(f"weight {name} is not finite", step, out)
+
+
+def diverged(what: str, step: int, out: Path) -> UserError:
+    """The error for a run that blew up: nothing was saved, and what the last good checkpoint is."""
+    found = checkpoints(out)
+    kept = f"the newest checkpoint {found[-1]} is untouched" if found else f"{out} holds no checkpoint"
+    return UserError(f"step {step}: {what}; stopped without saving ({kept}); try a lower --lr")
+
+
+def check_out_folder(out: Path, resumed_from: Path | None, overwrite: bool) -> bool:
+    """Whether `out` holds another run to replace (with --overwrite); refuse one otherwise."""
+    held = run_outputs(out)
+    if resumed_from is not None and resumed_from.parent.resolve() == out.resolve():
+        names = [p.name for p in checkpoints(out)]
+        newer = names[names.index(resumed_from.name) + 1:] if resumed_from.name in names else []
+        if newer:  # they belong to the abandoned continuation, and the newest checkpoint wins a later resume
+            raise UserError(f"--resume {resumed_from}: {out} holds newer checkpoints ({', '.join(newer)}); "
+                            f"resume the newest with --resume {out}, or branch off with another --out")
+        return False
+    if not held:
+        return False
+    if not overwrite:
+        raise UserError(f"--out {out}: already holds a run ({', '.join(held)}); continue it with --resume {out}, "
+                        "replace it with --overwrite, or choose another --out")
+    return True
 
 
 class StopFlag:
@@ -268,4 +321,4 @@ class StopFlag:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
 
+from common import cli
 from common.io import write_json
 from model.cli import DTYPES, add_model_flags
 from sampling.cache import make_record
@@ -21,22 +21,21 @@ BOOLQ_SOURCE = "built-in: distinct passages of the BoolQ validation set (real En
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sampling", description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m sampling", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="load_model source: config name, .gguf, Meta or HF dir")
     p.add_argument("--calib", help=".txt/.json/.jsonl calibration file (default: BoolQ validation passages)")
-    p.add_argument("--n-windows", type=int, default=128)
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--M", type=float, default=13.0, help="outlier threshold multiple of the mean (OWL's M)")
-    p.add_argument("--gamma", type=int, default=5, help="blocks per draw, for the reported inclusion probabilities")
+    p.add_argument("--n-windows", type=cli.number(int, at_least=1), default=128)
+    p.add_argument("--seq-len", type=cli.number(int, at_least=2), default=2048)
+    p.add_argument("--seed", type=cli.number(int, at_least=0), default=0)
+    p.add_argument("--batch-size", type=cli.number(int, at_least=1), default=4)
+    p.add_argument("--M", type=cli.number(float, above=0), default=13.0, help="outlier threshold multiple of the mean (OWL's M)")
+    p.add_argument("--gamma", type=cli.number(int, at_least=1), default=5, help="blocks per draw, for the reported inclusion probabilities")
     p.add_argument("--out", required=True, help="scores JSON (also a valid ratio cache)")
     p.add_argument("--htsr", action="store_true", help="also compute HT-SR alphas and their Spearman rho with D")
     p.add_argument("--plot", help="PNG with ratios, sampling probabilities and alphas per block")
     p.add_argument("--device", default="cpu")
     add_model_flags(p)  # --ckpt-dir, --tokenizer, --dtype
     p.add_argument("--blockwise", action="store_true", help="move one block at a time to --device (low memory)")
-    p.add_argument("--debug", action="store_true", help="a traceback instead of a one-line error")
     return p
 
 
@@ -104,14 +103,8 @@ def _print_summary(record: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, OSError) as err:  # bad input: files, shapes, values (FileNotFoundError is an OSError)
-        if args.debug:
-            raise
-        sys.exit(f"error: {err}")
+    run(parser().parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)  # a bad input is one line, error: <file or flag>: <cause>; --debug shows the traceback

@@ -43,7 +43,7 @@ def main() -> None:
          "--data", str(data / "commonsense_train.json"), "--eval-data", str(data / "commonsense_heldout.json"),
          "--eval-limit", str(args.eval_limit), "--max-steps", str(args.steps), "--batch-size", "4",
          "--seq-len", "128", "--gamma", "5", "--period", "10", "--rank", "128", "--lr", "1e-4",
-         "--save-format", "hf", "--out", str(out / "train")])
+         "--save-format", "hf", "--out", str(out / "train"), "--overwrite"])
     summarize(out, time.time() - started)
 
 

@@ -11,6 +11,7 @@ import torch
 from model import Transformer, get_config
 from sampling.__main__ import parser, score
 from sampling.cache import cached_ratios
+from common.errors import UserError
 
 
 class ByteTokenizer:
@@ -43,7 +44,7 @@ def test_cli_scores_a_model_and_writes_cache_alphas_and_plot(tmp_path, capsys):
 
 
 def test_cli_requires_model_and_out():
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="required: --model, --out"):
         parser().parse_args(["--M", "13"])
 
 
