@@ -12,11 +12,13 @@ import torch
 
 import train
 from model import load_model
+from common.errors import UserError
 from common.io import write_json
 from sampling.cache import make_record
 from sampling.htsr import block_alphas
 from sampling.policies import POLICIES, observe_alphas, register_policy
 from test_train import data_file, final_weights, run, tiny_dir  # noqa: F401  (fixtures)
+from training.checkpoint import checkpoints
 
 
 @register_policy("test_last_two_by_ratio")
@@ -39,8 +41,7 @@ register_policy("test_counted_htsr_dynamic", observe=counted_observe)(POLICIES["
 
 
 def trainer_state(out):
-    (ckpt,) = out.glob("step-*")
-    return torch.load(ckpt / "trainer.pt", weights_only=True)
+    return torch.load(checkpoints(out)[-1] / "trainer.pt", weights_only=True)
 
 
 def test_a_policy_registered_here_runs_through_train_py(tiny_dir, data_file, tmp_path):
@@ -116,9 +117,9 @@ def test_a_cache_named_with_scores_must_match(tiny_dir, data_file, tmp_path):
     named = tmp_path / "named.json"
     stale_cache(tiny_dir, named, M=5.0)
     before = named.read_text()
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(UserError) as err:  # the CLI prints it as "error: <message>"
         run(tiny_dir, data_file, tmp_path / "run", "--method", "owlore", "--max-steps", "1", "--scores", str(named))
-    assert str(err.value) == f"error: --scores {named}: stale outlier-ratio cache: M is 5.0 there but 3.0 now"
+    assert str(err.value) == f"--scores {named}: stale outlier-ratio cache: M is 5.0 there but 3.0 now"
     assert named.read_text() == before
 
 
