@@ -14,6 +14,7 @@ from gguf.quants import dequantize
 
 from common.io import atomic_write
 from model.config import FAMILIES, Llama3RopeScaling, ModelConfig
+from model.meta_format import rename
 from model.transformer import rope_frequencies
 
 SUPPORTED_TYPES = {
@@ -36,12 +37,7 @@ def gguf_metadata(reader: GGUFReader) -> dict:
 
 def meta_name(gguf_name: str) -> str | None:
     """Meta tensor name of a GGUF tensor name (None if unknown)."""
-    if gguf_name in _TOP_NAMES:
-        return _TOP_NAMES[gguf_name]
-    match = _BLOCK_RE.fullmatch(gguf_name)
-    if match and match.group(2) in _BLOCK_NAMES:
-        return f"layers.{match.group(1)}.{_BLOCK_NAMES[match.group(2)]}.weight"
-    return None
+    return rename(gguf_name, _TOP_NAMES, _BLOCK_RE, _BLOCK_NAMES, "layers.{}.{}.weight")
 
 
 def _scaling_from_factors(factors: np.ndarray, head_dim: int, theta: float, path: Path) -> Llama3RopeScaling:

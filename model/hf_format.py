@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from common.io import atomic_write, write_json
 from model.config import FAMILIES, ModelConfig, checked, rope_scaling_from
+from model.meta_format import rename
 
 _TOP = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight", "lm_head.weight": "output.weight"}
 _BLOCK = {
@@ -87,21 +88,14 @@ def permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def hf_to_meta_name(name: str) -> str | None:
-    if name in _TOP:
-        return _TOP[name]
-    m = _HF_BLOCK_RE.fullmatch(name)
-    if m and m.group(2) in _BLOCK:
-        return f"layers.{m.group(1)}.{_BLOCK[m.group(2)]}.weight"
-    return None
+    return rename(name, _TOP, _HF_BLOCK_RE, _BLOCK, "layers.{}.{}.weight")
 
 
 def meta_to_hf_name(name: str) -> str:
-    if name in _TOP_INV:
-        return _TOP_INV[name]
-    m = _META_BLOCK_RE.fullmatch(name)
-    if not m or m.group(2) not in _BLOCK_INV:
+    hf = rename(name, _TOP_INV, _META_BLOCK_RE, _BLOCK_INV, "model.layers.{}.{}.weight")
+    if hf is None:
         raise ValueError(f"unknown Meta tensor name {name!r}")
-    return f"model.layers.{m.group(1)}.{_BLOCK_INV[m.group(2)]}.weight"
+    return hf
 
 
 def _qk_heads(meta_name: str, config: ModelConfig) -> int | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -217,3 +218,14 @@ def write_meta_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir:
     for i, shard in enumerate(shards):
         atomic_write(out_dir / f"consolidated.{i:02d}.pth", lambda tmp, s=shard: torch.save(s, tmp))
     write_json(out_dir / "params.json", params_from_config(config))
+
+
+def rename(name: str, top: dict[str, str], block_re: re.Pattern, blocks: dict[str, str], block_fmt: str) -> str | None:
+    """A tensor name mapped between two formats' names (None if unknown): a top-level name through `top`,
+    a block tensor matched by `block_re` (groups: block index, module) through `blocks` into `block_fmt`."""
+    if name in top:
+        return top[name]
+    match = block_re.fullmatch(name)
+    if match and match.group(2) in blocks:
+        return block_fmt.format(match.group(1), blocks[match.group(2)])
+    return None
