@@ -30,7 +30,7 @@ from training.args import parse_args
 from training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from training.distributed import close_world, init_world, sum_gradients, sum_scalar
 from training.heldout import HeldOut
-from training.memory import MemorySettings, estimate_memory, format_report
+from training.memory import format_report, simulate_memory
 from training.methods import SAMPLED_METHODS, activate_blocks, active_block_indices, param_groups
 from training.metrics import MetricsLog, current_memory_bytes, peak_memory_bytes
 
@@ -109,14 +109,10 @@ def main(argv: list[str] | None = None) -> None:
             sampler.load_state_dict(state["sampler"])
         say(f"resumed from {args.resume} at step {step}")
 
-    settings = MemorySettings(
-        method=args.method, micro_batch=args.batch_size // (world.size * args.grad_accum), seq_len=args.seq_len,
-        dtype=dtype, gamma=args.gamma, rank=args.rank, proj_type=args.proj_type,
-        lora_rank=args.lora_rank, grad_ckpt=args.grad_ckpt, fused=args.fused, chunked_ce=args.chunked_ce,
-        train_outer=not args.freeze_embeddings, keep_inactive_state=args.keep_inactive_state)
-    estimate = estimate_memory(model.config, settings)
-    say(f"memory estimate for {args.method} ({dtype}, micro-batch {settings.micro_batch}x{args.seq_len}):\n"
-        + format_report(estimate))
+    micro_batch = args.batch_size // (world.size * args.grad_accum)
+    estimate = simulate_memory(model.config, args, dtype, world_size=world.size, max_micro_batches=2)
+    say(f"memory of one step of {args.method} ({dtype}, micro-batch {micro_batch}x{args.seq_len}), simulated on "
+        f"fake tensors in {estimate.seconds:.1f} s:\n" + format_report(estimate))
 
     heldout = HeldOut(args.eval_data, tokenizer, args.eval_limit, template=args.template) if args.eval_data else None
     metrics = MetricsLog(out / "metrics.jsonl", enabled=world.is_main)

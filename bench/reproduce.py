@@ -18,7 +18,8 @@ from pathlib import Path
 
 from bench.step_compare import run_method
 from data.commonsense import TASKS, build_commonsense
-from training.memory import GIB, METHODS
+from training.args import METHODS
+from training.memory import GIB
 
 LORA_LR_FACTOR = 10.0  # adapters start from zero and need a larger step, as in the paper's LoRA runs
 
