@@ -198,7 +198,7 @@ class Session:
 
 
 def prepare(config: ModelConfig, args: argparse.Namespace, dtype: torch.dtype, world_size: int = 1,
-            max_micro_batches: int | None = None) -> Session:
+            max_micro_batches: int | None = None, device: str = "cpu") -> Session:
     """Build what train.py builds before its loop, under whatever tensor mode is active (fake or real).
 
     `max_micro_batches` caps the micro-batches per step (from the second on they repeat exactly: the same
@@ -207,12 +207,13 @@ def prepare(config: ModelConfig, args: argparse.Namespace, dtype: torch.dtype, w
     grad_accum = min(args.grad_accum, max_micro_batches or args.grad_accum)
     rows = args.batch_size // world_size // args.grad_accum * grad_accum
     args = argparse.Namespace(**{**vars(args), "grad_accum": grad_accum})
-    model = build_model(config, dtype)
+    with torch.device(device):
+        model = build_model(config, dtype)
     model.train()
     model.gradient_checkpointing = args.grad_ckpt
     groups, optimizer, fused = build_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    tokens = torch.randint(0, config.vocab_size, (rows, args.seq_len))
+    tokens = torch.randint(0, config.vocab_size, (rows, args.seq_len), device=device)
     return Session(model, groups, optimizer, fused, scheduler, tokens, args)
 
 
