@@ -26,7 +26,7 @@ from model import load_model, save_model
 from model.loss import next_token_loss_sum as token_loss_sum
 from optim import GaLoreAdamW, apply_lora, attach_fused_step, lr_lambda, merge_lora
 from sampling import LayerSampler, calibration_windows, load_or_compute_ratios, plot_sampling_counts, read_documents
-from training.args import parse_args
+from training.args import parse_args, resolve_svd
 from training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from training.distributed import close_world, init_world, sum_gradients, sum_scalar
 from training.heldout import HeldOut
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir)
     model.train()
     model.gradient_checkpointing = args.grad_ckpt
+    resolve_svd(args, sum(p.numel() for p in model.parameters()))
     n_layers = model.config.n_layers
     if args.gamma > n_layers and args.method in SAMPLED_METHODS:
         sys.exit(f"error: --gamma {args.gamma} exceeds the model's {n_layers} blocks")

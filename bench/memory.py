@@ -7,7 +7,7 @@ measured on real CPU tensors beside the simulation.
     python -m bench.memory --measure --model llama2-7b --dim 512 --layers 12 --heads 8 --ffn 1376 \\
         --batch-size 2 --seq-len 128 --gamma 2 --dtype fp32          # the 71M shape: real CPU peak vs simulated
 
-Presets are train.py flags: paper = `--grad-ckpt` (embeddings and head trained every step, the state of
+Presets are train.py flags: paper = `--grad-ckpt --svd exact` (embeddings and head trained every step, the state of
 inactive blocks freed, exact SVD), lean = `--lean` (fused steps, chunked cross-entropy, checkpointing,
 randomized SVD; LoRA cannot fuse, so it gets the rest). `--flags` appends any other train.py flags.
 The measured peak is the largest sum of live tensor bytes: the bytes alive before the steps (parameters,
@@ -29,7 +29,7 @@ from training.args import METHODS, apply_presets, build_parser, check_consistenc
 from training.memory import CATEGORIES, GIB, MemoryReport, Session, format_report, prepare, run_steps, simulate_memory
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PRESETS = {"paper": ["--grad-ckpt"], "lean": ["--lean"]}
+PRESETS = {"paper": ["--grad-ckpt", "--svd", "exact"], "lean": ["--lean"]}
 LORA_LEAN = ["--grad-ckpt", "--chunked-ce", "--svd", "randomized"]  # --fused refuses LoRA
 
 

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--update-proj-gap", type=int, default=200)
     a("--galore-scale", type=float, default=0.25)
     a("--proj-type", default="std", choices=("std", "reverse_std", "left", "right", "full"))
-    a("--svd", default="exact", choices=("exact", "randomized"))
+    a("--svd", default="auto", choices=("auto", "exact", "randomized"),
+      help="projector SVD; auto: randomized for models of >= 1B parameters, exact below")
     a("--lora-rank", type=int, default=8)
     a("--lora-alpha", type=float, default=16.0)
     a("--lora-dropout", type=float, default=0.05)
@@ -110,6 +111,15 @@ def apply_presets(args: argparse.Namespace) -> None:
         args.svd = "randomized"
     if args.sampling is None:
         args.sampling = DEFAULT_SAMPLING.get(args.method)
+
+
+RANDOMIZED_SVD_FROM = 10**9  # parameters; each newly sampled 7B block refreshes 7 projectors at once
+
+
+def resolve_svd(args: argparse.Namespace, n_params: int) -> None:
+    """--svd auto -> randomized for a model of >= 1B parameters, exact below (BENCHMARKS.md: refresh share)."""
+    if args.svd == "auto":
+        args.svd = "randomized" if n_params >= RANDOMIZED_SVD_FROM else "exact"
 
 
 def check_consistency(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -27,6 +27,7 @@ from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 from model.config import ModelConfig
 from model.transformer import Transformer
 from sampling import LayerSampler
+from training.args import resolve_svd
 from training.methods import SAMPLED_METHODS
 from training.step import accumulate_gradients, apply_gradients, build_optimizer, start_period
 
@@ -211,6 +212,7 @@ def prepare(config: ModelConfig, args: argparse.Namespace, dtype: torch.dtype, w
         model = build_model(config, dtype)
     model.train()
     model.gradient_checkpointing = args.grad_ckpt
+    resolve_svd(args, sum(p.numel() for p in model.parameters()))
     groups, optimizer, fused = build_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     tokens = torch.randint(0, config.vocab_size, (rows, args.seq_len), device=device)
