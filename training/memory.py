@@ -76,6 +76,7 @@ class StepTracker(MemTracker):
         self.peak = Peak()
         self.phases: dict[str, Peak] = {}
         self._last_op = ""
+        self._after_backward = True
 
     def phase(self) -> str:
         if self._in_opt:
@@ -84,23 +85,29 @@ class StepTracker(MemTracker):
             return f"{self.step_label} backward (fused step)"
         if self._mod_tracker.is_bw:
             return f"{self.step_label} backward"
-        return f"{self.step_label} forward (micro-batch {max(self.micro_batch, 1)})"
+        return f"{self.step_label} forward (micro-batch {self.micro_batch})"
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._local_scalar_dense.default:
             dtype = args[0].dtype
             return True if dtype == torch.bool else 0.0 if dtype.is_floating_point or dtype.is_complex else 1
+        if func in (torch.ops.profiler._record_function_enter_new.default, torch.ops.profiler._record_function_exit._RecordFunction):
+            return func(*args, **(kwargs or {}))  # the optimizer's profiling marks: no memory, and no phase
+        backward = self._mod_tracker.is_bw or self._in_opt
+        if not backward and self._after_backward:  # the first forward op after a backward: the next micro-batch
+            self.micro_batch += 1
+        self._after_backward = backward
         self._last_op = func.overloadpacket.__name__
         return super().__torch_dispatch__(func, types, args, kwargs)
+
+    def start_step(self, k: int) -> None:
+        self.step_label, self.micro_batch, self._after_backward = f"step {k + 1}", 0, True
 
     def _pre_fw_hook(self, module, inputs) -> None:
         # a new forward of the root module (next micro-batch or step): MemTracker tracks one iteration at a time
         if module in self.memory_tracking and not self._mod_tracker.is_bw and set(self._mod_tracker.parents) <= {
                 "Global", self._mod_tracker.get_known_fqn(module)}:
             self.reset_mod_stats()
-            self.micro_batch += 1
-        elif module not in self.memory_tracking and not self.memory_tracking:
-            self.micro_batch += 1
         super()._pre_fw_hook(module, inputs)
 
     def _track_module_params_and_buffers(self, module, install_grad_hooks: bool = True):
@@ -244,11 +251,8 @@ def simulate_memory(config: ModelConfig, args: argparse.Namespace, dtype: torch.
         s.optimizer.step_param = _fused_marker(tracker, s.optimizer.step_param)
         tracker.track_external(s.model, s.optimizer)
 
-        def label(k: int) -> None:
-            tracker.step_label, tracker.micro_batch = f"step {k + 1}", 0
-
         with tracker:
-            run_steps(s, steps, label)
+            run_steps(s, steps, tracker.start_step)
         if s.fused:
             s.fused.remove()
     return MemoryReport(tracker.peak, tracker.phases, time.perf_counter() - started)
