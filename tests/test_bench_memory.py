@@ -66,9 +66,12 @@ def test_exact_svd_scratch_is_part_of_the_refresh_peak():
 
 def test_lean_is_below_paper_faithful_and_frees_the_logits():
     config = get_config("tiny", **{**TINY, "vocab_size": 4096})
-    paper = simulate_memory(config, train_args(flags("owlore", "paper")), torch.bfloat16).peak
-    lean = simulate_memory(config, train_args(flags("owlore", "lean")), torch.bfloat16).peak
-    assert lean.total < paper.total and lean.activations < paper.activations
+    paper = simulate_memory(config, train_args(flags("owlore", "paper")), torch.bfloat16)
+    lean = simulate_memory(config, train_args(flags("owlore", "lean")), torch.bfloat16)
+    assert lean.peak.total < paper.peak.total
+    forward = "step 2 forward (micro-batch 1)"
+    logits = 2 * 15 * 4096 * 4  # the fp32 logits of the 2x15 targets: chunked cross-entropy never holds them whole
+    assert paper.phases[forward].activations - lean.phases[forward].activations >= logits
 
 
 def test_bench_memory_json_holds_every_row_and_its_command(tmp_path, capsys):
