@@ -26,7 +26,7 @@ install-dev: install
 	$(PIP) -r requirements-dev.txt
 
 assets: install
-	$(PYTHON) -m data.assets
+	$(PYTHON) -m common.assets
 
 demo: assets
 	$(PYTHON) scripts/demo.py

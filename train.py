@@ -22,19 +22,23 @@ import torch
 from tqdm import tqdm
 
 from data import BatchLoader, build_dataset, load_records
+from data.commonsense import TRAIN_FILE, build_commonsense
 from model import load_model, save_model
+from model.cli import DTYPES
+from model.peft_format import write_peft_adapter
 from model.loss import next_token_loss_sum as token_loss_sum
 from optim import GaLoreAdamW, apply_lora, attach_fused_step, lr_lambda, merge_lora
 from sampling import LayerSampler, calibration_windows, load_or_compute_ratios, plot_sampling_counts, read_documents
+from sampling.calibration import training_documents
 from training.args import parse_args, resolve_svd
 from training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from training.distributed import close_world, init_world, sum_gradients, sum_scalar
 from training.heldout import HeldOut
 from training.memory import format_report, simulate_memory
 from training.methods import SAMPLED_METHODS, activate_blocks, active_block_indices, param_groups
-from training.metrics import MetricsLog, current_memory_bytes, peak_memory_bytes
+from training.metrics import current_memory_bytes, peak_memory_bytes
+from training.runlog import RunLog
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     say = print if world.is_main else (lambda *a, **k: None)
 
     # 1. The pre-trained model.
-    model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir)
+    try:
+        model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)
+    except (FileNotFoundError, ValueError) as err:  # no weights found, unreadable checkpoint or tokenizer
+        sys.exit(f"error: {err}")
     model.train()
     model.gradient_checkpointing = args.grad_ckpt
     resolve_svd(args, sum(p.numel() for p in model.parameters()))
@@ -58,6 +65,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: --gamma {args.gamma} exceeds the model's {n_layers} blocks")
 
     # 2. Training data: fixed-length blocks, a seeded order every rank agrees on.
+    if not args.data:  # the embedded commonsense set: the real train splits of its 8 tasks, held-out rows kept out
+        args.data = str(out / "commonsense" / TRAIN_FILE)
+        if not Path(args.data).is_file():
+            build_commonsense(out / "commonsense")
+        say(f"data: no --data given; training on the commonsense set built in {args.data} (python -m data.commonsense)")
     records = load_records(args.data)
     dataset = build_dataset(records, tokenizer, args.seq_len, pack=not args.no_pack,
                             mask_prompt=not args.train_on_prompt, template=args.template)
@@ -76,9 +88,11 @@ def main(argv: list[str] | None = None) -> None:
             scores = Path(args.scores) if args.scores else out / "outlier_scores.json"
             calib = None  # an existing cache made for these weights is used as it is
             if args.calib or not scores.is_file():
-                calib_source = args.calib or args.data
-                windows = calibration_windows(read_documents(calib_source), tokenizer, args.calib_windows,
-                                              args.calib_seq_len, seed=args.seed)
+                documents = (read_documents(args.calib) if args.calib else  # else: the training stream itself
+                             training_documents(records, tokenizer, args.calib_windows * args.calib_seq_len,
+                                                args.template, args.seed))
+                windows = calibration_windows(documents, tokenizer, args.calib_windows, args.calib_seq_len,
+                                              seed=args.seed)
                 calib = windows.to(device).split(4)
             ratios = load_or_compute_ratios(model, args.model, calib, args.M, scores,
                                             calibration_source=args.calib or args.data)
@@ -91,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         groups = [{"params": apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)}]
     else:
         groups = param_groups(model, args)
-    optimizer = GaLoreAdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = GaLoreAdamW(groups, lr=args.lr, weight_decay=args.weight_decay, fp32_moments=args.fp32_moments)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
     if args.fused and world.size > 1:
         sys.exit("error: --fused steps each parameter before gradients could be summed across ranks; "
@@ -116,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         f"fake tensors in {estimate.seconds:.1f} s:\n" + format_report(estimate))
 
     heldout = HeldOut(args.eval_data, tokenizer, args.eval_limit, template=args.template) if args.eval_data else None
-    metrics = MetricsLog(out / "metrics.jsonl", enabled=world.is_main)
+    metrics = RunLog(out, enabled=world.is_main, wandb=args.wandb, config=vars(args), say=say)  # jsonl, TensorBoard, W&B
     if heldout and world.is_main and step == 0:
         metrics.write(step=0, **heldout.evaluate(model))
 
@@ -137,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         sum_gradients(trainable, world)
         if args.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
-        optimizer.step()  # with --fused every parameter already stepped in backward and this finds no grad
+        optimizer.step()  # --fused: parameters stepped in backward find no grad; with --grad-accum, applies the sums
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         seconds = time.perf_counter() - started
@@ -174,7 +188,9 @@ def main(argv: list[str] | None = None) -> None:
         plot_sampling_counts(out / "sampling_counts.png", sampler.counts, sampler.inclusion_probabilities("monte_carlo"),
                              title=f"{args.method}: periods each block was active")
     if world.is_main and args.save_format != "none" and not stop.requested:
-        if args.method == "lora":
+        if args.method == "lora":  # the adapter for PEFT, then the merged weights
+            write_peft_adapter(model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
+            say(f"saved the LoRA adapter (PEFT) to {out / 'final-peft'}")
             merge_lora(model)
         for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
             save_model(model, out / f"final-{fmt}", format=fmt, tokenizer=tokenizer)

@@ -23,6 +23,7 @@ from dataclasses import asdict
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._pytree import tree_flatten
 
 from model.config import CONFIGS, get_config
 from training.args import METHODS, apply_presets, build_parser, check_consistency
@@ -49,7 +50,7 @@ def train_args(flags: list[str]) -> argparse.Namespace:
 def live_bytes(s: Session) -> int:
     """Bytes of the distinct storages of parameters, buffers, gradients and optimizer state."""
     tensors = [*s.model.parameters(), *s.model.buffers(), *(p.grad for p in s.model.parameters() if p.grad is not None)]
-    tensors += [v for state in s.optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    tensors += [v for state in s.optimizer.state.values() for v in tree_flatten(state)[0] if isinstance(v, torch.Tensor)]
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
     return sum(storages.values())
 

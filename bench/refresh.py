@@ -3,7 +3,7 @@
 Every `period` steps OwLore activates `gamma` blocks whose state was freed, so their 7 matrices each need a
 fresh projector (an SVD of the gradient) at once. Share = refresh / (refresh + period x steady step), with
 the steady step measured by running train.py's step (`training.step`) on real tensors and the refresh as
-`compute_projection` on gradients of the blocks' shapes, exact and randomized.
+`SVDProjector.make` on gradients of the blocks' shapes, exact and randomized.
 
     python -m bench.refresh                      # the 71M LLaMA shape on CPU, fp32, 2x128 tokens, gamma 2
     python -m bench.refresh --block llama2-7b    # the 7 matrices of one llama2-7b block (refresh only)
@@ -18,7 +18,7 @@ import torch
 
 from bench.memory import train_args
 from model.config import get_config
-from optim.projector import compute_projection
+from optim.projector import SVDProjector
 from training.memory import build_model, prepare, run_steps
 
 
@@ -33,8 +33,9 @@ def refresh_seconds(shapes: list[tuple[int, int]], rank: int, svd: str) -> float
     gen = torch.Generator().manual_seed(0)
     grads = [torch.randn(shape, generator=gen) for shape in shapes]
     start = time.perf_counter()
+    projector = SVDProjector(rank, "std", svd)
     for g in grads:
-        compute_projection(g, rank, "std", svd)
+        projector.make(g, seed=0)
     return time.perf_counter() - start
 
 

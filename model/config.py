@@ -1,4 +1,4 @@
-"""Model hyper-parameters and the one table of named configs (SPEC.md §4)."""
+"""Model hyper-parameters and the one table of named configs (docs/method.md, "Models and checkpoint formats")."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -12,6 +12,29 @@ class Llama3RopeScaling:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_seq_len: int = 8192
+
+
+@dataclass(frozen=True)
+class Family:
+    """What one model family is called in each checkpoint format, and what differs between families.
+
+    Adding a family is one row in `FAMILIES` (plus tensor-name maps in the formats if its tensors differ).
+    """
+
+    name: str  # ModelConfig.family; also the HF config.json "model_type"
+    hf_architecture: str  # HF config.json "architectures"[0]
+    gguf_architecture: str  # GGUF general.architecture (llama.cpp converts Mistral as "llama")
+    chat_template: str  # built-in chat format (model.chat) for a SentencePiece tokenizer of this family
+    sliding_window: bool = False  # attention may be limited to the last ModelConfig.sliding_window keys
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in [
+        Family("llama", "LlamaForCausalLM", "llama", "llama2"),
+        Family("mistral", "MistralForCausalLM", "llama", "mistral", sliding_window=True),
+    ]
+}
 
 
 @dataclass
@@ -29,8 +52,11 @@ class ModelConfig:
     max_seq_len: int = 4096
     sliding_window: int | None = None
     tie_embeddings: bool = False
+    family: str = "llama"  # a key of FAMILIES
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"config {self.name!r}: unknown model family {self.family!r}; known: {', '.join(FAMILIES)}")
         if self.dim % self.n_heads:
             raise ValueError(f"config {self.name!r}: dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
@@ -39,6 +65,8 @@ class ModelConfig:
             raise ValueError(f"config {self.name!r}: head_dim {self.head_dim} must be even for RoPE")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"config {self.name!r}: sliding_window must be >= 1, got {self.sliding_window}")
+        if self.sliding_window is not None and not FAMILIES[self.family].sliding_window:
+            raise ValueError(f"config {self.name!r}: family {self.family!r} has no sliding-window attention")
 
     @property
     def head_dim(self) -> int:
@@ -64,7 +92,8 @@ CONFIGS: dict[str, ModelConfig] = {
         ModelConfig("llama2-70b", 8192, 80, 64, 8, 32000, 28672),
         ModelConfig("llama3-8b", **_LLAMA3, max_seq_len=8192),
         ModelConfig("llama3.1-8b", **_LLAMA3, max_seq_len=131072, rope_scaling=Llama3RopeScaling()),
-        ModelConfig("mistral-7b", 4096, 32, 32, 8, 32000, 14336, max_seq_len=32768, sliding_window=4096),
+        ModelConfig("mistral-7b", 4096, 32, 32, 8, 32000, 14336, max_seq_len=32768, sliding_window=4096,
+                    family="mistral"),
         ModelConfig("smollm2-135m", 576, 30, 9, 3, 49152, 1536, rope_theta=100000.0, max_seq_len=8192,
                     tie_embeddings=True),
         ModelConfig("tiny", **_TINY),

@@ -12,7 +12,8 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
-from model.config import Llama3RopeScaling, ModelConfig
+from common.io import atomic_write
+from model.config import FAMILIES, Llama3RopeScaling, ModelConfig
 from model.transformer import rope_frequencies
 
 SUPPORTED_TYPES = {
@@ -55,8 +56,10 @@ def _scaling_from_factors(factors: np.ndarray, head_dim: int, theta: float, path
 def config_from_gguf(meta: dict, tensor_shapes: dict[str, tuple[int, ...]], name: str) -> ModelConfig:
     """ModelConfig from GGUF metadata (`{arch}.*` keys) and the tensor names/shapes present."""
     arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise ValueError(f"{name}: GGUF architecture {arch!r} is not supported (only 'llama')")
+    families = [f.name for f in FAMILIES.values() if f.gguf_architecture == arch]
+    if not families:
+        known = sorted({f.gguf_architecture for f in FAMILIES.values()})
+        raise ValueError(f"{name}: GGUF architecture {arch!r} is not supported ({', '.join(known)})")
 
     def get(key, default=None):
         value = meta.get(f"{arch}.{key}", default)
@@ -79,6 +82,7 @@ def config_from_gguf(meta: dict, tensor_shapes: dict[str, tuple[int, ...]], name
         max_seq_len=int(get("context_length", 4096)),
         sliding_window=meta.get(f"{arch}.attention.sliding_window"),
         tie_embeddings="output.weight" not in tensor_shapes,
+        family=families[0],  # the first family llama.cpp stores under this architecture name
     )
     rope_dim = meta.get(f"{arch}.rope.dimension_count", config.head_dim)
     if rope_dim != config.head_dim:
@@ -122,12 +126,10 @@ def write_vocab_gguf(source: str | Path, out_path: str | Path) -> None:
     """Copy only the `tokenizer.*` metadata of a GGUF file into a small tensor-free GGUF (atomically)."""
     from gguf import GGUFWriter
 
-    from model.meta_format import atomic_write
-
     reader = GGUFReader(str(source))
     arch = reader.fields["general.architecture"].contents() if "general.architecture" in reader.fields else "llama"
 
-    def write(tmp: str) -> None:
+    def write(tmp: Path) -> None:
         writer = GGUFWriter(tmp, arch)
         for key, field in reader.fields.items():
             if key.startswith("tokenizer."):
@@ -137,4 +139,4 @@ def write_vocab_gguf(source: str | Path, out_path: str | Path) -> None:
         writer.write_tensors_to_file()
         writer.close()
 
-    atomic_write(Path(out_path), write)
+    atomic_write(out_path, write)

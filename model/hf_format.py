@@ -9,8 +9,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model.config import Llama3RopeScaling, ModelConfig
-from model.meta_format import atomic_write, write_json
+from model.config import FAMILIES, Llama3RopeScaling, ModelConfig
+from common.io import atomic_write, write_json
 
 _TOP = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight", "lm_head.weight": "output.weight"}
 _BLOCK = {
@@ -27,8 +27,8 @@ DROPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 def config_from_hf(cfg: dict, name: str) -> ModelConfig:
     """ModelConfig from an HF LLaMA/Mistral config.json dict."""
-    if cfg.get("model_type") not in ("llama", "mistral"):
-        raise ValueError(f"{name}: model_type {cfg.get('model_type')!r} is not supported (llama, mistral)")
+    if cfg.get("model_type") not in FAMILIES:
+        raise ValueError(f"{name}: model_type {cfg.get('model_type')!r} is not supported ({', '.join(FAMILIES)})")
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size") if k not in cfg]
     if missing:
         raise ValueError(f"{name}: config.json is missing {missing}")
@@ -48,14 +48,13 @@ def config_from_hf(cfg: dict, name: str) -> ModelConfig:
         ffn_dim=cfg["intermediate_size"], norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         rope_theta=float(cfg.get("rope_theta", 10000.0)), rope_scaling=scaling,
         max_seq_len=cfg.get("max_position_embeddings", 4096), sliding_window=cfg.get("sliding_window"),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), family=cfg["model_type"],
     )  # fmt: skip
 
 
 def hf_config_from(config: ModelConfig) -> dict:
     cfg = {
-        "architectures": ["MistralForCausalLM" if config.sliding_window else "LlamaForCausalLM"],
-        "model_type": "mistral" if config.sliding_window else "llama",
+        "architectures": [FAMILIES[config.family].hf_architecture], "model_type": config.family,
         "_name_or_path": config.name, "hidden_size": config.dim, "num_hidden_layers": config.n_layers,
         "num_attention_heads": config.n_heads, "num_key_value_heads": config.n_kv_heads,
         "head_dim": config.head_dim, "vocab_size": config.vocab_size, "intermediate_size": config.ffn_dim,
@@ -173,8 +172,12 @@ def read_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]
     return config, hf_to_meta(state, config, str(path))
 
 
-def write_hf_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: str | Path, max_shard_bytes: int = 5 << 30) -> None:
-    """config.json + model.safetensors, or model-NNNNN-of-NNNNN.safetensors + index above max_shard_bytes."""
+def write_hf_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: str | Path, max_shard_bytes: int = 5 << 30,
+                 token_ids: dict | None = None) -> None:  # fmt: skip
+    """config.json + model.safetensors, or model-NNNNN-of-NNNNN.safetensors + index above max_shard_bytes.
+
+    `token_ids`: bos_token_id / eos_token_id / pad_token_id written into config.json.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     hf = {k: v.detach().cpu().contiguous() for k, v in meta_to_hf(state, config).items()}
@@ -197,4 +200,5 @@ def write_hf_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: s
         write_json(out_dir / "model.safetensors.index.json", index)
     cfg = hf_config_from(config)
     cfg["torch_dtype"] = str(next(iter(hf.values())).dtype).removeprefix("torch.")
+    cfg.update(token_ids or {})
     write_json(out_dir / "config.json", cfg)

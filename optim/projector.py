@@ -1,23 +1,62 @@
-"""GaLore gradient projection (SPEC.md §3): a rank-r' subspace of a 2-D gradient and the maps into and out of it.
+"""Projectors: the low-rank subspace in which GaLore keeps a 2-D weight's gradient and Adam moments.
 
-For G (m x n) and r' = min(r, m, n), with G = U S Vh:
-  side "right": P = Vh[:r'] (r' x n), R = G P^T,      back = R P
-  side "left":  P = U[:, :r'] (m x r'), R = P^T G,    back = P R
-  side "full":  R = U_r^T G V_r (r' x r'),            back = U_r R Vh_r
-`std` picks "right" for tall/square G and "left" for wide G; `reverse_std` the opposite. The side is
-decided once, stored with P, and never re-derived from shapes.
+A projector serves every matrix of one param group. Its per-matrix state is a plain dict of tensors and
+ints (a str would not survive `Optimizer.load_state_dict`), kept by the optimizer in `optimizer.state`
+and saved with it, so a checkpoint loads with `torch.load(..., weights_only=True)`. The interface:
+
+  make(grad, seed) -> state           a fresh subspace from a gradient (called every update_proj_gap steps)
+  project(state, grad) -> low         the gradient in the subspace (moments have `low_shape(grad.shape)`)
+  project_back(state, low) -> full    an update in the subspace back to the weight's shape
+  low_shape(shape), state_numel(shape)  the moments' shape and the tensor elements `make` stores (in the
+                                      weight's dtype): the one formula the memory accounting uses
+  spec()                              plain options; `build_projector(**spec)` makes an equal projector
+
+A new projector is a dataclass subclass of `Projector` plus one line in `PROJECTORS`.
+
+The two here keep orthonormal bases; for G (m x n) and r' = min(r, m, n):
+  side "right": P = V_r^T (r' x n), R = G P^T,   back = R P
+  side "left":  P = U_r (m x r'),   R = P^T G,   back = P R
+  side "full":  R = U_r^T G V_r (r' x r'),       back = U_r R V_r^T
+`std` picks "right" for tall/square G and "left" for wide G; `reverse_std` the opposite. The side is read
+from which bases the state holds ("u", "vh" or both), never re-derived from shapes.
+`SVDProjector` takes U_r, V_r from the SVD of G (GaLore); `RandomProjector` draws them at random.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import Tensor
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
 SVD_METHODS = ("exact", "randomized")
-PROJ_SOURCES = ("svd", "random")
-SIDES = ("left", "right", "full")
+State = dict[str, "Tensor | int"]
+
+
+class Projector(ABC):
+    """Base class of projectors (see the module docstring for the contract)."""
+
+    @abstractmethod
+    def make(self, grad: Tensor, seed: int) -> State: ...
+
+    @abstractmethod
+    def project(self, state: State, grad: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def project_back(self, state: State, low: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def low_shape(self, shape: tuple[int, int]) -> tuple[int, ...]: ...
+
+    @abstractmethod
+    def state_numel(self, shape: tuple[int, int]) -> int: ...
+
+    def spec(self) -> dict:
+        names = [name for name, cls in PROJECTORS.items() if cls is type(self)]
+        if not names:
+            raise KeyError(f"{type(self).__name__} is not registered in optim.projector.PROJECTORS")
+        return {"name": names[0], **asdict(self)}
 
 
 def projection_side(shape: tuple[int, ...] | torch.Size, proj_type: str) -> str:
@@ -34,29 +73,98 @@ def projection_side(shape: tuple[int, ...] | torch.Size, proj_type: str) -> str:
     return "left" if tall else "right"
 
 
-@dataclass
-class Projection:
-    """Orthonormal bases of one projection; `u` is m x r' (left, full), `vh` is r' x n (right, full)."""
+@dataclass(frozen=True)
+class BasisProjector(Projector):
+    """Orthonormal bases u (m x r', sides left/full) and vh (r' x n, sides right/full); subclasses choose them."""
 
-    side: str
-    u: Tensor | None = None
-    vh: Tensor | None = None
+    rank: int
+    proj_type: str = "std"
 
-    def project(self, grad: Tensor) -> Tensor:
-        if self.side == "left":
-            return self.u.mT @ grad
-        if self.side == "right":
-            return grad @ self.vh.mT
-        return self.u.mT @ grad @ self.vh.mT
+    def __post_init__(self):
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
+            raise ValueError(f"rank must be a positive int, got {self.rank!r}")
+        if self.proj_type not in PROJ_TYPES:
+            raise ValueError(f"unknown proj_type {self.proj_type!r}; expected one of {PROJ_TYPES}")
 
-    def project_back(self, low: Tensor, scale: float = 1.0) -> Tensor:
-        if self.side == "left":
-            full = self.u @ low
-        elif self.side == "right":
-            full = low @ self.vh
-        else:
-            full = self.u @ low @ self.vh
-        return full * scale
+    @abstractmethod
+    def bases(self, grad: Tensor, r: int, seed: int) -> tuple[Tensor, Tensor]:
+        """(U_r, V_r^T) for the fp32 gradient, m x r and r x n."""
+
+    def make(self, grad: Tensor, seed: int) -> State:
+        side = projection_side(grad.shape, self.proj_type)
+        u, vh = self.bases(grad.detach().float(), min(self.rank, *grad.shape), seed)
+        state = {}
+        if side in ("left", "full"):
+            state["u"] = _owned(u, grad.dtype)
+        if side in ("right", "full"):
+            state["vh"] = _owned(vh, grad.dtype)
+        return state
+
+    def project(self, state: State, grad: Tensor) -> Tensor:
+        u, vh = state.get("u"), state.get("vh")
+        low = grad if u is None else u.mT @ grad
+        return low if vh is None else low @ vh.mT
+
+    def project_back(self, state: State, low: Tensor) -> Tensor:
+        u, vh = state.get("u"), state.get("vh")
+        full = low if u is None else u @ low
+        return full if vh is None else full @ vh
+
+    def low_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        m, n = shape
+        r = min(self.rank, m, n)
+        return {"left": (r, n), "right": (m, r), "full": (r, r)}[projection_side(shape, self.proj_type)]
+
+    def state_numel(self, shape: tuple[int, int]) -> int:
+        m, n = shape
+        r = min(self.rank, m, n)
+        return {"left": m * r, "right": r * n, "full": (m + n) * r}[projection_side(shape, self.proj_type)]
+
+
+@dataclass(frozen=True)
+class SVDProjector(BasisProjector):
+    """GaLore's projector: the top-r' singular vectors of the gradient, by exact or randomized SVD."""
+
+    svd: str = "exact"
+    oversample: int = 8
+    power_iters: int = 2
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.svd not in SVD_METHODS:
+            raise ValueError(f"unknown svd method {self.svd!r}; expected one of {SVD_METHODS}")
+        if self.oversample < 0 or self.power_iters < 0:
+            raise ValueError(f"oversample and power_iters must be >= 0, got {self.oversample}, {self.power_iters}")
+
+    def bases(self, grad: Tensor, r: int, seed: int) -> tuple[Tensor, Tensor]:
+        if not torch.isfinite(grad).all():
+            raise ValueError(f"gradient of shape {tuple(grad.shape)} contains NaN or inf; cannot compute its SVD")
+        if self.svd == "randomized":
+            return randomized_svd(grad, r, self.oversample, self.power_iters, seed)
+        u, _, vh = torch.linalg.svd(grad, full_matrices=False)
+        return u[:, :r], vh[:r]
+
+
+@dataclass(frozen=True)
+class RandomProjector(BasisProjector):
+    """Random orthonormal bases (QR of seeded Gaussians), independent of the gradient: a baseline."""
+
+    def bases(self, grad: Tensor, r: int, seed: int) -> tuple[Tensor, Tensor]:
+        m, n = grad.shape
+        return _random_orthonormal(m, r, seed, grad.device), _random_orthonormal(n, r, seed + 1, grad.device).mT
+
+
+PROJECTORS: dict[str, type[Projector]] = {"svd": SVDProjector, "random": RandomProjector}
+
+
+def build_projector(name: str, **options) -> Projector:
+    """The projector registered as `name`; options it has no field for are dropped, so one set of
+    command-line options serves every projector."""
+    if name not in PROJECTORS:
+        raise ValueError(f"unknown projector {name!r}; expected one of {tuple(PROJECTORS)}")
+    cls = PROJECTORS[name]
+    known = {f.name for f in fields(cls)}
+    return cls(**{key: value for key, value in options.items() if key in known})
 
 
 def randomized_svd(a: Tensor, rank: int, oversample: int, power_iters: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -77,43 +185,6 @@ def randomized_svd(a: Tensor, rank: int, oversample: int, power_iters: int, seed
 def _random_orthonormal(dim: int, rank: int, seed: int, device: torch.device) -> Tensor:
     gen = torch.Generator(device=device).manual_seed(seed)
     return torch.linalg.qr(torch.randn(dim, rank, generator=gen, device=device)).Q
-
-
-def compute_projection(
-    grad: Tensor,
-    rank: int,
-    proj_type: str = "std",
-    svd: str = "exact",
-    oversample: int = 8,
-    power_iters: int = 2,
-    source: str = "svd",
-    seed: int = 0,
-) -> Projection:
-    """Projection of rank r' = min(rank, m, n) for `grad`, computed in fp32 and stored in grad's dtype."""
-    side = projection_side(grad.shape, proj_type)
-    if not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"GaLore rank must be a positive int, got {rank!r}")
-    if svd not in SVD_METHODS:
-        raise ValueError(f"unknown svd method {svd!r}; expected one of {SVD_METHODS}")
-    if source not in PROJ_SOURCES:
-        raise ValueError(f"unknown projection source {source!r}; expected one of {PROJ_SOURCES}")
-    m, n = grad.shape
-    r = min(rank, m, n)
-    g = grad.detach().float()
-    if source == "random":
-        u = _random_orthonormal(m, r, seed, g.device)
-        vh = _random_orthonormal(n, r, seed + 1, g.device).mT
-    else:
-        if not torch.isfinite(g).all():
-            raise ValueError(f"gradient of shape {tuple(grad.shape)} contains NaN or inf; cannot compute its SVD")
-        if svd == "exact":
-            full_u, _, full_vh = torch.linalg.svd(g, full_matrices=False)
-            u, vh = full_u[:, :r], full_vh[:r]
-        else:
-            u, vh = randomized_svd(g, r, oversample, power_iters, seed)
-    keep_u = side in ("left", "full")
-    keep_vh = side in ("right", "full")
-    return Projection(side, _owned(u, grad.dtype) if keep_u else None, _owned(vh, grad.dtype) if keep_vh else None)
 
 
 def _owned(basis: Tensor, dtype: torch.dtype) -> Tensor:

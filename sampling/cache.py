@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from common.io import write_json
 from sampling.calibration import describe
 from sampling.outliers import outlier_ratios
 
@@ -49,19 +48,6 @@ def _bit_sum(values: torch.Tensor) -> int:
     """Exact (order-independent) sum of the bf16 bit patterns; numpy's int16 sum is far faster on CPU."""
     bits = values.to(torch.bfloat16).view(torch.int16)
     return int(bits.numpy().sum(dtype=np.int64)) if bits.device.type == "cpu" else int(bits.sum(dtype=torch.int64))
-
-
-def write_json_atomic(path: str | Path, record: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_cache(path: str | Path) -> dict:
@@ -129,5 +115,5 @@ def load_or_compute_ratios(model: nn.Module, model_name: str, calibration_batche
     elif windows is None:
         raise FileNotFoundError(f"{cache_path}: no outlier-ratio cache and no calibration batches to compute one")
     ratios = outlier_ratios(model, windows, M)
-    write_json_atomic(cache_path, make_record(model, model_name, M, calibration, ratios))
+    write_json(cache_path, make_record(model, model_name, M, calibration, ratios), allow_nan=False)
     return ratios

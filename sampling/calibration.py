@@ -1,71 +1,81 @@
-"""Calibration windows: n random, non-overlapping windows of T tokens from a text source (SPEC.md §1.1).
+"""Calibration windows: n random, non-overlapping windows of T tokens from one token stream (docs/method.md, "Outlier ratios").
 
-A source is a plain text file, a JSON / JSONL file of documents (strings, {"text": ...} or
-{"instruction", "input", "output"} records, LMFlow's {"instances": [...]}) or of token ids, or a list
-of documents in memory. Documents are tokenized one by one (BOS where the tokenizer has one) and
-concatenated into one stream; the windows are a seeded choice among its consecutive chunks.
+By default the stream is the training data itself, tokenized exactly as training tokenizes it (the same
+record reader, prompt template and chat format: `training_documents`). A raw-text file given with
+``--calib`` is the other source (`read_documents`), e.g. C4-style windows as OWL uses: a ``.txt`` file
+(one document), or ``.json`` / ``.jsonl`` records that are strings, ``{"text": ...}`` objects or lists of
+token ids. Text documents are tokenized one by one (BOS where the tokenizer has one) and concatenated;
+the windows are a seeded choice among the stream's consecutive chunks.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from common.io import RecordError, read_records, read_text
+from data.dataset import is_empty
+from data.tokenize import tokenize_record
+
 Document = str | list[int]
 
 
 def read_documents(path: str | Path) -> list[Document]:
-    """Documents of a .txt, .json or .jsonl file (text, or lists of token ids)."""
+    """Documents of a raw calibration file: a .txt file, or .json / .jsonl text records or token-id lists."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: calibration file not found")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-        docs = [_document(r, f"{path}:{i + 1}") for i, r in enumerate(records)]
-    elif path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-        if isinstance(data, dict) and "instances" in data:
-            data = data["instances"]
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of documents (or LMFlow 'instances'), got {type(data).__name__}")
-        if data and all(isinstance(t, int) for t in data):
-            data = [data]  # one token stream
-        docs = [_document(r, f"{path}[{i}]") for i, r in enumerate(data)]
+    if path.suffix.lower() in (".json", ".jsonl"):
+        records = read_records(path)
+        if path.suffix.lower() == ".json" and records and all(_is_token(v) for _, v in records):
+            records = [(records[0][0], [v for _, v in records])]  # one token stream
+        docs = [_document(value, path, line) for line, value in records]
     else:
-        docs = [text]
+        docs = [read_text(path)]
     docs = [d for d in docs if len(d) > 0]
     if not docs:
-        raise ValueError(f"{path}: no non-empty documents")
+        raise RecordError(path, "no non-empty documents")
     return docs
 
 
-def _document(record: Any, where: str) -> Document:
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _document(record: Any, path: Path, line: int) -> Document:
     if isinstance(record, str):
         return record
-    if isinstance(record, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in record):
+    if isinstance(record, list) and all(_is_token(t) for t in record):
         return record
-    if isinstance(record, dict):
-        if isinstance(record.get("text"), str):
-            return record["text"]
-        parts = [record[k] for k in ("instruction", "input", "output") if isinstance(record.get(k), str) and record[k]]
-        if parts:
-            return " ".join(parts)
-    raise ValueError(f"{where}: a document must be a string, a list of token ids or a record with 'text' "
-                     f"(or 'instruction'/'input'/'output'), got {str(record)[:80]!r}")
+    if isinstance(record, dict) and isinstance(record.get("text"), str):
+        return record["text"]
+    raise RecordError(path, f"a calibration document is a string, a list of token ids or an object with 'text', "
+                            f"got {str(record)[:80]!r} (leave out --calib to calibrate on the training data)", line=line)
+
+
+def training_documents(records: list[dict], tokenizer: Any, n_tokens: int, template: str = "alpaca",
+                       seed: int = 0) -> list[list[int]]:
+    """Token ids of training records, tokenized as training does, in a seeded order, until `n_tokens` are reached.
+
+    Every record kind works (instruction, text, text2text, chat): this is `data.tokenize.tokenize_record`,
+    so the calibration tokens are the training stream's own (template, chat format, BOS / EOS).
+    """
+    documents, total = [], 0
+    for i in np.random.default_rng(seed).permutation(len(records)).tolist():
+        if is_empty(records[i]):
+            continue
+        try:
+            ids, _ = tokenize_record(tokenizer, records[i], template=template)
+        except ValueError as err:
+            raise ValueError(f"record {i}: {err}") from None
+        documents.append(ids)
+        total += len(ids)
+        if total >= n_tokens:
+            break
+    return documents
 
 
 def boolq_passages() -> list[str]:

@@ -1,24 +1,11 @@
 """Per-block pictures: outlier ratio, sampling probability and HT-SR alpha; realised sampling counts."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from matplotlib.figure import Figure  # no pyplot: no global backend or GUI state
 
-
-def _save(fig: Figure, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from common.io import atomic_write
 
 
 def plot_layer_profile(path: str | Path, ratios: list[float], probabilities: list[float],
@@ -49,7 +36,7 @@ def plot_layer_profile(path: str | Path, ratios: list[float], probabilities: lis
             axes[2].set_title(f"Spearman rho(D, alpha) = {rho:+.3f}", fontsize=9)
     axes[-1].set_xlabel("decoder block")
     axes[-1].set_xticks(blocks[:: max(1, n // 16)])
-    _save(fig, path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
 
 
 def plot_sampling_counts(path: str | Path, counts: list[int], inclusion: list[float] | None = None,
@@ -68,4 +55,4 @@ def plot_sampling_counts(path: str | Path, counts: list[int], inclusion: list[fl
     ax.set_xlabel("decoder block")
     ax.set_ylabel("periods active")
     ax.set_title(title)
-    _save(fig, path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))

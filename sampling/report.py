@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from sampling.cache import make_record, write_json_atomic
+from common.io import write_json
+from sampling.cache import make_record
 from sampling.calibration import batches, boolq_passages, calibration_windows, describe, read_documents
 from sampling.htsr import block_alphas, spearman
 from sampling.outliers import collect_input_sum_sq, outlier_report
@@ -19,10 +20,11 @@ BOOLQ_SOURCE = "built-in: distinct passages of the BoolQ validation set (real En
 def run(args: argparse.Namespace) -> dict:
     """Load the model named by the arguments and score it."""
     from model import load_model
+    from model.cli import DTYPES
 
     start = time.perf_counter()
-    dtype = getattr(torch, args.dtype)
-    model, tokenizer = load_model(args.model, device="cpu" if args.blockwise else args.device, dtype=dtype)
+    model, tokenizer = load_model(args.model, device="cpu" if args.blockwise else args.device, dtype=DTYPES[args.dtype],
+                                  ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)  # fmt: skip
     if tokenizer is None:
         raise ValueError(f"{args.model}: the checkpoint has no tokenizer, so calibration text cannot be tokenized")
     return score(model, tokenizer, args, start)
@@ -52,7 +54,7 @@ def score(model: torch.nn.Module, tokenizer, args: argparse.Namespace, start: fl
     name = getattr(model.config, "name", args.model)
     record = make_record(model, name, args.M, calibration, ratios, **extra)
     record["seconds"] = round(time.perf_counter() - start, 1)
-    write_json_atomic(args.out, record)
+    write_json(args.out, record, allow_nan=False)
 
     if args.plot:
         plot_layer_profile(args.plot, ratios, sampler.probabilities,

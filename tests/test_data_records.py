@@ -70,21 +70,21 @@ def test_unknown_fields_warn_once_with_their_names_and_are_dropped(tmp_path):
         ("empty.json", "", r"empty\.json: empty file"),
         ("blank.txt", "\n \n\n", r"blank\.txt: no records"),
         ("list.json", [], r"list\.json: no records"),
-        ("broken.json", "[{", r"broken\.json: not valid JSON"),
-        ("broken.jsonl", '{"text": "a"}\n{oops\n', r"broken\.jsonl: line 2 \(record 1\): not valid JSON"),
-        ("missing.json", [{"instruction": "a", "output": "b"}, {"instruction": "c"}], r"missing\.json: record 1: missing field\(s\) \['output'\]"),
-        ("type.json", [{"instruction": "a", "output": 5}], r"type\.json: record 0: field 'output' must be a string"),
-        ("mixed.json", [{"text": "a"}, {"instruction": "a", "output": "b"}], r"mixed\.json: record 1: .*kind 'instruction' but the file holds 'text'"),
-        ("nokind.json", [{"question": "a"}], r"nokind\.json: record 0: fields \['question'\] match no record kind"),
-        ("scalar.json", ["just a string"], r"scalar\.json: record 0: expected an object"),
+        ("broken.json", "[{", r"broken\.json: line 1: not valid JSON"),
+        ("broken.jsonl", '{"text": "a"}\n{oops\n', r"broken\.jsonl: line 2: not valid JSON"),
+        ("missing.json", [{"instruction": "a", "output": "b"}, {"instruction": "c"}], r"missing\.json: line 1 \(record 1\): missing field\(s\) \['output'\]"),
+        ("type.json", [{"instruction": "a", "output": 5}], r"type\.json: line 1 \(record 0\): field 'output' must be a string"),
+        ("mixed.json", [{"text": "a"}, {"instruction": "a", "output": "b"}], r"mixed\.json: line 1 \(record 1\): .*kind 'instruction' but the file holds 'text'"),
+        ("nokind.json", [{"question": "a"}], r"nokind\.json: line 1 \(record 0\): fields \['question'\] match no record kind"),
+        ("scalar.json", ["just a string"], r"scalar\.json: line 1 \(record 0\): expected an object"),
         ("dict.json", {"text": "a"}, r"dict\.json: expected a JSON list"),
         ("lmflow.json", {"type": "conversation", "instances": []}, r"lmflow\.json: LMFlow type 'conversation' is not supported"),
         ("lmflow2.json", {"type": "text_only", "instances": [{"input": "a", "output": "b"}]}, r"lmflow2\.json: LMFlow type 'text_only' holds 'text2text'"),
-        ("role.json", [{"messages": [{"role": "bot", "content": "x"}]}], r"role\.json: record 0: message 0 has role 'bot'"),
-        ("noasst.json", [{"messages": [{"role": "user", "content": "x"}]}], r"noasst\.json: record 0: conversation has no assistant"),
+        ("role.json", [{"messages": [{"role": "bot", "content": "x"}]}], r"role\.json: line 1 \(record 0\): message 0 has role 'bot'"),
+        ("noasst.json", [{"messages": [{"role": "user", "content": "x"}]}], r"noasst\.json: line 1 \(record 0\): conversation has no assistant"),
         ("order.json", [{"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]}],
-         r"order\.json: record 0: message 1 has role 'system', expected 'assistant'"),
-        ("docid.json", [{"instruction": "a", "output": "b", "doc_id": -1}], r"docid\.json: record 0: field 'doc_id'"),
+         r"order\.json: line 1 \(record 0\): message 1 has role 'system', expected 'assistant'"),
+        ("docid.json", [{"instruction": "a", "output": "b", "doc_id": -1}], r"docid\.json: line 1 \(record 0\): field 'doc_id'"),
         ("data.csv", "a,b\n", r"data\.csv: unknown data file extension '\.csv'"),
     ],
 )
@@ -100,3 +100,50 @@ def test_missing_file_and_bad_encoding(tmp_path):
     path.write_bytes(b"caf\xe9\n")
     with pytest.raises(ValueError, match=r"latin\.txt: not UTF-8"):
         load_records(path)
+
+
+def test_sharegpt_conversations_read_as_messages(tmp_path):
+    sharegpt = {"id": "x1", "conversations": [
+        {"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
+        {"from": "gpt", "value": "Hello.", "weight": 1}]}  # fmt: skip
+    with pytest.warns(UserWarning, match=r"'id'"):
+        assert load_records(write(tmp_path, "sg.jsonl", json.dumps(sharegpt))) == CHAT
+    bad = {"conversations": [{"from": "robot", "value": "x"}]}
+    with pytest.raises(ValueError, match=r"bad\.json: line 1 \(record 0\): conversation turn 0 is from 'robot'"):
+        load_records(write(tmp_path, "bad.json", [bad]))
+
+
+def test_extra_keys_in_a_message_are_ignored(tmp_path):
+    messages = [dict(m, name="n", tool_calls=None) for m in CHAT[0]["messages"]]
+    assert load_records(write(tmp_path, "extra.jsonl", json.dumps({"messages": messages}))) == CHAT
+
+
+def test_parquet_arrow_and_shard_folders(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = INSTRUCTIONS + [{"instruction": "No input column value.", "output": "ok"}]
+    table = pa.Table.from_pylist([dict(r, input=r.get("input"), answer=r.get("answer")) for r in rows])  # absent: null
+    expected = load_records(write(tmp_path, "a.json", rows))
+    pq.write_table(table, tmp_path / "train.parquet")
+    assert load_records(tmp_path / "train.parquet") == expected
+    with pa.OSFile(str(tmp_path / "train.arrow"), "wb") as sink:  # HF datasets: the IPC stream format
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+    assert load_records(tmp_path / "train.arrow") == expected
+    shards = tmp_path / "saved"  # datasets.save_to_disk: data-0000N-of-0000M.arrow shards + json files
+    shards.mkdir()
+    for i, part in enumerate((table.slice(0, 2), table.slice(2))):
+        with pa.ipc.new_stream(str(shards / f"data-{i:05d}-of-00002.arrow"), part.schema) as writer:
+            writer.write_table(part)
+    (shards / "state.json").write_text("{}")
+    assert load_records(shards) == expected
+    chat = pa.Table.from_pylist(CHAT)
+    pq.write_table(chat, tmp_path / "chat.parquet")
+    assert load_records(tmp_path / "chat.parquet") == CHAT
+    pq.write_table(pa.Table.from_pylist([{"instruction": "a", "output": 5}]), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match=r"bad\.parquet: record 0: field 'output' must be a string"):
+        load_records(tmp_path / "bad.parquet")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ValueError, match=r"junk\.parquet: not a readable Parquet file"):
+        load_records(tmp_path / "junk.parquet")

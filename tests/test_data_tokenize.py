@@ -184,7 +184,7 @@ def test_segments_are_encoded_as_one_text_and_a_straddling_token_is_trained():
 
 @pytest.fixture(scope="module")
 def mistral_tokenizer():
-    from data.assets import asset_path
+    from common.assets import asset_path
     from model.tokenizer import load_tokenizer
 
     return load_tokenizer(asset_path("mistral-v1-tokenizer"), chat_template="mistral")
@@ -212,7 +212,7 @@ def test_real_mistral_ids_are_the_whole_text_encoding(mistral_tokenizer):
 
 @pytest.fixture(scope="module")
 def smollm2_tokenizer():
-    from data.assets import asset_path
+    from common.assets import asset_path
     from model.tokenizer import tokenizer_from_gguf
 
     return tokenizer_from_gguf(asset_path("smollm2-135m"))

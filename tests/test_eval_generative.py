@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from eval.generative import alpaca_prompt, beam_search, extract_answer, read_llm_adapters, run_generative
+from eval.generative import alpaca_prompt, extract_answer, read_llm_adapters, run_generative
 from model import Transformer, get_config
-from model.generate import generate
+from model.generate import beam_search, generate
 
 
 class ByteTokenizer:
@@ -56,7 +56,7 @@ def test_unknown_dataset_and_bad_records_are_clear_errors(tmp_path):
         extract_answer("gsm8k", "42")
     path = tmp_path / "test.json"
     path.write_text(json.dumps([{"instruction": "x", "answer": "true"}, {"instruction": "y", "output": "z"}]))
-    with pytest.raises(ValueError, match=r"test.json: row 1 lacks string field\(s\) \['answer'\]"):
+    with pytest.raises(ValueError, match=r"test.json: record 1: lacks string field\(s\) \['answer'\]"):
         read_llm_adapters(str(path))
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from data.assets import asset_path
+from common.assets import asset_path
 from eval import evaluate
 from eval.fewshot import choice_requests
 from eval.harness import _record, mean_stderr

@@ -8,8 +8,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import torch
 
+from common.io import write_jsonl
 from eval.mtbench import (JUDGE_PROMPTS, PLACEHOLDERS, JudgeClient, generate_answers, judge_answers, parse_rating,
-                          read_judge_prompts, read_questions, summarize_scores, write_jsonl)
+                          read_judge_prompts, read_questions, summarize_scores)
 from model import Transformer, get_config
 
 QUESTIONS = [
@@ -121,13 +122,13 @@ def test_judge_prompts_file_is_read_and_sent_to_the_judge(tmp_path, judge_server
 @pytest.mark.parametrize("prompts, extra, error", [
     ({k: v for k, v in FILE_PROMPTS.items() if k != "single-v1-multi-turn"}, [],
      "judge_prompts.jsonl: no judge prompt named single-v1-multi-turn"),
-    (FILE_PROMPTS, [{"system_prompt": "s", "prompt_template": "t"}], "line 6 is not a judge prompt"),
+    (FILE_PROMPTS, [{"system_prompt": "s", "prompt_template": "t"}], "line 6: not a judge prompt"),
     (FILE_PROMPTS, [{"name": "single-v1", "system_prompt": "s", "prompt_template": "{question}{answer}"}],
-     "line 6 repeats judge prompt single-v1"),
-    ({**FILE_PROMPTS, "single-math-v1": ("s", None)}, [], r"line 3 \(single-math-v1\) needs string system_prompt"),
+     "line 6: repeats judge prompt single-v1"),
+    ({**FILE_PROMPTS, "single-math-v1": ("s", None)}, [], r"line 3: single-math-v1 needs string system_prompt"),
     ({**FILE_PROMPTS, "single-v1": ("s", "{question} {ref_answer_1}")}, [],
-     r"line 2 \(single-v1\) template has placeholders \['question', 'ref_answer_1'\], expected \['answer', 'question'\]"),
-    ({**FILE_PROMPTS, "single-v1": ("s", "{question} {answer")}, [], r"line 2 \(single-v1\) template is not a valid format"),
+     r"line 2: single-v1 template has placeholders \['question', 'ref_answer_1'\], expected \['answer', 'question'\]"),
+    ({**FILE_PROMPTS, "single-v1": ("s", "{question} {answer")}, [], r"line 2: single-v1 template is not a valid format"),
 ])
 def test_bad_judge_prompts_file_is_a_clear_error(tmp_path, prompts, extra, error):
     path = tmp_path / "judge_prompts.jsonl"
@@ -139,9 +140,9 @@ def test_bad_judge_prompts_file_is_a_clear_error(tmp_path, prompts, extra, error
 def test_judge_prompts_file_that_is_not_json_is_a_clear_error(tmp_path):
     path = tmp_path / "judge_prompts.jsonl"
     path.write_text('{"name": "pair-v2"}\n\n{"name": oops}\n')
-    with pytest.raises(ValueError, match="judge_prompts.jsonl: line 3 is not JSON"):
+    with pytest.raises(ValueError, match="judge_prompts.jsonl: line 3: not valid JSON"):
         read_judge_prompts(path)
-    with pytest.raises(FileNotFoundError, match="no such judge prompts file"):
+    with pytest.raises(FileNotFoundError, match="missing.jsonl: no such file"):
         read_judge_prompts(tmp_path / "missing.jsonl")
 
 
@@ -170,7 +171,7 @@ def test_questions_file_is_checked(tmp_path):
     write_jsonl(path, QUESTIONS)
     assert read_questions(path) == QUESTIONS
     write_jsonl(path, [{"question_id": 1, "category": "writing", "turns": ["only one"]}])
-    with pytest.raises(ValueError, match="question.jsonl: row 0 is not an MT-Bench question"):
+    with pytest.raises(ValueError, match="question.jsonl: record 0: not an MT-Bench question"):
         read_questions(path)
 
 
@@ -193,3 +194,18 @@ def test_generate_answers_in_fastchat_format():
         assert a["model_id"] == "tiny" and len(a["choices"]) == 1 and len(a["choices"][0]["turns"]) == 2
     again = generate_answers(model, ChatByteTokenizer(), QUESTIONS[1:], "tiny", max_new_tokens=5)
     assert again[0]["choices"] == answers[1]["choices"]  # math is greedy (temperature 0)
+
+
+def test_cli_bad_file_is_one_error_line(tmp_path):
+    from eval.__main__ import main
+
+    questions = tmp_path / "question.jsonl"
+    questions.write_text(json.dumps(QUESTIONS[0]) + "\n{broken\n")
+    argv = ["mtbench", "--model", "unused", "--judge-only", "--questions", str(questions),
+            "--answers", str(tmp_path / "answers.jsonl")]
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == f"error: {questions}: line 2: not valid JSON (Expecting property name enclosed in " \
+                                "double quotes, column 2)"
+    with pytest.raises(ValueError, match="line 2: not valid JSON"):  # --debug: the exception itself
+        main([*argv, "--debug"])

@@ -5,7 +5,8 @@ import pytest
 
 from data.arrow import DATASET_DIRS
 from eval import mmlu
-from eval.docs import load_docs, read_json_records
+from common.io import read_objects
+from eval.docs import load_docs
 from eval.fewshot import choice_requests, fewshot_docs, fewshot_prefix, normalisation_lengths
 from eval.tasks import COMMONSENSE, get_task, resolve_tasks
 
@@ -41,7 +42,7 @@ DOCS = {
     ],
 }
 
-# One-shot prompt of doc 1 with doc 0 as the example, written out from the templates in SPEC.md §5.
+# One-shot prompt of doc 1 with doc 0 as the example, written out from the templates in docs/method.md, "Evaluation protocols".
 EXPECTED = {
     "boolq": ("Cats are mammals.\nQuestion: are cats mammals?\nAnswer: yes\n\n"
               "The sun is cold.\nQuestion: is the sun cold?\nAnswer:", [" no", " yes"], 0),
@@ -131,17 +132,17 @@ def test_missing_data_file_is_a_clear_error(tmp_path):
 def test_record_with_wrong_fields_is_a_clear_error(tmp_path, row, cause):
     path = tmp_path / "piqa.jsonl"
     path.write_text(json.dumps(DOCS["piqa"][0]) + "\n" + json.dumps(row) + "\n")
-    with pytest.raises(ValueError, match=f"piqa.jsonl: row 1.*{cause}"):
+    with pytest.raises(ValueError, match=f"piqa.jsonl: record 1: .*{cause}"):
         load_docs(get_task("piqa"), "validation", path)
 
 
 def test_json_and_jsonl_readers_agree(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(DOCS["boolq"]))
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(d) for d in DOCS["boolq"]))
-    assert read_json_records(tmp_path / "a.json") == read_json_records(tmp_path / "a.jsonl") == DOCS["boolq"]
+    assert read_objects(tmp_path / "a.json") == read_objects(tmp_path / "a.jsonl") == DOCS["boolq"]
     (tmp_path / "bad.json").write_text("[{")
-    with pytest.raises(ValueError, match="bad.json: malformed JSON"):
-        read_json_records(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="bad.json: line 1: not valid JSON"):
+        read_objects(tmp_path / "bad.json")
 
 
 @pytest.mark.parametrize("name", list(COMMONSENSE))

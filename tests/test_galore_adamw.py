@@ -6,11 +6,19 @@ import math
 import pytest
 import torch
 
-from optim import GaLoreAdamW, compute_projection, lr_lambda, measured_state_bytes
+from optim import GaLoreAdamW, RandomProjector, SVDProjector, lr_lambda, measured_state_bytes
 
 
 def _randn(*shape, seed):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def weights_only_round_trip(state_dict: dict) -> dict:
+    """What a checkpoint gives back: torch.save, then torch.load(..., weights_only=True)."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
 
 
 def test_two_adam_steps_on_4x3_match_hand_computation():
@@ -60,13 +68,13 @@ def test_full_rank_galore_with_sgd_equals_unprojected_sgd_but_adam_does_not():
     target = _randn(5, 7, seed=1)
     plain = _randn(5, 7, seed=2)
     galore = plain.clone()
-    projection = None
+    projector, state = SVDProjector(rank=5), None
     for step in range(6):
         grad_plain, grad_galore = plain - target, galore - target
         plain = plain - 0.3 * grad_plain
         if step % 3 == 0:
-            projection = compute_projection(grad_galore, rank=5)
-        galore = galore - 0.3 * projection.project_back(projection.project(grad_galore))
+            state = projector.make(grad_galore, seed=0)
+        galore = galore - 0.3 * projector.project_back(state, projector.project(state, grad_galore))
     torch.testing.assert_close(galore, plain, atol=1e-5, rtol=1e-5)
     # Adam is not rotation invariant: the same full-rank projection changes its step.
     a, b = torch.nn.Parameter(_randn(5, 7, seed=3)), torch.nn.Parameter(_randn(5, 7, seed=3))
@@ -109,8 +117,8 @@ def test_drop_state_frees_memory_and_reactivated_parameter_starts_fresh():
 GROUP_VARIANTS = [
     dict(rank=3, update_proj_gap=2, proj_type="std", scale=0.25),
     dict(rank=2, update_proj_gap=2, proj_type="full", reproject_moments=True),
-    dict(rank=3, update_proj_gap=2, proj_type="reverse_std", svd="randomized", oversample=2, power_iters=1),
-    dict(rank=2, update_proj_gap=2, proj_type="left", proj_source="random", proj_seed=7),
+    dict(projector=SVDProjector(3, "reverse_std", svd="randomized", oversample=2, power_iters=1), update_proj_gap=2),
+    dict(projector=RandomProjector(2, "left"), update_proj_gap=2),
 ]
 
 
@@ -125,13 +133,10 @@ def test_state_dict_round_trip_gives_bit_identical_next_steps(options):
     for i in range(3):
         w.grad, b.grad = _randn(7, 5, seed=i), _randn(5, seed=i)
         opt.step()
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    buffer.seek(0)
     w2, b2, opt2 = build(1)
     w2.data.copy_(w.detach())
     b2.data.copy_(b.detach())
-    opt2.load_state_dict(torch.load(buffer, weights_only=True))
+    opt2.load_state_dict(weights_only_round_trip(opt.state_dict()))
     for i in range(3, 6):  # crosses a refresh at step 4
         w.grad = w2.grad = _randn(7, 5, seed=i)
         b.grad = b2.grad = _randn(5, seed=i)
@@ -141,18 +146,29 @@ def test_state_dict_round_trip_gives_bit_identical_next_steps(options):
 
 
 def test_reproject_moments_moves_first_moment_into_new_subspace():
-    w = torch.nn.Parameter(_randn(6, 9, seed=0))
-    opt = GaLoreAdamW([{"params": [w], "rank": 2, "update_proj_gap": 1, "reproject_moments": True}], lr=0.1)
-    w.grad = _randn(6, 9, seed=1)
-    opt.step()
-    state = opt.state[w]
-    old_u, old_m = state["proj_u"].clone(), state["exp_avg"].clone()
-    w.grad = _randn(6, 9, seed=2)
-    new_u = compute_projection(w.grad, 2).u
-    opt.step()
-    b1 = 0.9
-    expected = b1 * (new_u.T @ old_u @ old_m) + (1 - b1) * (new_u.T @ w.grad)
-    torch.testing.assert_close(state["exp_avg"], expected, atol=1e-6, rtol=1e-5)
+    """Two steps of a wide 6 x 9 weight (left side, P = U_r) refreshed every step, against the update
+    computed by hand with M <- P2^T P1 M at the refresh; v is not carried over, only decayed."""
+    lr, b1, b2, eps = 0.1, 0.9, 0.999, 1e-6
+    grads = [_randn(6, 9, seed=1).double(), _randn(6, 9, seed=2).double()]
+    weights = {}
+    for reproject in (True, False):
+        w = torch.nn.Parameter(_randn(6, 9, seed=0).double())
+        opt = GaLoreAdamW([{"params": [w], "rank": 2, "update_proj_gap": 1, "reproject_moments": reproject}],
+                          lr=lr, betas=(b1, b2), eps=eps)
+        for g in grads:
+            w.grad = g
+            opt.step()
+        weights[reproject] = w.detach()
+    ref, m, v, p_old = _randn(6, 9, seed=0).double(), None, None, None
+    for t, g in enumerate(grads, start=1):
+        p = torch.linalg.svd(g.float(), full_matrices=False).U[:, :2].double()
+        low = p.T @ g
+        m = (1 - b1) * low if m is None else b1 * (p.T @ p_old @ m) + (1 - b1) * low
+        v = (1 - b2) * low**2 if v is None else b2 * v + (1 - b2) * low**2
+        ref -= lr * math.sqrt(1 - b2**t) / (1 - b1**t) * p @ (m / (v.sqrt() + eps))
+        p_old = p
+    torch.testing.assert_close(weights[True], ref, atol=1e-10, rtol=0)
+    assert not torch.allclose(weights[False], ref, atol=1e-4)
 
 
 def test_linear_schedule_drives_group_lr_and_zero_lr_freezes_weights():
@@ -173,18 +189,20 @@ def test_linear_schedule_drives_group_lr_and_zero_lr_freezes_weights():
 @pytest.mark.parametrize(
     "group, message",
     [
-        (dict(rank=4), "2-D weights only"),
-        (dict(rank=0), "rank must be"),
-        (dict(rank=2, proj_type="diagonal"), "unknown proj_type"),
-        (dict(rank=2, svd="lanczos"), "unknown svd"),
-        (dict(rank=2, update_proj_gap=0), "update_proj_gap"),
-        (dict(betas=(0.9, 1.0)), "betas"),
+        (lambda: dict(rank=4), "2-D weights only"),
+        (lambda: dict(rank=0), "rank must be"),
+        (lambda: dict(rank=2, proj_type="diagonal"), "unknown proj_type"),
+        (lambda: dict(projector=SVDProjector(2, svd="lanczos")), "unknown svd"),
+        (lambda: dict(projector="svd"), "projector must be"),
+        (lambda: dict(rank=2, svd="randomized"), "unknown param-group options"),
+        (lambda: dict(rank=2, update_proj_gap=0), "update_proj_gap"),
+        (lambda: dict(betas=(0.9, 1.0)), "betas"),
     ],
 )
 def test_bad_group_options_are_clear_errors(group, message):
     bias = torch.nn.Parameter(torch.zeros(4))
     with pytest.raises(ValueError, match=message):
-        GaLoreAdamW([{"params": [bias], **group}])
+        GaLoreAdamW([{"params": [bias], **group()}])
 
 
 def test_nan_gradient_at_refresh_is_a_clear_error():
@@ -199,5 +217,61 @@ def test_state_follows_parameter_dtype():
     w.grad = _randn(6, 4, seed=1).bfloat16()
     opt = GaLoreAdamW([{"params": [w], "rank": 2}])
     opt.step()
-    assert all(t.dtype == torch.bfloat16 for t in opt.state[w].values() if isinstance(t, torch.Tensor))
+    assert all(t.dtype == torch.bfloat16 for t in _tensors(opt.state[w]))
     copy.deepcopy(opt.state_dict())
+
+
+def _tensors(state: dict) -> list[torch.Tensor]:
+    """Every tensor of one parameter's state, the projector's nested state included."""
+    nested = [_tensors(v) for v in state.values() if isinstance(v, dict)]
+    return [v for v in state.values() if isinstance(v, torch.Tensor)] + [t for ts in nested for t in ts]
+
+
+def test_bf16_second_moment_cannot_decay_but_fp32_moments_do():
+    """v * 0.999 in bf16 rounds back to v (8-bit mantissa: a relative change of 1e-3 < 2^-9 is lost)."""
+    steps, second_moments = 200, {}
+    for fp32 in (False, True):
+        w = torch.nn.Parameter(torch.zeros(4, 3, dtype=torch.bfloat16))
+        opt = GaLoreAdamW([w], lr=1e-3, fp32_moments=fp32)
+        w.grad = torch.ones(4, 3, dtype=torch.bfloat16)
+        opt.step()
+        first = opt.state[w]["exp_avg_sq"].clone()
+        for _ in range(steps):
+            w.grad = torch.zeros(4, 3, dtype=torch.bfloat16)
+            opt.step()
+        second_moments[fp32] = (first, opt.state[w]["exp_avg_sq"])
+    first, last = second_moments[False]
+    assert last.dtype == torch.bfloat16 and torch.equal(last, first)  # stuck at 1e-3 forever
+    first, last = second_moments[True]
+    assert last.dtype == torch.float32
+    torch.testing.assert_close(last, first * 0.999**steps, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("projected", [False, True])
+def test_fp32_moments_of_a_bf16_weight_survive_a_weights_only_round_trip(projected):
+    def build():
+        w = torch.nn.Parameter(_randn(6, 4, seed=0).bfloat16())
+        group = {"params": [w], "rank": 2, "update_proj_gap": 2} if projected else {"params": [w]}
+        return w, GaLoreAdamW([group], lr=0.01, fp32_moments=True)
+
+    w, opt = build()
+    for i in range(3):
+        w.grad = _randn(6, 4, seed=i).bfloat16()
+        opt.step()
+    w2, opt2 = build()
+    w2.data.copy_(w.detach())
+    opt2.load_state_dict(weights_only_round_trip(opt.state_dict()))
+    assert opt2.state[w2]["exp_avg_sq"].dtype == torch.float32
+    assert torch.equal(opt2.state[w2]["exp_avg_sq"], opt.state[w]["exp_avg_sq"])
+    for i in range(3, 6):
+        w.grad = w2.grad = _randn(6, 4, seed=i).bfloat16()
+        opt.step()
+        opt2.step()
+        assert torch.equal(w, w2)
+
+
+def test_state_of_another_optimizer_is_refused_clearly():
+    w = torch.nn.Parameter(torch.zeros(3, 2))
+    other = torch.optim.AdamW([w])
+    with pytest.raises(ValueError, match="without a 'projector'"):
+        GaLoreAdamW([w]).load_state_dict(other.state_dict())

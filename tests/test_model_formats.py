@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import dequantize, quantize
 from safetensors.torch import load_file, save_file
 
-from data.assets import asset_path
+from common.assets import asset_path, cache_dir
 from model import Transformer, get_config, load_model, save_model
 from model.config import meta_ffn_dim
 from model.hf_format import config_from_hf, meta_to_hf
@@ -65,7 +66,7 @@ def test_meta_llama2_params_vocab_from_tokenizer(tmp_path):
 
 
 def test_mistral_safetensors_with_short_sliding_window(tmp_path):
-    model = tiny(sliding_window=6)
+    model = tiny(sliding_window=6, family="mistral")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "consolidated.safetensors")
     params = {"dim": 64, "n_layers": 2, "head_dim": 16, "hidden_dim": 160, "n_heads": 4, "n_kv_heads": 2,
               "norm_eps": 1e-5, "sliding_window": 6, "vocab_size": 256, "max_seq_len": 128}  # fmt: skip
@@ -78,11 +79,11 @@ def test_mistral_safetensors_with_short_sliding_window(tmp_path):
 
 def test_mistral_checkpoints_get_the_mistral_chat_template(tmp_path):
     spm_file = asset_path("mistral-v1-tokenizer").read_bytes()
-    windowed, plain = tiny(sliding_window=6), tiny()
+    windowed, plain = tiny(sliding_window=6, family="mistral"), tiny()
     cases = {  # directory -> (model, tokenizer file name, format, expected template)
         "meta-window": (windowed, "tokenizer.model", "meta", "mistral"),  # Mistral 7B v0.1 params.json
         "meta-v1-name": (plain, "tokenizer.model.v1", "meta", "mistral"),  # Mistral's file name, no window
-        "hf-window": (windowed, "tokenizer.model", "hf", "mistral"),  # HF model_type "mistral"
+        "hf-window": (windowed, "tokenizer.model", "hf", "mistral"),  # HF model_type "mistral" (the family)
         "meta-llama": (plain, "tokenizer.model", "meta", "llama2"),  # our own LLaMA save: head_dim, hidden_dim
         "hf-llama": (plain, "tokenizer.model", "hf", "llama2"),
     }
@@ -244,7 +245,7 @@ def test_config_constructors():
     c = config_from_params(llama31, "llama3.1")
     ref = get_config("llama3.1-8b")
     assert (c.ffn_dim, c.rope_scaling, c.rope_theta, c.max_seq_len) == (ref.ffn_dim, ref.rope_scaling, 500000.0, 131072)
-    assert config_from_params(params_from_config(ref), "x") == ref
+    assert config_from_params(params_from_config(ref), "x") == replace(ref, name="x")
     hf = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
           "num_key_value_heads": 8, "vocab_size": 128256, "intermediate_size": 14336, "rms_norm_eps": 1e-5,
           "rope_theta": 500000.0, "max_position_embeddings": 131072,
@@ -339,6 +340,11 @@ def test_bad_hf_and_gguf(tmp_path):
         load_model(tmp_path / "junk.gguf")
 
 
-def test_named_config_without_checkpoint():
-    with pytest.raises(FileNotFoundError, match="'llama2-7b' has no checkpoint here: pass ckpt_dir"):
+def test_named_config_without_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("OWLORE_CACHE", str(cache_dir()))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("OWLORE_MODELS", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HOME", raising=False)
+    with pytest.raises(FileNotFoundError, match="'llama2-7b' has no checkpoint here .*huggingface-cli download meta-llama/Llama-2-7b-hf"):
         load_model("llama2-7b")

@@ -11,6 +11,8 @@ from model.transformer import attention_mask, rope_frequencies
 
 def tiny(name="tiny", seed=0, **overrides):
     torch.manual_seed(seed)
+    if overrides.get("sliding_window") is not None:
+        overrides["family"] = "mistral"  # the family with sliding-window attention
     model = Transformer(get_config(name, **overrides)).eval()
     with torch.no_grad():  # sharp attention, so that positions and masks visibly change the logits
         for block in model.layers:

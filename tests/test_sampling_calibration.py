@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from sampling.calibration import calibration_windows, describe, read_documents, token_stream
+from sampling.calibration import calibration_windows, describe, read_documents, token_stream, training_documents
 from sampling.plots import plot_layer_profile, plot_sampling_counts
 
 
@@ -17,24 +17,22 @@ class ByteTokenizer:
 
 def test_read_documents_of_every_format(tmp_path):
     (tmp_path / "a.txt").write_text("plain text file")
-    (tmp_path / "b.json").write_text(json.dumps(["doc one", {"text": "doc two"}, {"input": "q", "output": "a"},
-                                                   {"instruction": "do", "input": "", "output": "b"}]))
-    (tmp_path / "c.jsonl").write_text('"line one"\n\n{"text": "line two"}\n[5, 6, 7]\n')
-    (tmp_path / "d.json").write_text(json.dumps({"type": "text_only", "instances": [{"text": "lmflow"}]}))
+    (tmp_path / "b.json").write_text(json.dumps(["doc one", {"text": "doc two", "url": "x"}, [7, 8]]))
+    (tmp_path / "c.jsonl").write_text('"line one"\n\n{"text": "line two"}\n[5, 6, 7]\n')  # C4: {"text", "url", ...}
     (tmp_path / "e.json").write_text(json.dumps([3, 4, 5]))
     assert read_documents(tmp_path / "a.txt") == ["plain text file"]
-    assert read_documents(tmp_path / "b.json") == ["doc one", "doc two", "q a", "do b"]
+    assert read_documents(tmp_path / "b.json") == ["doc one", "doc two", [7, 8]]
     assert read_documents(tmp_path / "c.jsonl") == ["line one", "line two", [5, 6, 7]]
-    assert read_documents(tmp_path / "d.json") == ["lmflow"]
     assert read_documents(tmp_path / "e.json") == [[3, 4, 5]]
 
 
 @pytest.mark.parametrize("name,content,message", [
-    ("bad.jsonl", '"ok"\n{"text": \n', r"bad.jsonl:2: not valid JSON"),
-    ("bad.json", "[1, 2", "bad.json: not valid JSON"),
-    ("rec.json", json.dumps([{"title": "no text"}]), r"rec.json\[0\]: a document must be"),
+    ("bad.jsonl", '"ok"\n{"text": \n', r"bad\.jsonl: line 2: not valid JSON"),
+    ("bad.json", "[1, 2", r"bad\.json: line 1: not valid JSON"),
+    ("rec.json", json.dumps([{"title": "no text"}]), r"rec\.json: line 1: a calibration document is a string"),
+    ("chat.jsonl", json.dumps({"messages": []}), r"chat\.jsonl: line 1: .*leave out --calib"),
     ("obj.json", json.dumps({"a": 1}), "expected a JSON list"),
-    ("empty.txt", "", "no non-empty documents"),
+    ("empty.txt", "", r"empty\.txt: no non-empty documents"),
 ])
 def test_malformed_sources_name_the_file_and_cause(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)
@@ -45,6 +43,45 @@ def test_malformed_sources_name_the_file_and_cause(tmp_path, name, content, mess
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.txt: calibration file not found"):
         read_documents(tmp_path / "missing.txt")
+
+
+CHAT = [{"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}
+        for i in range(12)]
+
+
+def test_training_documents_are_the_training_tokenization():
+    from common.assets import asset_path
+    from data.tokenize import tokenize_record
+    from model.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(asset_path("mistral-v1-tokenizer"), chat_template="mistral")
+    records = CHAT + [{"instruction": "Say hi.", "input": "", "output": "hi"}, {"text": ""}]  # last: empty, skipped
+    docs = training_documents(records, tok, n_tokens=10**9, template="alpaca", seed=0)
+    expected = {tuple(tokenize_record(tok, r, template="alpaca")[0]) for r in records[:-1]}
+    assert len(docs) == 13 and {tuple(d) for d in docs} == expected
+    assert docs == training_documents(records, tok, 10**9, seed=0) != training_documents(records, tok, 10**9, seed=1)
+    few = training_documents(records, tok, n_tokens=len(docs[0]) + 1, seed=0)
+    assert few == docs[:2]  # stops as soon as enough tokens are collected
+
+
+def test_default_method_calibrates_on_chat_data(tmp_path):
+    """The default (owlore) run on chat data: calibration comes from the training stream, no second parser."""
+    import train
+    from common.assets import asset_path
+    from model import Transformer, get_config, save_model
+
+    torch.manual_seed(0)
+    model_dir = tmp_path / "model"
+    save_model(Transformer(get_config("tiny", n_layers=2, vocab_size=32000, max_seq_len=128)), model_dir,
+               format="meta", tokenizer=asset_path("mistral-v1-tokenizer"))
+    data = tmp_path / "chat.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in CHAT))
+    out = tmp_path / "run"
+    train.main(["--model", str(model_dir), "--data", str(data), "--out", str(out), "--seq-len", "32",
+                "--batch-size", "2", "--max-steps", "1", "--save-format", "none", "--gamma", "1", "--rank", "4",
+                "--calib-windows", "2", "--calib-seq-len", "16", "--M", "3"])
+    record = json.loads((out / "outlier_scores.json").read_text())
+    assert record["calibration"]["n_windows"] == 2 and len(record["ratios"]) == 2
 
 
 def test_windows_are_distinct_chunks_of_the_stream_and_seeded():

@@ -6,7 +6,7 @@ import sentencepiece as spm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data.assets import asset_path
+from common.assets import asset_path
 from model.tokenizer import load_tokenizer
 
 MIXED = "Mixed text: 1234567 apples, naïve café 中文 🎉🦉\n\n\tindented  code();  trailing  \n"

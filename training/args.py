@@ -1,11 +1,15 @@
-"""Command-line and config-file arguments of train.py, with the paper's defaults (SPEC.md §1-§3)."""
+"""Command-line and config-file arguments of train.py, with the paper's defaults (docs/method.md, "Defaults and where they come from")."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 
 import yaml
+
+from model.cli import add_model_flags
+from optim.projector import PROJ_TYPES, PROJECTORS, SVD_METHODS
 
 METHODS = ("full", "lora", "galore", "lisa", "owlore", "owlore-fullrank")
 SAMPLING_MODES = ("owlore", "uniform", "owlore_reverse", "decrease", "increase", "fixed")
@@ -18,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--config", help="YAML or JSON file with the same keys as the flags (flags override it)")
     # model and data
     a("--model", default="smollm2-135m", help="named config, Meta/Mistral/HF dir or .gguf file")
-    a("--ckpt-dir", help="checkpoint directory for a named config such as llama2-7b")
-    a("--data", help="training data (Alpaca/LLM-Adapters JSON(L), LMFlow JSON, chat JSONL, .txt)")
+    a("--data", help="training data (Alpaca/LLM-Adapters JSON(L), LMFlow JSON, chat JSONL, .txt); "
+               "default: the commonsense set of data/commonsense.py, built into --out")
     a("--template", default="alpaca", choices=("alpaca", "chat"))
     a("--train-on-prompt", action="store_true", help="no loss masking of the prompt (the official run)")
     a("--no-pack", action="store_true", help="pad/truncate each record instead of packing")
@@ -40,9 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--rank", type=int, default=128)
     a("--update-proj-gap", type=int, default=200)
     a("--galore-scale", type=float, default=0.25)
-    a("--proj-type", default="std", choices=("std", "reverse_std", "left", "right", "full"))
-    a("--svd", default="auto", choices=("auto", "exact", "randomized"),
+    a("--proj-type", default="std", choices=PROJ_TYPES)
+    a("--svd", default="auto", choices=("auto", *SVD_METHODS),
       help="projector SVD; auto: randomized for models of >= 1B parameters, exact below")
+    a("--projector", default="svd", choices=tuple(PROJECTORS), help="GaLore subspace: SVD of the gradient, or random")
+    a("--svd-oversample", type=int, default=8, help="randomized SVD: extra sketch columns")
+    a("--svd-power-iters", type=int, default=2, help="randomized SVD: power iterations (raise for flat spectra)")
+    a("--reproject-moments", action="store_true", help="carry Adam's first moment into each new subspace")
+    a("--fp32-moments", action="store_true", help="Adam moments in fp32 for bf16/fp16 weights (they can decay)")
     a("--lora-rank", type=int, default=8)
     a("--lora-alpha", type=float, default=16.0)
     a("--lora-dropout", type=float, default=0.05)
@@ -58,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-grad-norm", type=float, help="global-norm clipping (off by default, as the official run)")
     a("--fused", action="store_true", help="step each parameter in its grad hook and free the grad")
     a("--chunked-ce", action="store_true", help="cross-entropy in chunks, never the full fp32 logits")
-    a("--dtype", choices=("fp32", "bf16", "fp16"), help="default: bf16 on CUDA, fp32 on CPU")
+    add_model_flags(p, dtype_default=None)  # --ckpt-dir, --tokenizer, --dtype
     a("--device", help="default: cuda if available, else cpu")
     a("--grad-ckpt", action="store_true", help="activation checkpointing per block")
     a("--lean", action="store_true", help="lean-memory preset: fused, chunked CE, grad ckpt, randomized SVD")
@@ -72,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--eval-data", help="held-out file from data.commonsense (records with task and doc_id)")
     a("--eval-limit", type=int, help="score at most N held-out rows per task")
     a("--log-every", type=int, default=1)
+    a("--wandb", choices=("offline", "online"), help="also log to a Weights & Biases run (offline: no network)")
     return p
 
 
@@ -132,8 +142,6 @@ def check_consistency(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("--sampling fixed needs --fixed-layers, e.g. --fixed-layers 0,3,7")
     if args.fixed_layers and args.sampling != "fixed":
         parser.error("--fixed-layers is only used with --sampling fixed")
-    if args.fused and args.grad_accum > 1:
-        parser.error("--fused steps each parameter as soon as its gradient is ready: it needs --grad-accum 1")
     if args.fused and args.max_grad_norm:
         parser.error("--fused cannot clip by global norm (--max-grad-norm): the norm is unknown when a parameter steps")
     if args.fused and args.method == "lora":
@@ -141,9 +149,14 @@ def check_consistency(parser: argparse.ArgumentParser, args: argparse.Namespace)
     for name in ("batch_size", "grad_accum", "seq_len", "gamma", "period", "rank", "update_proj_gap"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("svd_oversample", "svd_power_iters"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.batch_size % args.grad_accum:
         parser.error(f"--batch-size {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
     if args.max_steps is not None and args.max_steps < 1:
         parser.error(f"--max-steps must be >= 1, got {args.max_steps}")
-    if not args.data and not args.resume:
-        parser.error("--data is required (training data file)")
+    if args.wandb and importlib.util.find_spec("wandb") is None:
+        parser.error(f"--wandb {args.wandb}: the wandb package is not installed (pip install wandb)")
+    if args.resume and not args.data:
+        parser.error("--resume needs --data: the training data of the run being resumed")

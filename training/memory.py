@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
+from torch.utils._pytree import tree_flatten
 
 from model.config import ModelConfig
 from model.transformer import Transformer
@@ -149,7 +150,7 @@ class StepTracker(MemTracker):
         """Bytes of the distinct storages in optimizer.state that the tracker follows."""
         seen, total = set(), 0
         for state in self.optimizer.state.values():
-            for value in state.values():
+            for value in tree_flatten(state)[0]:  # projector state may nest its bases
                 if isinstance(value, torch.Tensor):
                     storage = value.untyped_storage()
                     if id(storage) not in seen and storage in self._WINFO:

