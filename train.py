@@ -27,19 +27,20 @@ from data.commonsense import TRAIN_FILE, build_commonsense
 from model import load_model, save_model
 from model.cli import DTYPES
 from model.peft_format import write_peft_adapter
-from model.loss import next_token_loss_sum as token_loss_sum
-from optim import GaLoreAdamW, apply_lora, attach_fused_step, build_projector, lr_lambda, merge_lora
+from optim import lr_lambda, merge_lora
 from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibration_windows, load_or_compute_ratios,
                       plot_sampling_counts, read_documents)
 from sampling.calibration import training_documents
-from training.args import parse_args, write_config
+from training.args import parse_args, resolve_svd, write_config
 from training.checkpoint import checkpoints, clear_run, load_checkpoint, resolve_checkpoint, run_outputs, save_checkpoint
 from training.distributed import close_world, init_world, sum_gradients, sum_scalar
 from training.heldout import HeldOut
-from training.memory import MemorySettings, estimate_memory, format_report
-from training.methods import METHODS, activate_blocks, active_block_indices, param_groups
+from training.memory import format_report, simulate_memory
+from training.methods import METHODS, active_block_indices
 from training.metrics import current_memory_bytes, peak_memory_bytes
 from training.runlog import RunLog
+from training.step import (apply_gradients, backward_micro_batches, build_optimizer, gradient_norm, start_period,
+                           trainable_with_grad)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--model {args.model}: the checkpoint has no tokenizer file; training needs one")
     model.train()
     model.gradient_checkpointing = args.grad_ckpt
+    resolve_svd(args, sum(p.numel() for p in model.parameters()))
     n_layers = model.config.n_layers
     if args.gamma > n_layers and method.sampled:
         raise UserError(f"--gamma: {args.gamma} exceeds the model's {n_layers} blocks")
@@ -123,22 +125,12 @@ def main(argv: list[str] | None = None) -> None:
             inputs["fixed_layers"] = args.fixed_layers
         sampler = LayerSampler(policy, args.gamma, args.period, args.seed, n_layers, **inputs)
 
-    # 4. Optimizer: GaLore groups for 2-D block weights, AdamW for everything else.
-    if method.adapters:
-        groups = [{"params": apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)}]
-    else:
-        galore = dict(projector=build_projector(args.projector, rank=args.rank, proj_type=args.proj_type, svd=args.svd,
-                                                oversample=args.svd_oversample, power_iters=args.svd_power_iters),
-                      update_proj_gap=args.update_proj_gap, scale=args.galore_scale,
-                      reproject_moments=args.reproject_moments)
-        groups = param_groups(model, galore if method.projected else None)
-    optimizer = GaLoreAdamW(groups, lr=args.lr, eps=args.eps, weight_decay=args.weight_decay, fp32_moments=args.fp32_moments)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
+    # 4. Optimizer: GaLore groups for 2-D block weights (galore, owlore), AdamW for everything else.
     if args.fused and world.size > 1:
         raise UserError("--fused: steps each parameter before gradients could be summed across ranks; "
                         "drop --fused under torchrun")
-    fused = attach_fused_step(optimizer, [p for g in groups for p in g["params"]], grad_accum_steps=args.grad_accum,
-                              max_grad_norm=args.max_grad_norm) if args.fused else None
+    groups, optimizer, fused = build_optimizer(model, args)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
 
     # Resume: weights, optimizer, scheduler, sampler, data position and RNG, exactly where they were.
     step = 0
@@ -151,14 +143,10 @@ def main(argv: list[str] | None = None) -> None:
             sampler.load_state_dict(state["sampler"])
         say(f"resumed from {args.resume} at step {step}")
 
-    settings = MemorySettings(
-        method=args.method, micro_batch=args.batch_size // (world.size * args.grad_accum), seq_len=args.seq_len,
-        dtype=dtype, gamma=args.gamma, rank=args.rank, proj_type=args.proj_type,
-        lora_rank=args.lora_rank, grad_ckpt=args.grad_ckpt, fused=args.fused, chunked_ce=args.chunked_ce,
-        train_outer=not args.freeze_embeddings, keep_inactive_state=args.keep_inactive_state)
-    estimate = estimate_memory(model.config, settings)
-    say(f"memory estimate for {args.method} ({dtype}, micro-batch {settings.micro_batch}x{args.seq_len}):\n"
-        + format_report(estimate))
+    micro_batch = args.batch_size // (world.size * args.grad_accum)
+    estimate = simulate_memory(model.config, args, dtype, world_size=world.size, max_micro_batches=2)
+    say(f"memory of one step of {args.method} ({dtype}, micro-batch {micro_batch}x{args.seq_len}), simulated on "
+        f"fake tensors in {estimate.seconds:.1f} s:\n" + format_report(estimate))
 
     heldout = HeldOut(eval_records, tokenizer, args.eval_limit, template=args.template) if eval_records else None
     metrics = RunLog(out, enabled=world.is_main, wandb=args.wandb, config=vars(args), say=say,  # jsonl, TensorBoard, W&B
@@ -174,20 +162,17 @@ def main(argv: list[str] | None = None) -> None:
     progress = tqdm(range(step, total_steps), initial=step, total=total_steps, disable=not world.is_main)
     for step in progress:
         if sampler and (step % args.period == 0 or step == first_step):
-            left = activate_blocks(model, sampler.active_layers(step, model), train_outer=not args.freeze_embeddings)
-            if not args.keep_inactive_state:
-                optimizer.drop_state(left)
+            start_period(model, optimizer, sampler.active_layers(step, model), args)
         started = time.perf_counter()
         loss, n_tokens = accumulate_gradients(model, loader, world, device, args.grad_accum, args.chunked_ce)
         if not math.isfinite(loss):  # every rank sees the same summed loss, so every rank stops here
             raise diverged(f"loss is {loss}", step + 1, out)
-        trainable = [p for g in groups for p in g["params"] if p.grad is not None]
+        trainable = trainable_with_grad(groups)
         sum_gradients(trainable, world)
         grad_norm = gradient_norm(trainable, args.max_grad_norm)  # None with --fused: already stepped
         if grad_norm is not None and not math.isfinite(grad_norm):
             raise diverged(f"gradient norm is {grad_norm}", step + 1, out)
-        optimizer.step()  # --fused: parameters stepped in backward find no grad; with --grad-accum, applies the sums
-        optimizer.zero_grad(set_to_none=True)
+        apply_gradients(optimizer)
         scheduler.step()
         seconds = time.perf_counter() - started
 
@@ -252,25 +237,8 @@ def accumulate_gradients(model: torch.nn.Module, loader: BatchLoader, world, dev
     n_targets = sum_scalar(int((targets != -100).sum()), world, device)
     if n_targets == 0:
         raise UserError("--data: a training batch has no target tokens (every label is masked)")
-    total = 0.0
-    for ids, lab in zip(input_ids.chunk(grad_accum), labels.chunk(grad_accum)):
-        loss_sum = token_loss_sum(model, ids, lab, chunked_ce)
-        if loss_sum is None:  # every target of this micro-batch is masked: it adds nothing
-            continue
-        total += loss_sum.item()
-        if math.isfinite(total):  # a non-finite loss reaches every rank through the sum below
-            (loss_sum / n_targets).backward()
+    total = backward_micro_batches(model, input_ids, labels, n_targets, grad_accum, chunked_ce)
     return sum_scalar(total, world, device) / n_targets, input_ids.numel() * world.size
-
-
-def gradient_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> float | None:
-    """The total 2-norm of the gradients (clipping them to `max_norm` when given); None without gradients."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return None
-    if max_norm:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])))
 
 
 def check_weights(model: torch.nn.Module, step: int, out: Path) -> None:

@@ -16,8 +16,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import cli
 from bench.step_compare import run_method
+from common import cli
 from data.commonsense import TASKS, build_commonsense
 from training.memory import GIB
 from training.methods import METHODS

@@ -1,5 +1,5 @@
 """Measured peak memory and median step time of every method on one model and batch, in one run, beside
-`training.memory`'s estimate. Each method trains in its own subprocess (`train.main` with --max-steps), so
+`training.memory`'s simulation of the same flags. Each method trains in its own subprocess (`train.main` with --max-steps), so
 the peak RSS (CPU) or max-allocated (CUDA) that train.py logs in metrics.jsonl is that method's alone.
 
 The model is a random-initialised, scaled-down LLaMA shape saved as a Meta dir with the Mistral v1
@@ -29,7 +29,8 @@ from common import cli
 from common.assets import asset_path
 from data.commonsense import build_commonsense
 from model import Transformer, get_config, save_model
-from training.memory import GIB, MemorySettings, estimate_memory
+from training.args import parse_args
+from training.memory import GIB, simulate_memory
 from training.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,13 +97,12 @@ def summarize(metrics: list[dict], period: int) -> dict:
                 loss=metrics[-1]["loss"])
 
 
-def estimate_for(model_dir: Path, method: str, a: argparse.Namespace, lean: bool, runtime: int):
+def estimate_for(model_dir: Path, data: Path, method: str, a: argparse.Namespace, lean: bool, runtime: int) -> int:
+    """The simulated peak of the same train.py flags (`training.memory`), plus the runtime baseline."""
     config = get_config("llama2-7b", dim=a.dim, n_layers=a.layers, n_heads=a.heads, n_kv_heads=a.heads,
-                        ffn_dim=a.ffn)
-    settings = MemorySettings(method=method, micro_batch=a.batch_size, seq_len=a.seq_len, dtype=DTYPES[a.dtype],
-                              gamma=a.gamma, rank=a.rank, grad_ckpt=a.grad_ckpt or lean, fused=lean,
-                              chunked_ce=lean, runtime_bytes=runtime)
-    return estimate_memory(config, settings)
+                        ffn_dim=a.ffn, max_seq_len=max(a.seq_len, 128))
+    args = parse_args(train_args(model_dir, data, model_dir.parent / "unused", method, a, lean))
+    return simulate_memory(config, args, DTYPES[a.dtype]).peak.total + runtime
 
 
 def compare(a: argparse.Namespace, work: Path) -> list[dict]:
@@ -114,7 +114,7 @@ def compare(a: argparse.Namespace, work: Path) -> list[dict]:
         name = method + (" --lean" if lean else "")
         metrics = run_method(train_args(model_dir, data, work / name.replace(" --", "-"), method, a, lean), a.device)
         row = dict(method=name, **summarize(metrics, a.period))
-        row["estimate"] = estimate_for(model_dir, method, a, lean, runtime).total
+        row["estimate"] = estimate_for(model_dir, data, method, a, lean, runtime)
         row["estimate_error"] = row["estimate"] / row["peak"] - 1
         rows.append(row)
         print(f"{name:<16} step {row['step_s']:.3f} s  peak {row['peak'] / GIB:.3f} GiB  "

@@ -65,7 +65,7 @@ def test_data_commonsense(argv, message, capsys, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "nope"], "error: --model: invalid choice: 'nope'"),
-    (["--model", "tiny", "--gamma", "9"], "error: gamma 9 must lie in [1, 2] for 'tiny'"),
+    (["--model", "tiny", "--gamma", "9"], "error: --gamma: 9 must lie in [1, 2] for 'tiny'"),
 ])
 def test_bench_memory(argv, message, capsys):
     assert one_line(bench.memory.main, argv, capsys).startswith(message)

@@ -15,6 +15,7 @@ import torch
 
 from common import cli
 import train
+import training.step
 from common.assets import asset_path
 from data import BatchLoader, build_dataset, load_records
 from model import Transformer, get_config, load_model, save_model
@@ -133,8 +134,8 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_dir, data_file):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny_dir, data_file, tmp_path, monkeypatch):
     run(tiny_dir, data_file, tmp_path, "--method", "full", "--max-steps", "2", "--save-every", "1")
     good = final_weights(tmp_path)
-    real = train.token_loss_sum
-    monkeypatch.setattr(train, "token_loss_sum", lambda *a: real(*a) * float("nan"))
+    real = training.step.next_token_loss_sum
+    monkeypatch.setattr(training.step, "next_token_loss_sum", lambda *a: real(*a) * float("nan"))
     with pytest.raises(UserError, match="loss is nan") as err:
         run(tiny_dir, data_file, tmp_path, "--method", "full", "--max-steps", "4", "--resume", str(tmp_path),
             "--allow-changes")

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 import train
+from optim import GaLoreAdamW
 import training.checkpoint
 from common.errors import UserError
 from test_train import ROOT, data_file, final_weights, run, tiny_dir  # noqa: F401 (fixtures)
@@ -55,7 +56,7 @@ def test_resuming_an_older_checkpoint_into_its_own_run_is_refused(tiny_dir, data
 
 def test_non_finite_weights_are_never_saved_and_the_message_is_true(tiny_dir, data_file, tmp_path, monkeypatch):
     """An update that blows up a weight at step 3: step 2 stays the newest checkpoint, nothing is exported."""
-    real_step, calls = train.GaLoreAdamW.step, []
+    real_step, calls = GaLoreAdamW.step, []
 
     def exploding_step(self, *a, **k):
         result = real_step(self, *a, **k)
@@ -65,7 +66,7 @@ def test_non_finite_weights_are_never_saved_and_the_message_is_true(tiny_dir, da
                 self.param_groups[0]["params"][0].mul_(float("inf"))
         return result
 
-    monkeypatch.setattr(train.GaLoreAdamW, "step", exploding_step)
+    monkeypatch.setattr(GaLoreAdamW, "step", exploding_step)
     with pytest.raises(UserError, match="step 3: weight .* is not finite") as err:
         run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "5", "--keep-checkpoints", "1")
     assert f"the newest checkpoint {tmp_path / 'step-000002'} is untouched" in str(err.value)
@@ -74,14 +75,14 @@ def test_non_finite_weights_are_never_saved_and_the_message_is_true(tiny_dir, da
 
 
 def test_a_non_finite_model_is_not_exported(tiny_dir, data_file, tmp_path, monkeypatch):
-    real_step = train.GaLoreAdamW.step
+    real_step = GaLoreAdamW.step
 
     def exploding_step(self, *a, **k):
         real_step(self, *a, **k)
         with torch.no_grad():
             self.param_groups[0]["params"][0].fill_(float("nan"))
 
-    monkeypatch.setattr(train.GaLoreAdamW, "step", exploding_step)
+    monkeypatch.setattr(GaLoreAdamW, "step", exploding_step)
     with pytest.raises(UserError, match="step 1: weight .* is not finite.*holds no checkpoint"):
         run(tiny_dir, data_file, tmp_path, "--method", "full", "--max-steps", "1", "--save-format", "hf")
     assert not (tmp_path / "final-hf").exists() and not checkpoints(tmp_path)

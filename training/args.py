@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--update-proj-gap", type=COUNT, default=200, help="steps between projector updates (official script: 100)")
     a("--galore-scale", type=POSITIVE, default=0.25, help="GaLore update scale (official script: 1.0)")
     a("--proj-type", default="std", choices=PROJ_TYPES)
-    a("--svd", default="exact", choices=SVD_METHODS)
+    a("--svd", default="auto", choices=("auto", *SVD_METHODS),
+      help="projector SVD; auto: randomized for models of >= 1B parameters, exact below")
     a("--projector", default="svd", choices=tuple(PROJECTORS), help="GaLore subspace: SVD of the gradient, or random")
     a("--svd-oversample", type=NONNEG, default=8, help="randomized SVD: extra sketch columns")
     a("--svd-power-iters", type=NONNEG, default=2, help="randomized SVD: power iterations (raise for flat spectra)")
@@ -192,6 +193,15 @@ def apply_presets(args: argparse.Namespace) -> None:
         args.sampling = METHODS[args.method].default_sampling
     if args.eps is None:
         args.eps = DEFAULT_EPS.get(args.method, HF_ADAMW_EPS)
+
+
+RANDOMIZED_SVD_FROM = 10**9  # parameters; each newly sampled 7B block refreshes 7 projectors at once
+
+
+def resolve_svd(args: argparse.Namespace, n_params: int) -> None:
+    """--svd auto -> randomized for a model of >= 1B parameters, exact below (BENCHMARKS.md: refresh share)."""
+    if args.svd == "auto":
+        args.svd = "randomized" if n_params >= RANDOMIZED_SVD_FROM else "exact"
 
 
 def check_consistency(args: argparse.Namespace) -> None:

@@ -1,180 +1,274 @@
-"""Memory of a training step from shapes alone: weights, gradients, optimizer state, activations, logits
-and the runtime baseline, for every method. train.py prints it before the first step; `python -m
-bench.memory` prints it for any named config without weights.
+"""Memory of training steps, simulated: train.py's own step (`training.step`) run on fake tensors.
 
-Activation model: bytes autograd saves per token per block, counted with saved-tensor hooks on this
-repo's `Transformer` (tests/test_bench_memory.py re-checks it). b = bytes of the compute dtype,
-d = dim, kv = n_kv_heads * head_dim, f = ffn_dim, H = n_heads:
-  block with trainable weights  b (8d + 2kv + 4f) + 4H + 8 + u
-  frozen block grads flow through b (4d + 2kv + 3f) + 4H + 8 + u   (frozen linears keep no input)
-  frozen block below every trainable parameter: nothing.
-u = 4d when b < 4: RoPE rotates q/k in fp32 and keeps the fp32 copies. LoRA adds, per adapted linear,
-its dropped-out input (b + 1 bytes per element with the keep-mask) and the rank-r product.
-With activation checkpointing each block keeps only its input (b d) and one block's full set exists
-while it is recomputed. The final norm keeps 2 b d (+ 4d fp32 upcast when b < 4).
+`Transformer(config)` is built under torch's `FakeTensorMode` (shapes, dtypes and storages, no data), and the
+real code runs on it: the loss of `model.loss`, backward with activation checkpointing, LoRA, the method's
+trainable blocks, the GaLore projector SVDs in fp32, `GaLoreAdamW`'s step or the fused per-parameter hooks.
+`torch.distributed._tools.mem_tracker.MemTracker` follows every storage from allocation to release, so the
+peak is the peak of live tensors (CUDA `max_memory_allocated` minus allocator rounding and library
+workspaces, which no tensor holds). A 7B step takes seconds on a CPU; train.py prints it before step 1.
 
-`runtime` is what the process holds before any model exists (the torch/Python runtime on CPU, where the
-measured number is RSS; 0 for CUDA max-allocated), passed in explicitly rather than hidden in a factor.
+Data-dependent reads (`int(count)`, `bool(isfinite)`, `.item()`) have no value on fake tensors: the tracker
+answers them (counts 1, conditions true, losses 0), which steers every `if` down the training path.
+
+Categories at a peak: parameters (and buffers), gradients, optimizer state (the tensors in
+`optimizer.state`), activations (made in a forward pass, the recompute of a checkpointed block included)
+and temporaries (the rest: gradients of activations, logits' gradients, SVD scratch, updates in flight).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import argparse
+import time
+from dataclasses import asdict, dataclass, field
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
+from torch.utils._pytree import tree_flatten
 
 from model.config import ModelConfig
-from optim.memory import state_bytes
-from training.methods import METHODS, SAMPLED_METHODS as SAMPLED
-from optim.projector import SVDProjector
+from model.transformer import Transformer
+from sampling import POLICIES, LayerSampler
+from training.args import resolve_svd
+from training.methods import SAMPLED_METHODS
+from training.step import (apply_gradients, backward_micro_batches, build_optimizer, gradient_norm, start_period,
+                           trainable_with_grad)
 
 GIB = 2**30
+CATEGORIES = ("parameters", "gradients", "optimizer", "activations", "temporaries")
 
 
-@dataclass(frozen=True)
-class MemorySettings:
-    method: str
-    micro_batch: int
-    seq_len: int
-    dtype: torch.dtype = torch.bfloat16
-    gamma: int = 5
-    rank: int = 128
-    proj_type: str = "std"
-    lora_rank: int = 8
-    lora_dropout: bool = True
-    grad_ckpt: bool = False
-    fused: bool = False
-    chunked_ce: bool = False
-    ce_chunk: int = 1024
-    train_outer: bool = True
-    keep_inactive_state: bool = False
-    runtime_bytes: int = 0
+@dataclass
+class Peak:
+    """Live bytes at one moment, by category; `phase` and `where` say when (step, pass, module, op)."""
+
+    total: int = 0
+    parameters: int = 0
+    gradients: int = 0
+    optimizer: int = 0
+    activations: int = 0
+    temporaries: int = 0
+    phase: str = ""
+    where: str = ""
 
 
-@dataclass(frozen=True)
-class MemoryEstimate:
-    weights: int
-    gradients: int
-    optimizer: int
-    activations: int
-    logits: int
-    runtime: int = 0
+@dataclass
+class MemoryReport:
+    peak: Peak
+    phases: dict[str, Peak] = field(default_factory=dict)  # the peak within each phase, in order
+    seconds: float = 0.0
 
-    @property
-    def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.runtime
-
-    def as_dict(self) -> dict[str, int]:
-        return {**asdict(self), "total_bytes": self.total}
+    def as_dict(self) -> dict:
+        return {"peak": asdict(self.peak), "phases": {k: asdict(v) for k, v in self.phases.items()},
+                "seconds": self.seconds}
 
 
-def block_matrix_shapes(config: ModelConfig) -> list[tuple[int, int]]:
-    """(out, in) of q, k, v, o, gate, up, down in one block."""
-    kv = config.n_kv_heads * config.head_dim
-    d, f = config.dim, config.ffn_dim
-    return [(d, d), (kv, d), (kv, d), (d, d), (f, d), (d, f), (f, d)]
+class StepTracker(MemTracker):
+    """MemTracker that records the peak of every phase with a category split, and answers data-dependent reads.
+
+    Phase = f"step {k} {pass}", pass one of forward (micro-batch i), backward, fused step (an optimizer
+    update inside backward), optimizer step.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        super().__init__()
+        self.optimizer = optimizer
+        self.step_label = "setup"
+        self.micro_batch = 0
+        self.in_fused_step = False
+        self.peak = Peak()
+        self.phases: dict[str, Peak] = {}
+        self._last_op = ""
+        self._after_backward = True
+
+    def phase(self) -> str:
+        if self._in_opt:
+            return f"{self.step_label} optimizer step"
+        if self.in_fused_step:
+            return f"{self.step_label} backward (fused step)"
+        if self._mod_tracker.is_bw:
+            return f"{self.step_label} backward"
+        return f"{self.step_label} forward (micro-batch {self.micro_batch})"
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            dtype = args[0].dtype
+            return True if dtype == torch.bool else 0.0 if dtype.is_floating_point or dtype.is_complex else 1
+        if func in (torch.ops.profiler._record_function_enter_new.default, torch.ops.profiler._record_function_exit._RecordFunction):
+            return func(*args, **(kwargs or {}))  # the optimizer's profiling marks: no memory, and no phase
+        backward = self._mod_tracker.is_bw or self._in_opt
+        if not backward and self._after_backward:  # the first forward op after a backward: the next micro-batch
+            self.micro_batch += 1
+        self._after_backward = backward
+        self._last_op = func.overloadpacket.__name__
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+    def start_step(self, k: int) -> None:
+        self.step_label, self.micro_batch, self._after_backward = f"step {k + 1}", 0, True
+
+    def _pre_fw_hook(self, module, inputs) -> None:
+        # a new forward of the root module (next micro-batch or step): MemTracker tracks one iteration at a time
+        if module in self.memory_tracking and not self._mod_tracker.is_bw and set(self._mod_tracker.parents) <= {
+                "Global", self._mod_tracker.get_known_fqn(module)}:
+            self.reset_mod_stats()
+        super()._pre_fw_hook(module, inputs)
+
+    def _track_module_params_and_buffers(self, module, install_grad_hooks: bool = True):
+        # MemTracker hooks every parameter; a frozen one cannot take a hook, so only trainable ones get it
+        # (a block that becomes trainable later gets it at its next forward)
+        memory = super()._track_module_params_and_buffers(module, install_grad_hooks=False)
+        if install_grad_hooks:
+            for p in module.parameters():
+                if p.requires_grad and self._param_to_grad_hook_handles.get(p) is None:
+                    def tag(grad: torch.Tensor | None) -> None:
+                        if grad is not None:  # a fused step may have freed it already
+                            self._update_and_maybe_create_winfos(grad, _MemRefType.GRAD)
+
+                    self._param_to_grad_hook_handles[p] = (
+                        p.register_hook(tag), p.register_post_accumulate_grad_hook(lambda q: tag(q.grad)))
+        return memory
+
+    def _update_peak_stats(self, peak_state) -> None:  # replaces MemTracker's per-module bookkeeping
+        for snap in self._curr_mem_snap.values():
+            total = snap["Total"]
+            phase = self.phase()
+            best = self.phases.get(phase)
+            if total > self.peak.total or best is None or total > best.total:
+                current = self._breakdown(snap, phase)
+                if best is None or total > best.total:
+                    self.phases[phase] = current
+                if total > self.peak.total:
+                    self.peak = current
+
+    def _breakdown(self, snap: dict, phase: str) -> Peak:
+        params = snap[_MemRefType.PARAM] + snap[_MemRefType.BUFFER]
+        grads, acts = snap[_MemRefType.GRAD], snap[_MemRefType.ACT]
+        state = self._state_bytes()
+        modules = [m for m in self._mod_tracker.parents if m != "Global"]
+        where = (max(modules, key=len) if modules else "-") + f" / {self._last_op}"
+        return Peak(snap["Total"], params, grads, state, acts, snap["Total"] - params - grads - state - acts, phase, where)
+
+    def _state_bytes(self) -> int:
+        """Bytes of the distinct storages in optimizer.state that the tracker follows."""
+        seen, total = set(), 0
+        for state in self.optimizer.state.values():
+            for value in tree_flatten(state)[0]:  # projector state may nest its bases
+                if isinstance(value, torch.Tensor):
+                    storage = value.untyped_storage()
+                    if id(storage) not in seen and storage in self._WINFO:
+                        seen.add(id(storage))
+                        total += self._WINFO[storage][0].mem_consumed
+        return total
 
 
-def outer_shapes(config: ModelConfig) -> list[tuple[int, ...]]:
-    """Embedding, final norm and (untied) head."""
-    shapes = [(config.vocab_size, config.dim), (config.dim,)]
-    return shapes if config.tie_embeddings else shapes + [(config.vocab_size, config.dim)]
+def _fused_marker(tracker: StepTracker, step_param):
+    def marked(p):
+        tracker.in_fused_step = True
+        try:
+            step_param(p)
+        finally:
+            tracker.in_fused_step = False
+
+    return marked
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+def build_model(config: ModelConfig, dtype: torch.dtype) -> Transformer:
+    """`Transformer(config)` with parameters created directly in `dtype` (fake tensors cannot be swapped by .to)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return Transformer(config)
+    finally:
+        torch.set_default_dtype(previous)
 
 
-def parameter_count(config: ModelConfig) -> int:
-    block = sum(_numel(s) for s in block_matrix_shapes(config)) + 2 * config.dim
-    return config.n_layers * block + sum(_numel(s) for s in outer_shapes(config))
+def active_sets(config: ModelConfig, args: argparse.Namespace, steps: int) -> list[list[int] | None]:
+    """Blocks made trainable before each simulated step (None: no change). With --keep-inactive-state the
+    draws cover every block once, so the last step holds the state of all of them (its steady state)."""
+    if args.method not in SAMPLED_METHODS:
+        return [None] * steps
+    if args.keep_inactive_state:
+        g, n = args.gamma, config.n_layers
+        cover = [sorted({(i + j) % n for j in range(g)}) for i in range(0, n, g)]
+        return cover + [None] * max(steps - len(cover), 1)
+    sampler = LayerSampler(POLICIES["uniform"], args.gamma, args.period, args.seed, config.n_layers)
+    return [sampler.active_layers(0)] + [None] * (steps - 1)
 
 
-def _trainable_shapes(config: ModelConfig, s: MemorySettings) -> tuple[list[tuple], list[tuple]]:
-    """(shapes optimised with GaLore, shapes optimised with plain Adam) for one step."""
-    block_2d = block_matrix_shapes(config)
-    block_1d = [(config.dim,), (config.dim,)]
-    outer = outer_shapes(config) if s.train_outer else []
-    if s.method == "full":
-        return [], block_2d * config.n_layers + block_1d * config.n_layers + outer_shapes(config)
-    if s.method == "galore":
-        return block_2d * config.n_layers, block_1d * config.n_layers + outer_shapes(config)
-    if s.method == "lora":
-        adapters = [(s.lora_rank, n) for _, n in block_2d] + [(m, s.lora_rank) for m, _ in block_2d]
-        return [], adapters * config.n_layers
-    blocks = config.n_layers if s.keep_inactive_state else s.gamma
-    if s.method == "owlore":
-        return block_2d * blocks, block_1d * blocks + outer
-    return [], (block_2d + block_1d) * blocks + outer  # lisa, owlore-fullrank
+@dataclass
+class Session:
+    """A model, its optimizer and what train.py builds around them, ready for `run_steps`."""
+
+    model: Transformer
+    groups: list[dict]
+    optimizer: torch.optim.Optimizer
+    fused: object
+    scheduler: object
+    tokens: torch.Tensor
+    args: argparse.Namespace
 
 
-def estimate_memory(config: ModelConfig, s: MemorySettings) -> MemoryEstimate:
-    if s.method not in METHODS:
-        raise ValueError(f"unknown method {s.method!r}; known: {', '.join(METHODS)}")
-    if s.method in SAMPLED and not 1 <= s.gamma <= config.n_layers:
-        raise ValueError(f"gamma {s.gamma} must lie in [1, {config.n_layers}] for {config.name!r}")
-    b = s.dtype.itemsize
-    galore, plain = _trainable_shapes(config, s)
-    weights = parameter_count(config) * b
-    if s.method == "lora":
-        weights += sum(_numel(x) for x in plain) * b
-    optimizer = sum(state_bytes(x, SVDProjector(s.rank, s.proj_type), s.dtype) for x in galore)
-    optimizer += sum(state_bytes(x, None, s.dtype) for x in plain)
-    # kept state of inactive blocks costs optimizer memory, but only active blocks have gradients
-    active_galore, active_plain = _trainable_shapes(config, replace(s, keep_inactive_state=False))
-    grad_numels = [_numel(x) for x in active_galore + active_plain]
-    gradients = (max(grad_numels) if s.fused else sum(grad_numels)) * b
-    return MemoryEstimate(weights, gradients, optimizer, activation_bytes(config, s), _logit_bytes(config, s),
-                          s.runtime_bytes)
+def prepare(config: ModelConfig, args: argparse.Namespace, dtype: torch.dtype, world_size: int = 1,
+            max_micro_batches: int | None = None, device: str = "cpu") -> Session:
+    """Build what train.py builds before its loop, under whatever tensor mode is active (fake or real).
+
+    `max_micro_batches` caps the micro-batches per step (from the second on they repeat exactly: the same
+    gradients exist, the same activations are made), keeping the micro-batch size.
+    """
+    grad_accum = min(args.grad_accum, max_micro_batches or args.grad_accum)
+    rows = args.batch_size // world_size // args.grad_accum * grad_accum
+    args = argparse.Namespace(**{**vars(args), "grad_accum": grad_accum})
+    with torch.device(device):
+        model = build_model(config, dtype)
+    model.train()
+    model.gradient_checkpointing = args.grad_ckpt
+    resolve_svd(args, sum(p.numel() for p in model.parameters()))
+    groups, optimizer, fused = build_optimizer(model, args)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    tokens = torch.randint(0, config.vocab_size, (rows, args.seq_len), device=device)
+    return Session(model, groups, optimizer, fused, scheduler, tokens, args)
 
 
-def block_activation_bytes(config: ModelConfig, dtype: torch.dtype, kind: str, lora_rank: int = 8,
-                           lora_dropout: bool = True) -> int:
-    """Bytes saved for backward per token by one block; kind: "trainable", "frozen" or "lora"."""
-    b, d, f, h = dtype.itemsize, config.dim, config.ffn_dim, config.n_heads
-    kv = config.n_kv_heads * config.head_dim
-    upcast = 4 * d if b < 4 else 0
-    frozen = b * (4 * d + 2 * kv + 3 * f) + 4 * h + 8 + upcast
-    if kind == "frozen":
-        return frozen
-    trainable = b * (8 * d + 2 * kv + 4 * f) + 4 * h + 8 + upcast
-    if kind == "trainable":
-        return trainable
-    if kind == "lora":  # ~ a trainable block, plus each adapted linear's dropped-out input and keep-mask
-        return trainable + ((b + 1) * (6 * d + f) if lora_dropout else 0)
-    raise ValueError(f"unknown block kind {kind!r}")
+def run_steps(s: Session, steps: int, on_step=lambda k: None) -> None:
+    """`steps` iterations of train.py's loop body (data, loss and sampling aside); `on_step(k)` before each."""
+    for k, active in enumerate(active_sets(s.model.config, s.args, steps)):
+        on_step(k)
+        if active is not None:
+            start_period(s.model, s.optimizer, active, s.args)
+        n_targets = int((s.tokens[:, 1:] != -100).sum())
+        backward_micro_batches(s.model, s.tokens, s.tokens, n_targets, s.args.grad_accum, s.args.chunked_ce)
+        gradient_norm(trainable_with_grad(s.groups), s.args.max_grad_norm)
+        apply_gradients(s.optimizer)
+        s.scheduler.step()
 
 
-def activation_bytes(config: ModelConfig, s: MemorySettings) -> int:
-    """Peak bytes saved for backward by the blocks and the final norm for one micro-batch."""
-    tokens, b, d = s.micro_batch * s.seq_len, s.dtype.itemsize, config.dim
-    n_trainable = s.gamma if s.method in SAMPLED else config.n_layers
-    n_frozen = config.n_layers - n_trainable
-    # frozen embeddings: blocks below the lowest active one keep nothing; the peak is when block 0 is active
-    kind = "lora" if s.method == "lora" else "trainable"
-    one = lambda k: block_activation_bytes(config, s.dtype, k, s.lora_rank, s.lora_dropout)
-    final_norm = 2 * b * d + (4 * d if b < 4 else 0)
-    if s.grad_ckpt:
-        per_token = config.n_layers * b * d + one(kind) + final_norm
-    else:
-        per_token = n_trainable * one(kind) + n_frozen * one("frozen") + final_norm
-    return tokens * per_token
+def simulate_memory(config: ModelConfig, args: argparse.Namespace, dtype: torch.dtype, steps: int = 2,
+                    world_size: int = 1, max_micro_batches: int | None = None) -> MemoryReport:
+    """Peak live memory of `steps` training steps of train.py with `args` (its parsed flags) on `config`.
+
+    Step 1 creates the optimizer state and computes every projector; later steps are the steady state.
+    """
+    started = time.perf_counter()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        s = prepare(config, args, dtype, world_size, max_micro_batches)
+        tracker = StepTracker(s.optimizer)
+        s.optimizer.step_param = _fused_marker(tracker, s.optimizer.step_param)
+        tracker.track_external(s.model, s.optimizer)
+
+        with tracker:
+            run_steps(s, steps, tracker.start_step)
+        if s.fused:
+            s.fused.remove()
+    return MemoryReport(tracker.peak, tracker.phases, time.perf_counter() - started)
 
 
-def _logit_bytes(config: ModelConfig, s: MemorySettings) -> int:
-    """fp32 logits, their shifted contiguous copy and log-softmax (the forward peak; backward swaps the first
-    two for gradients of the same size), plus the compute-dtype logits before the upcast when b < 4.
-    Chunked cross-entropy holds one chunk's worth."""
-    tokens = s.micro_batch * s.seq_len
-    rows = min(tokens, s.ce_chunk) if s.chunked_ce else tokens
-    per_row = 12 if s.dtype.itemsize == 4 else s.dtype.itemsize + 12
-    return rows * config.vocab_size * per_row
-
-
-def format_report(estimate: MemoryEstimate, measured_peak: int | None = None) -> str:
-    rows = [(name, value) for name, value in asdict(estimate).items()] + [("total (estimate)", estimate.total)]
+def format_report(report: MemoryReport, measured_peak: int | None = None) -> str:
+    """The peak and each phase's peak, GiB by category."""
+    head = f"  {'phase':<38}" + "".join(f"{c:>12}" for c in CATEGORIES) + f"{'total':>10}  where"
+    lines = [head]
+    for name, p in report.phases.items():
+        cells = "".join(f"{getattr(p, c) / GIB:12.3f}" for c in CATEGORIES)
+        lines.append(f"  {name:<38}{cells}{p.total / GIB:10.3f}  {p.where}")
+    lines.append(f"  peak (simulated): {report.peak.total / GIB:.3f} GiB in {report.peak.phase} ({report.peak.where})")
     if measured_peak is not None:
-        rows.append(("measured peak", measured_peak))
-    return "\n".join(f"  {name:<18}{value / GIB:10.3f} GiB" for name, value in rows)
+        lines.append(f"  measured peak: {measured_peak / GIB:.3f} GiB")
+    return "\n".join(lines)
