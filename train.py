@@ -30,6 +30,9 @@ from sampling.calibration import training_documents
 from training.args import parse_args
 from training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from training.distributed import close_world, init_world, sum_gradients, sum_scalar
+from training.fsdp import set_gradient_sync, shard_model
+from training.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
+from training.sharded_export import export_sharded
 from training.heldout import HeldOut
 from training.memory import MemorySettings, estimate_memory, format_report
 from training.methods import SAMPLED_METHODS, activate_blocks, active_block_indices, param_groups
@@ -41,7 +44,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    world = init_world(device.type)
+    world = init_world(device.type, group=args.fsdp)
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     say = print if world.is_main else (lambda *a, **k: None)
 
     # 1. The pre-trained model.
-    model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir)
+    # (--fsdp: in host memory, until fully_shard below moves each rank's shard to the device.)
+    model, tokenizer = load_model(args.model, device="cpu" if args.fsdp else device, dtype=dtype, ckpt_dir=args.ckpt_dir)
     model.train()
     model.gradient_checkpointing = args.grad_ckpt
     n_layers = model.config.n_layers
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
                                                 args.template, args.seed))
                 windows = calibration_windows(documents, tokenizer, args.calib_windows, args.calib_seq_len,
                                               seed=args.seed)
-                calib = windows.to(device).split(4)
+                calib = windows.to(model.output.weight.device).split(4)
             ratios = load_or_compute_ratios(model, args.model, calib, args.M, scores,
                                             calibration_source=args.calib or args.data)
             say("outlier ratios D_l (%): " + " ".join(f"{r:.3f}" for r in ratios))
@@ -93,9 +97,11 @@ def main(argv: list[str] | None = None) -> None:
         groups = [{"params": apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)}]
     else:
         groups = param_groups(model, args)
+    if args.fsdp:  # every block and the root fully sharded; the groups then hold the sharded parameters
+        groups = shard_model(model, groups, device, world.size, DTYPES[args.reduce_dtype] if args.reduce_dtype else None)
     optimizer = GaLoreAdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
-    if args.fused and world.size > 1:
+    if args.fused and world.size > 1 and not args.fsdp:
         sys.exit("error: --fused steps each parameter before gradients could be summed across ranks; "
                  "drop --fused under torchrun")
     fused = attach_fused_step(optimizer, [p for g in groups for p in g["params"]], grad_accum_steps=args.grad_accum,
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     # Resume: weights, optimizer, scheduler, sampler, data position and RNG, exactly where they were.
     step = 0
     if args.resume:
-        state = load_checkpoint(resolve_checkpoint(args.resume), model, optimizer)
+        state = (load_sharded_checkpoint if args.fsdp else load_checkpoint)(resolve_checkpoint(args.resume), model, optimizer)
         step = state["step"]
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
@@ -123,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
 
     heldout = HeldOut(args.eval_data, tokenizer, args.eval_limit, template=args.template) if args.eval_data else None
     metrics = MetricsLog(out / "metrics.jsonl", enabled=world.is_main)
-    if heldout and world.is_main and step == 0:
+    evaluates = world.is_main or args.fsdp  # a sharded forward needs every rank
+    if heldout and evaluates and step == 0:
         metrics.write(step=0, **heldout.evaluate(model))
 
     # 5. The loop.
@@ -154,23 +161,23 @@ def main(argv: list[str] | None = None) -> None:
                       active_blocks=active, peak_memory=peak_memory_bytes(device), memory=current_memory_bytes(device))
         if step + 1 == first_step + 2:
             say("measured after 2 steps:\n" + format_report(estimate, record["peak_memory"]))
-        if heldout and args.eval_every and (step + 1) % args.eval_every == 0 and world.is_main:
+        if heldout and args.eval_every and (step + 1) % args.eval_every == 0 and evaluates:
             record.update(heldout.evaluate(model))
         metrics.write(**record)
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{n_tokens / seconds:.0f}",
                              blocks=",".join(map(str, active or [])))
         done = step + 1 == total_steps
         if stop.requested or done or (args.save_every and (step + 1) % args.save_every == 0):
-            if world.is_main:
+            if world.is_main or args.fsdp:
                 state = dict(step=step + 1, scheduler=scheduler.state_dict(), loader=loader.state_dict(),
                              sampler=sampler.state_dict() if sampler else None, args=vars(args))
-                path = save_checkpoint(out, step + 1, model, optimizer, state)
+                path = (save_sharded_checkpoint if args.fsdp else save_checkpoint)(out, step + 1, model, optimizer, state)
                 say(f"checkpoint: {path}")
         if stop.requested:
             say(f"stopped by signal after step {step + 1}; resume with --resume {out}")
             break
     evaluated_at_end = args.eval_every and total_steps % args.eval_every == 0
-    if heldout and world.is_main and not stop.requested and not evaluated_at_end:
+    if heldout and evaluates and not stop.requested and not evaluated_at_end:
         metrics.write(step=total_steps, **heldout.evaluate(model))
 
     # 6. The fine-tuned weights, in formats other tools open; how often each block was drawn.
@@ -179,7 +186,11 @@ def main(argv: list[str] | None = None) -> None:
     if sampler and world.is_main:
         plot_sampling_counts(out / "sampling_counts.png", sampler.counts, sampler.inclusion_probabilities("monte_carlo"),
                              title=f"{args.method}: periods each block was active")
-    if world.is_main and args.save_format != "none" and not stop.requested:
+    if args.fsdp and args.save_format != "none" and not stop.requested:  # gathered and written block by block
+        for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
+            export_sharded(model, out / f"final-{fmt}", fmt, tokenizer)
+            say(f"saved {fmt} weights to {out / f'final-{fmt}'}")
+    elif world.is_main and args.save_format != "none" and not stop.requested:
         if args.method == "lora":
             merge_lora(model)
         for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
@@ -203,7 +214,8 @@ def accumulate_gradients(model, loader, args, world, device) -> tuple[float, int
     if n_targets == 0:
         sys.exit("error: a training batch has no target tokens (every label is masked)")
     total = 0.0
-    for ids, lab in zip(input_ids.chunk(args.grad_accum), labels.chunk(args.grad_accum)):
+    for i, (ids, lab) in enumerate(zip(input_ids.chunk(args.grad_accum), labels.chunk(args.grad_accum))):
+        set_gradient_sync(model, i == args.grad_accum - 1)  # --fsdp: reduce-scatter once, after the last
         loss_sum = token_loss_sum(model, ids, lab, args.chunked_ce)
         if loss_sum is None:  # every target of this micro-batch is masked: it adds nothing
             continue
