@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         groups = param_groups(model, args)
     if args.fsdp:  # every block and the root fully sharded; the groups then hold the sharded parameters
         groups = shard_model(model, groups, device, world.size, DTYPES[args.reduce_dtype] if args.reduce_dtype else None)
-    optimizer = GaLoreAdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = GaLoreAdamW(groups, lr=args.lr, weight_decay=args.weight_decay, fp32_moments=args.fp32_moments)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
     if args.fused and world.size > 1 and not args.fsdp:
         sys.exit("error: --fused steps each parameter before gradients could be summed across ranks; "
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         sum_gradients(trainable, world)
         if args.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
-        optimizer.step()  # with --fused every parameter already stepped in backward and this finds no grad
+        optimizer.step()  # --fused: parameters stepped in backward find no grad; with --grad-accum, applies the sums
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         seconds = time.perf_counter() - started

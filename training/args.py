@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from optim.projector import PROJ_TYPES, PROJECTORS, SVD_METHODS
+
 METHODS = ("full", "lora", "galore", "lisa", "owlore", "owlore-fullrank")
 SAMPLING_MODES = ("owlore", "uniform", "owlore_reverse", "decrease", "increase", "fixed")
 DEFAULT_SAMPLING = {"lisa": "uniform", "owlore": "owlore", "owlore-fullrank": "owlore"}
@@ -40,8 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--rank", type=int, default=128)
     a("--update-proj-gap", type=int, default=200)
     a("--galore-scale", type=float, default=0.25)
-    a("--proj-type", default="std", choices=("std", "reverse_std", "left", "right", "full"))
-    a("--svd", default="exact", choices=("exact", "randomized"))
+    a("--proj-type", default="std", choices=PROJ_TYPES)
+    a("--svd", default="exact", choices=SVD_METHODS)
+    a("--projector", default="svd", choices=tuple(PROJECTORS), help="GaLore subspace: SVD of the gradient, or random")
+    a("--svd-oversample", type=int, default=8, help="randomized SVD: extra sketch columns")
+    a("--svd-power-iters", type=int, default=2, help="randomized SVD: power iterations (raise for flat spectra)")
+    a("--reproject-moments", action="store_true", help="carry Adam's first moment into each new subspace")
+    a("--fp32-moments", action="store_true", help="Adam moments in fp32 for bf16/fp16 weights (they can decay)")
     a("--lora-rank", type=int, default=8)
     a("--lora-alpha", type=float, default=16.0)
     a("--lora-dropout", type=float, default=0.05)
@@ -124,8 +131,6 @@ def check_consistency(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("--sampling fixed needs --fixed-layers, e.g. --fixed-layers 0,3,7")
     if args.fixed_layers and args.sampling != "fixed":
         parser.error("--fixed-layers is only used with --sampling fixed")
-    if args.fused and args.grad_accum > 1:
-        parser.error("--fused steps each parameter as soon as its gradient is ready: it needs --grad-accum 1")
     if args.fused and args.max_grad_norm:
         parser.error("--fused cannot clip by global norm (--max-grad-norm): the norm is unknown when a parameter steps")
     if args.fused and args.method == "lora":
@@ -133,6 +138,9 @@ def check_consistency(parser: argparse.ArgumentParser, args: argparse.Namespace)
     for name in ("batch_size", "grad_accum", "seq_len", "gamma", "period", "rank", "update_proj_gap"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("svd_oversample", "svd_power_iters"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.batch_size % args.grad_accum:
         parser.error(f"--batch-size {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
     if args.max_steps is not None and args.max_steps < 1:

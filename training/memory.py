@@ -24,6 +24,7 @@ import torch
 
 from model.config import ModelConfig
 from optim.memory import state_bytes
+from optim.projector import SVDProjector
 
 GIB = 2**30
 METHODS = ("full", "lora", "galore", "lisa", "owlore-fullrank", "owlore")
@@ -120,8 +121,8 @@ def estimate_memory(config: ModelConfig, s: MemorySettings) -> MemoryEstimate:
     weights = parameter_count(config) * b
     if s.method == "lora":
         weights += sum(_numel(x) for x in plain) * b
-    optimizer = sum(state_bytes(x, rank=s.rank, proj_type=s.proj_type, dtype=s.dtype) for x in galore)
-    optimizer += sum(state_bytes(x, rank=None, dtype=s.dtype) for x in plain)
+    optimizer = sum(state_bytes(x, SVDProjector(s.rank, s.proj_type), s.dtype) for x in galore)
+    optimizer += sum(state_bytes(x, None, s.dtype) for x in plain)
     # kept state of inactive blocks costs optimizer memory, but only active blocks have gradients
     active_galore, active_plain = _trainable_shapes(config, replace(s, keep_inactive_state=False))
     grad_numels = [_numel(x) for x in active_galore + active_plain]

@@ -13,6 +13,7 @@ import argparse
 import torch
 from torch import nn
 
+from optim.projector import build_projector
 from sampling import set_trainable
 
 SAMPLED_METHODS = ("lisa", "owlore", "owlore-fullrank")
@@ -32,8 +33,10 @@ def param_groups(model: nn.Module, args: argparse.Namespace) -> list[dict]:
     groups = [{"params": plain}]
     if matrices:
         groups.append({
-            "params": matrices, "rank": args.rank, "update_proj_gap": args.update_proj_gap,
-            "scale": args.galore_scale, "proj_type": args.proj_type, "svd": args.svd,
+            "params": matrices, "update_proj_gap": args.update_proj_gap, "scale": args.galore_scale,
+            "reproject_moments": args.reproject_moments,
+            "projector": build_projector(args.projector, rank=args.rank, proj_type=args.proj_type, svd=args.svd,
+                                         oversample=args.svd_oversample, power_iters=args.svd_power_iters),
         })
     return groups
 
