@@ -34,6 +34,7 @@ def shard_model(model: nn.Module, groups: list[dict], device: torch.device, worl
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)  # sum over ranks (see the module docstring)
+            module.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
     if hasattr(model, "rebuild_buffers"):
         model.rebuild_buffers(device)
     sharded = dict(model.named_parameters())
