@@ -110,7 +110,11 @@ def main(argv: list[str] | None = None) -> None:
     # Resume: weights, optimizer, scheduler, sampler, data position and RNG, exactly where they were.
     step = 0
     if args.resume:
-        state = (load_sharded_checkpoint if args.fsdp else load_checkpoint)(resolve_checkpoint(args.resume), model, optimizer)
+        path = resolve_checkpoint(args.resume)
+        if (path / "shards").is_dir() != args.fsdp:  # DCP shards (--fsdp) or model.pt/optimizer.pt
+            written = "without" if args.fsdp else "with"
+            sys.exit(f"error: --resume {path}: the checkpoint was written {written} --fsdp; resume it {written} --fsdp")
+        state = (load_sharded_checkpoint if args.fsdp else load_checkpoint)(path, model, optimizer)
         step = state["step"]
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])

@@ -28,6 +28,8 @@ def init_world(device_type: str, group: bool = False) -> World:
     """Join the process group torchrun describes in the environment; a single process otherwise (with
     `group`, a one-process group of its own, so sharded code paths run unchanged on one process)."""
     backend = "nccl" if device_type == "cuda" else "gloo"
+    if dist.is_initialized():  # a caller (a test harness running several trainings) set it up already
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
         if group and not dist.is_initialized():
             dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
