@@ -219,7 +219,8 @@ def accumulate_gradients(model, loader, args, world, device) -> tuple[float, int
         sys.exit("error: a training batch has no target tokens (every label is masked)")
     total = 0.0
     for i, (ids, lab) in enumerate(zip(input_ids.chunk(args.grad_accum), labels.chunk(args.grad_accum))):
-        set_gradient_sync(model, i == args.grad_accum - 1)  # --fsdp: reduce-scatter once, after the last
+        # --fsdp: reduce-scatter once, after the last (--fused: every micro-batch, its hooks step/accumulate)
+        set_gradient_sync(model, args.fused or i == args.grad_accum - 1)
         loss_sum = token_loss_sum(model, ids, lab, args.chunked_ce)
         if loss_sum is None:  # every target of this micro-batch is masked: it adds nothing
             continue
