@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 
 def shard_model(model: nn.Module, groups: list[dict], device: torch.device, world_size: int,
-                reduce_dtype: torch.dtype | None = None) -> list[dict]:
+                reduce_dtype: torch.dtype | None = None, mesh: DeviceMesh | None = None) -> list[dict]:
     """Shard `model` (a Transformer with `.layers`) in place over a 1-D mesh of `world_size` ranks on
     `device`'s type; every block is its own FSDP unit (one all-gather / reduce-scatter each), the root holds
     the embeddings, final norm and head. Parameters move to `device`. FSDP replaces every parameter by a
-    sharded one: returns the optimizer `groups` with each parameter replaced by its sharded successor."""
+    sharded one: returns the optimizer `groups` with each parameter replaced by its sharded successor. `mesh`: a 1-D mesh made beforehand (default: one over `world_size` ranks)."""
     names = {p: name for name, p in model.named_parameters()}
-    mesh = init_device_mesh(device.type, (world_size,))
+    mesh = mesh or init_device_mesh(device.type, (world_size,))
     policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=reduce_dtype)
     for block in model.layers:
         fully_shard(block, mesh=mesh, mp_policy=policy)
