@@ -167,3 +167,11 @@ def test_resuming_a_sharded_checkpoint_without_fsdp_is_one_line_error(sharded, t
     with pytest.raises(SystemExit) as err:
         train.main(common(tiny_dir, data_file, tmp_path, "--method", "lisa", "--resume", str(sharded / "lisa")))
     assert "--fsdp" in str(err.value)
+
+
+def test_chunked_cross_entropy_is_refused_under_fsdp():
+    from training.args import parse_args
+    for flag in ("--chunked-ce", "--lean"):
+        with pytest.raises(SystemExit):
+            parse_args(["--data", "d.json", "--fsdp", flag])
+    assert parse_args(["--data", "d.json", "--fsdp", "--fused"]).fsdp

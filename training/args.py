@@ -135,6 +135,9 @@ def check_consistency(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("--fused cannot clip by global norm (--max-grad-norm): the norm is unknown when a parameter steps")
     if args.fused and args.method == "lora":
         parser.error("--fused is for full-weight methods; LoRA adapters are small")
+    if args.fsdp and args.chunked_ce:
+        parser.error("--chunked-ce reads the head weight outside the model's forward, where --fsdp keeps it "
+                     "sharded: drop --chunked-ce (or --lean) under --fsdp")
     for name in ("batch_size", "grad_accum", "seq_len", "gamma", "period", "rank", "update_proj_gap"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
