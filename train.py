@@ -30,7 +30,7 @@ from sampling.calibration import training_documents
 from training.args import parse_args
 from training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from training.distributed import close_world, init_world, sum_gradients, sum_scalar
-from training.fsdp import set_gradient_sync, shard_model
+from training.fsdp import is_sharded, set_gradient_sync, shard_model
 from training.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 from training.sharded_export import export_sharded
 from training.heldout import HeldOut
@@ -219,8 +219,8 @@ def accumulate_gradients(model, loader, args, world, device) -> tuple[float, int
         sys.exit("error: a training batch has no target tokens (every label is masked)")
     total = 0.0
     for i, (ids, lab) in enumerate(zip(input_ids.chunk(args.grad_accum), labels.chunk(args.grad_accum))):
-        # --fsdp: reduce-scatter once, after the last (--fused: every micro-batch, its hooks step/accumulate)
-        set_gradient_sync(model, args.fused or i == args.grad_accum - 1)
+        if is_sharded(model):  # reduce-scatter once, after the last (--fused: each, its hooks step/accumulate)
+            set_gradient_sync(model, args.fused or i == args.grad_accum - 1)
         loss_sum = token_loss_sum(model, ids, lab, args.chunked_ce)
         if loss_sum is None:  # every target of this micro-batch is masked: it adds nothing
             continue
