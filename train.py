@@ -22,7 +22,10 @@ import torch
 from tqdm import tqdm
 
 from data import BatchLoader, build_dataset, load_records
+from data.commonsense import TRAIN_FILE, build_commonsense
 from model import load_model, save_model
+from model.cli import DTYPES
+from model.peft_format import write_peft_adapter
 from model.loss import next_token_loss_sum as token_loss_sum
 from optim import GaLoreAdamW, apply_lora, attach_fused_step, lr_lambda, merge_lora
 from sampling import LayerSampler, calibration_windows, load_or_compute_ratios, plot_sampling_counts, read_documents
@@ -36,9 +39,9 @@ from training.sharded_export import export_sharded
 from training.heldout import HeldOut
 from training.memory import MemorySettings, estimate_memory, format_report
 from training.methods import SAMPLED_METHODS, activate_blocks, active_block_indices, param_groups
-from training.metrics import MetricsLog, current_memory_bytes, peak_memory_bytes
+from training.metrics import current_memory_bytes, peak_memory_bytes
+from training.runlog import RunLog
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,8 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     say = print if world.is_main else (lambda *a, **k: None)
 
     # 1. The pre-trained model.
-    # (--fsdp: in host memory, until fully_shard below moves each rank's shard to the device.)
-    model, tokenizer = load_model(args.model, device="cpu" if args.fsdp else device, dtype=dtype, ckpt_dir=args.ckpt_dir)
+    try:  # (--fsdp: into host memory, until fully_shard below moves each rank's shard to the device)
+        model, tokenizer = load_model(args.model, device="cpu" if args.fsdp else device, dtype=dtype,
+                                      ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)
+    except (FileNotFoundError, ValueError) as err:  # no weights found, unreadable checkpoint or tokenizer
+        sys.exit(f"error: {err}")
     model.train()
     model.gradient_checkpointing = args.grad_ckpt
     n_layers = model.config.n_layers
@@ -62,6 +68,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: --gamma {args.gamma} exceeds the model's {n_layers} blocks")
 
     # 2. Training data: fixed-length blocks, a seeded order every rank agrees on.
+    if not args.data:  # the embedded commonsense set: the real train splits of its 8 tasks, held-out rows kept out
+        args.data = str(out / "commonsense" / TRAIN_FILE)
+        if not Path(args.data).is_file():
+            build_commonsense(out / "commonsense")
+        say(f"data: no --data given; training on the commonsense set built in {args.data} (python -m data.commonsense)")
     records = load_records(args.data)
     dataset = build_dataset(records, tokenizer, args.seq_len, pack=not args.no_pack,
                             mask_prompt=not args.train_on_prompt, template=args.template)
@@ -132,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         + format_report(estimate))
 
     heldout = HeldOut(args.eval_data, tokenizer, args.eval_limit, template=args.template) if args.eval_data else None
-    metrics = MetricsLog(out / "metrics.jsonl", enabled=world.is_main)
+    metrics = RunLog(out, enabled=world.is_main, wandb=args.wandb, config=vars(args), say=say)  # jsonl, TensorBoard, W&B
     evaluates = world.is_main or args.fsdp  # a sharded forward needs every rank
     if heldout and evaluates and step == 0:
         metrics.write(step=0, **heldout.evaluate(model))
@@ -195,7 +206,9 @@ def main(argv: list[str] | None = None) -> None:
             export_sharded(model, out / f"final-{fmt}", fmt, tokenizer)
             say(f"saved {fmt} weights to {out / f'final-{fmt}'}")
     elif world.is_main and args.save_format != "none" and not stop.requested:
-        if args.method == "lora":
+        if args.method == "lora":  # the adapter for PEFT, then the merged weights
+            write_peft_adapter(model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
+            say(f"saved the LoRA adapter (PEFT) to {out / 'final-peft'}")
             merge_lora(model)
         for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
             save_model(model, out / f"final-{fmt}", format=fmt, tokenizer=tokenizer)

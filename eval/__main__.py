@@ -18,13 +18,14 @@ import torch
 from common.io import write_json, write_jsonl
 from eval.report import results_table
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from model.cli import DTYPES, add_model_flags
 
 
 def _load(args):
     from model import load_model
 
-    model, tokenizer = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype])
+    model, tokenizer = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype], ckpt_dir=args.ckpt_dir,
+                                  tokenizer=args.tokenizer)  # fmt: skip
     if tokenizer is None:
         raise SystemExit(f"{args.model}: the checkpoint has no tokenizer; evaluation needs one")
     return model, tokenizer
@@ -33,7 +34,7 @@ def _load(args):
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="Meta/Mistral/HF dir, .gguf file or config name")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    add_model_flags(p)
 
 
 def harness_main(argv: list[str]) -> None:
@@ -122,12 +123,21 @@ def mtbench_main(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run a command; a bad input (file, row, name) is one line `error: <file or name>: <cause>` (--debug: traceback)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     commands = {"generate": generate_main, "mtbench": mtbench_main}
-    if argv and argv[0] in commands:
-        commands[argv[0]](argv[1:])
-    else:
-        harness_main(argv)
+    try:
+        if argv and argv[0] in commands:
+            commands[argv[0]](argv[1:])
+        else:
+            harness_main(argv)
+    except (ValueError, KeyError, OSError) as err:
+        if debug:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        sys.exit(f"error: {message}")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import re
 
-import torch
-
 from common.io import RecordError, read_objects
-from model.generate import generate
+from model.generate import beam_search, generate
 
 ANSWER_PATTERNS: dict[str, str] = {
     "boolq": r"true|false",
@@ -54,61 +52,6 @@ def read_llm_adapters(path: str) -> list[dict]:
         if missing:
             raise RecordError(path, f"lacks string field(s) {missing} of the LLM-Adapters test.json format", record=i)
     return rows
-
-
-def _reorder_kv_cache(model, parents: torch.Tensor) -> None:
-    for block in model.layers:
-        cache = block.attention.kv_cache
-        cache.k.copy_(cache.k[parents])
-        cache.v.copy_(cache.v[parents])
-
-
-@torch.inference_mode()
-def beam_search(model, prompt: list[int], max_new_tokens: int, num_beams: int = 4, stop_ids=(),
-                length_penalty: float = 1.0) -> list[int]:
-    """New tokens of the best beam; finished beams are ranked by sum log-prob / length**length_penalty."""
-    if not prompt:
-        raise ValueError("beam_search: the prompt must contain at least one token")
-    stop = set(stop_ids)
-    device = next(model.parameters()).device
-    model.setup_kv_cache(num_beams, len(prompt) + max_new_tokens)
-    try:
-        tokens = torch.tensor([prompt] * num_beams, device=device)
-        pos = torch.arange(len(prompt), device=device)
-        scores = torch.full((num_beams,), float("-inf"), device=device)
-        scores[0] = 0.0  # all beams start identical: expand only the first
-        beams: list[list[int]] = [[] for _ in range(num_beams)]
-        finished: list[tuple[float, list[int]]] = []
-        for step in range(max_new_tokens):
-            logprobs = model(tokens, pos)[:, -1].float().log_softmax(-1)
-            total = (scores[:, None] + logprobs).flatten()
-            top, flat = total.topk(2 * num_beams)
-            vocab = logprobs.shape[-1]
-            keep_parents, keep_tokens, keep_scores = [], [], []
-            for score, idx in zip(top.tolist(), flat.tolist()):
-                parent, token = divmod(idx, vocab)
-                seq = beams[parent] + [token]
-                if token in stop:
-                    finished.append((score / len(seq) ** length_penalty, seq))
-                elif len(keep_parents) < num_beams:
-                    keep_parents.append(parent), keep_tokens.append(token), keep_scores.append(score)
-            if not keep_parents:
-                break
-            best_live = max(keep_scores) / (step + 1) ** length_penalty
-            if len(finished) >= num_beams and max(f[0] for f in finished) >= best_live:
-                break
-            while len(keep_parents) < num_beams:  # pad with dead beams so the cache keeps its batch size
-                keep_parents.append(keep_parents[0]), keep_tokens.append(keep_tokens[0]), keep_scores.append(float("-inf"))
-            parents = torch.tensor(keep_parents, device=device)
-            _reorder_kv_cache(model, parents)
-            beams = [beams[p] + [t] for p, t in zip(keep_parents, keep_tokens)]
-            scores = torch.tensor(keep_scores, device=device)
-            tokens, pos = torch.tensor(keep_tokens, device=device)[:, None], pos[-1:] + 1
-        else:
-            finished += [(s / len(b) ** length_penalty, b) for s, b in zip(scores.tolist(), beams)]
-        return max(finished, key=lambda f: f[0])[1]
-    finally:
-        model.clear_kv_cache()
 
 
 def run_generative(model, tokenizer, dataset: str, rows: list[dict], num_beams: int = 1,

@@ -109,9 +109,7 @@ def _score_shared_context(model, pairs: list[TokenPair]) -> list[tuple[float, bo
     model.setup_kv_cache(1, len(context) + width)
     try:
         first = model.forward_hidden(torch.tensor([context], device=device))[0, -1]
-        for block in model.layers:  # one cached context, copied for each continuation
-            cache = block.attention.kv_cache
-            cache.k, cache.v = (t.expand(len(conts), -1, -1, -1).contiguous() for t in (cache.k, cache.v))
+        model.select_kv_cache(torch.zeros(len(conts), dtype=torch.long, device=device))  # one context per continuation
         tokens = torch.zeros(len(conts), width, dtype=torch.long)
         for b, cont in enumerate(conts):
             tokens[b, : len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)

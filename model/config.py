@@ -1,4 +1,4 @@
-"""Model hyper-parameters and the one table of named configs (SPEC.md §4)."""
+"""Model hyper-parameters and the one table of named configs (docs/method.md, "Models and checkpoint formats")."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace

@@ -172,8 +172,12 @@ def read_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]
     return config, hf_to_meta(state, config, str(path))
 
 
-def write_hf_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: str | Path, max_shard_bytes: int = 5 << 30) -> None:
-    """config.json + model.safetensors, or model-NNNNN-of-NNNNN.safetensors + index above max_shard_bytes."""
+def write_hf_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: str | Path, max_shard_bytes: int = 5 << 30,
+                 token_ids: dict | None = None) -> None:  # fmt: skip
+    """config.json + model.safetensors, or model-NNNNN-of-NNNNN.safetensors + index above max_shard_bytes.
+
+    `token_ids`: bos_token_id / eos_token_id / pad_token_id written into config.json.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     hf = {k: v.detach().cpu().contiguous() for k, v in meta_to_hf(state, config).items()}
@@ -196,4 +200,5 @@ def write_hf_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: s
         write_json(out_dir / "model.safetensors.index.json", index)
     cfg = hf_config_from(config)
     cfg["torch_dtype"] = str(next(iter(hf.values())).dtype).removeprefix("torch.")
+    cfg.update(token_ids or {})
     write_json(out_dir / "config.json", cfg)

@@ -1,25 +1,23 @@
-"""load_model / save_model: any supported checkpoint -> Transformer (+ tokenizer), and back to disk.
+"""load_model: any supported checkpoint -> Transformer (+ tokenizer); `model.save` writes them back.
 
 Loading builds the model on the meta device and assigns the (mmapped) checkpoint tensors, so a
 checkpoint is never held twice in memory.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
 
-from common.io import atomic_write
 from model.config import CONFIGS, FAMILIES, ModelConfig
-from model.gguf_format import read_gguf, write_vocab_gguf
-from model.hf_format import read_hf_dir, write_hf_dir
-from model.meta_format import read_meta_dir, write_meta_dir
+from model.gguf_format import read_gguf
+from model.hf_format import read_hf_dir
+from model.meta_format import read_meta_dir
 from model.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer, tokenizer_from_gguf
 from model.transformer import Transformer
 
 MISTRAL_TOKENIZER_FILES = ("tokenizer.model.v1", "tokenizer.model.v3")
-TOKENIZER_FILES = ("tokenizer.model", *MISTRAL_TOKENIZER_FILES, "tokenizer.gguf")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", *MISTRAL_TOKENIZER_FILES, "tokenizer.gguf")
 _SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_dim")
 
 
@@ -64,14 +62,13 @@ def _resolve(source: str | Path, ckpt_dir: str | Path | None) -> tuple[Path, Mod
     name = str(source)
     if name not in CONFIGS:
         return Path(source), None
-    if ckpt_dir is not None:
-        base = Path(ckpt_dir)
-        return (base / name if (base / name).exists() else base), CONFIGS[name]
-    if name == "smollm2-135m":
+    if name == "smollm2-135m" and ckpt_dir is None:  # the default model: the fetched GGUF asset, on every machine
         from common.assets import asset_path
 
         return asset_path("smollm2-135m"), CONFIGS[name]
-    raise FileNotFoundError(f"model {name!r} has no checkpoint here: pass ckpt_dir (--ckpt-dir) pointing to its weights")
+    from model.discover import find_checkpoint
+
+    return find_checkpoint(name, ckpt_dir), CONFIGS[name]
 
 
 def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer | None]:
@@ -88,62 +85,41 @@ def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
     if not path.is_dir():
         raise ValueError(f"{path}: not a checkpoint (expected a .gguf file or a Meta/Mistral/HF directory)")
     tokenizer = _find_tokenizer(path)
+    if tokenizer is None and (path / "params.json").is_file():
+        tokenizer = _find_tokenizer(path.parent)  # Meta's download: tokenizer.model beside the llama-2-7b/ folder
     if (path / "params.json").is_file():
         config, state = read_meta_dir(path, tokenizer.vocab_size if tokenizer else None)
     elif (path / "config.json").is_file():
         config, state = read_hf_dir(path)
     else:
         raise FileNotFoundError(f"{path}: neither params.json (Meta/Mistral) nor config.json (HF) found")
-    if tokenizer is not None and tokenizer.source.name in MISTRAL_TOKENIZER_FILES:
+    if Path(getattr(tokenizer, "source", "")).name in MISTRAL_TOKENIZER_FILES:
         config.family = "mistral"  # Mistral's own file names state the family where params.json cannot
-    if isinstance(tokenizer, SentencePieceTokenizer):
+    if isinstance(tokenizer, SentencePieceTokenizer) or getattr(tokenizer, "chat_template", None) == "llama2":
+        # a SentencePiece file, or an HF tokenizer.json without a template: the family's built-in format
         tokenizer.chat_template = FAMILIES[config.family].chat_template
     return config, state, tokenizer
 
 
 def load_model(source: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
-               ckpt_dir: str | Path | None = None) -> tuple[Transformer, Tokenizer | None]:  # fmt: skip
+               ckpt_dir: str | Path | None = None, tokenizer: str | Path | None = None,
+               ) -> tuple[Transformer, Tokenizer | None]:  # fmt: skip
     """(model, tokenizer) from a Meta/Mistral dir, an HF dir, a .gguf file or a named config.
 
-    The tokenizer is None when the checkpoint has no tokenizer file or vocabulary.
+    The tokenizer is None when the checkpoint has no tokenizer file or vocabulary; `tokenizer` (a file
+    or folder) replaces the checkpoint's own.
     """
     path, named = _resolve(source, ckpt_dir)
-    config, state, tokenizer = read_checkpoint(path)
+    config, state, found = read_checkpoint(path)
+    if tokenizer is not None:
+        tokenizer = load_tokenizer(tokenizer)
+        if isinstance(tokenizer, SentencePieceTokenizer):
+            tokenizer.chat_template = FAMILIES[config.family].chat_template
+    else:
+        tokenizer = found
     if named is not None:
         diff = [f for f in _SHAPE_FIELDS if getattr(config, f) != getattr(named, f)]
         if diff:
             raise ValueError(f"{path}: checkpoint does not match config {named.name!r} (differs in {diff})")
         config.name = named.name
     return build_model(config, state, device, dtype, str(path)), tokenizer
-
-
-def save_model(model: Transformer, out_dir: str | Path, format: str = "meta", tokenizer: Tokenizer | str | Path | None = None,
-               max_shard_bytes: int = 5 << 30) -> None:  # fmt: skip
-    """Write `model` as a Meta dir (params.json + consolidated.00.pth) or an HF dir (config.json + safetensors).
-
-    `tokenizer` (a loaded Tokenizer or a tokenizer file) is copied next to the weights.
-    """
-    if format not in ("meta", "hf"):
-        raise ValueError(f"unknown save format {format!r} (meta or hf)")
-    out_dir = Path(out_dir)
-    state = model.state_dict()
-    if format == "meta":
-        write_meta_dir(state, model.config, out_dir)
-    else:
-        write_hf_dir(state, model.config, out_dir, max_shard_bytes)
-    if tokenizer is not None:
-        _copy_tokenizer(tokenizer, out_dir)
-
-
-def _copy_tokenizer(tokenizer: Tokenizer | str | Path, out_dir: Path) -> None:
-    source = Path(tokenizer) if isinstance(tokenizer, (str, Path)) else getattr(tokenizer, "source", None)
-    if source is None or not Path(source).is_file():
-        raise ValueError(f"cannot save tokenizer: its source file is unknown or missing ({source})")
-    source = Path(source)
-    if source.suffix == ".gguf":
-        write_vocab_gguf(source, out_dir / "tokenizer.gguf")
-    else:
-        # Mistral's file name survives, so the copy loads with the Mistral chat format again.
-        mistral = isinstance(tokenizer, Tokenizer) and tokenizer.chat_template == "mistral"
-        name = source.name if source.name in MISTRAL_TOKENIZER_FILES else "tokenizer.model" + ".v1" * mistral
-        atomic_write(out_dir / name, lambda tmp: shutil.copyfile(source, tmp))

@@ -62,18 +62,57 @@ def config_from_params(params: dict, name: str, tokenizer_vocab: int | None = No
     )  # fmt: skip
 
 
+# (multiple_of, ffn_dim_multiplier) pairs of Meta's own releases, tried first: LLaMA-2 7B/13B, 70B, LLaMA-3.
+_META_FFN_CHOICES = ((256, None), (4096, 1.3), (1024, 1.3))
+
+
+def meta_ffn_args(dim: int, ffn_dim: int) -> tuple[int, float | None]:
+    """(multiple_of, ffn_dim_multiplier) for which Meta's formula `meta_ffn_dim` gives ffn_dim back."""
+    sizes = [1 << k for k in range(12, -1, -1)]
+    for multiple_of, multiplier in (*_META_FFN_CHOICES, *((m, None) for m in sizes), *((m, 1.3) for m in sizes)):
+        if meta_ffn_dim(dim, multiple_of, multiplier) == ffn_dim:
+            return multiple_of, multiplier
+    # Any size: a multiplier that lands exactly on ffn_dim (int() truncates, so aim half a unit above it).
+    multiplier = (ffn_dim + 0.5) / int(2 * 4 * dim / 3)
+    assert meta_ffn_dim(dim, 1, multiplier) == ffn_dim
+    return 1, multiplier
+
+
 def params_from_config(config: ModelConfig) -> dict:
-    """params.json content that `config_from_params` reads back to the same config."""
-    params = dict(
-        name=config.name, dim=config.dim, n_layers=config.n_layers, n_heads=config.n_heads,
-        n_kv_heads=config.n_kv_heads, vocab_size=config.vocab_size, hidden_dim=config.ffn_dim,
-        head_dim=config.head_dim, norm_eps=config.norm_eps, rope_theta=config.rope_theta,
-        max_seq_len=config.max_seq_len,
-    )  # fmt: skip
-    if config.rope_scaling is not None:
+    """params.json with exactly the keys Meta's ``ModelArgs`` (Mistral's, for the mistral family) takes.
+
+    Meta: dim, n_layers, n_heads, n_kv_heads, vocab_size, multiple_of, ffn_dim_multiplier, norm_eps,
+    rope_theta, use_scaled_rope; Mistral: dim, n_layers, head_dim, hidden_dim, n_heads, n_kv_heads,
+    norm_eps, vocab_size, rope_theta, sliding_window. The sequence length is left to the loader, as in
+    Meta's files. Only what neither has is written as our own key: tied embeddings (SmolLM2) and RoPE
+    scaling other than LLaMA-3.1's.
+    """
+    mistral = config.family == "mistral"
+    if mistral:
+        params = dict(
+            dim=config.dim, n_layers=config.n_layers, head_dim=config.head_dim, hidden_dim=config.ffn_dim,
+            n_heads=config.n_heads, n_kv_heads=config.n_kv_heads, norm_eps=config.norm_eps,
+            vocab_size=config.vocab_size,
+        )  # fmt: skip
+        if config.sliding_window is not None:
+            params["sliding_window"] = config.sliding_window
+    else:
+        multiple_of, multiplier = meta_ffn_args(config.dim, config.ffn_dim)
+        params = dict(dim=config.dim, n_layers=config.n_layers, n_heads=config.n_heads)
+        if config.n_kv_heads != config.n_heads:  # LLaMA-2 7B/13B files have no n_kv_heads
+            params["n_kv_heads"] = config.n_kv_heads
+        params.update(vocab_size=config.vocab_size, multiple_of=multiple_of)
+        if multiplier is not None:
+            params["ffn_dim_multiplier"] = multiplier
+        params["norm_eps"] = config.norm_eps
+        if config.sliding_window is not None:
+            params["sliding_window"] = config.sliding_window
+    if config.rope_theta != 10000.0:  # LLaMA-2's ModelArgs has no rope_theta; its files and Mistral v0.1's omit it
+        params["rope_theta"] = config.rope_theta
+    if not mistral and config.rope_scaling == Llama3RopeScaling():
+        params["use_scaled_rope"] = True
+    if config.rope_scaling is not None and not params.get("use_scaled_rope"):
         params["rope_scaling"] = vars(config.rope_scaling).copy()
-    if config.sliding_window is not None:
-        params["sliding_window"] = config.sliding_window
     if config.tie_embeddings:
         params["tie_embeddings"] = True
     return params

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tiktoken
 
-from model.tokenizer import Tokenizer
+from model.tokenizer_base import Tokenizer
 
 # LLaMA-3's pre-tokenizer (the cl100k pattern).
 LLAMA3_PATTERN = (
@@ -63,6 +63,7 @@ class TiktokenTokenizer(Tokenizer):
             name=name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=special_tokens
         )
         self.special_tokens = dict(special_tokens)
+        self.ranks, self.pattern = ranks, pattern  # kept to write the vocabulary as a tokenizer.json
         self.vocab_size = self.encoding.n_vocab
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.stop_ids = stop_ids

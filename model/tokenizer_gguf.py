@@ -13,7 +13,9 @@ from pathlib import Path
 import gguf
 import sentencepiece as spm
 
-from model.tokenizer import SentencePieceTokenizer, Tokenizer
+from model.chat import ChatTemplate, builtin_name
+from model.tokenizer_base import END_OF_TURN, Tokenizer
+from model.tokenizer_spm import SentencePieceTokenizer
 from model.tokenizer_bpe import (
     DIGITS_THEN_GPT2_PATTERN,
     GPT2_PATTERN,
@@ -34,8 +36,6 @@ PRE_TOKENIZER_PATTERNS = {
     "llama3": LLAMA3_PATTERN,
 }
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-# Control tokens that end a turn in the chat formats we know; generation stops on them as on eos.
-END_OF_TURN = {"<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "</s>"}
 
 
 def read_gguf_metadata(path: Path) -> dict:
@@ -62,21 +62,22 @@ def gguf_tokenizer(path: Path, metadata: dict | None = None) -> Tokenizer:
         tok = _sentencepiece_tokenizer(meta, path)
     else:
         raise ValueError(f"{path}: unsupported tokenizer.ggml.model {kind!r} (supported: gpt2, llama)")
-    tok.chat_template = _chat_template_name(meta.get("tokenizer.chat_template", ""), kind)
+    tok.chat_template = _chat_template(meta, kind)
     return tok
 
 
-def _chat_template_name(jinja: str, kind: str) -> str:
-    """Recognise the chat format of a GGUF's Jinja template by its markers."""
-    if "<|im_start|>" in jinja:
-        return "chatml"
-    if "<|start_header_id|>" in jinja:
-        return "llama3"
-    if "<<SYS>>" in jinja:
-        return "llama2"
-    if "[INST]" in jinja:
-        return "mistral"
-    return "chatml" if kind == "gpt2" else "llama2"
+def _chat_template(meta: dict, kind: str) -> str | ChatTemplate:
+    """The GGUF's own Jinja template (with its special-token strings), else a built-in format for the vocab."""
+    jinja = meta.get("tokenizer.chat_template")
+    if not jinja:
+        return "chatml" if kind == "gpt2" else "llama2"
+    tokens = meta["tokenizer.ggml.tokens"]
+    names = {}
+    for key, name in (("bos", "bos_token"), ("eos", "eos_token"), ("unknown", "unk_token"), ("padding", "pad_token")):
+        i = meta.get(f"tokenizer.ggml.{key}_token_id")
+        if i is not None and 0 <= int(i) < len(tokens):
+            names[name] = tokens[int(i)]
+    return builtin_name(jinja) or ChatTemplate(jinja, names)
 
 
 def _token_types(meta: dict, n: int) -> list[int]:

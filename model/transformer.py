@@ -69,6 +69,10 @@ class KVCache(nn.Module):
         self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
         return self.k, self.v
 
+    def select(self, rows: Tensor) -> None:
+        """Keep batch rows `rows` in that order, repeats allowed: a beam reorder, or one row expanded to n."""
+        self.k, self.v = self.k[rows], self.v[rows]
+
 
 def attention_mask(q_pos: Tensor, k_pos: Tensor, window: int | None) -> Tensor:
     """Boolean [Tq, Tk]: key j is visible to query i if j <= i and (no window or i - j < window)."""
@@ -176,6 +180,11 @@ class Transformer(nn.Module):
         for block in self.layers:
             attn = block.attention
             attn.kv_cache = KVCache(batch_size, max_seq_len, attn.n_kv_heads, attn.head_dim, weight.dtype, weight.device)
+
+    def select_kv_cache(self, rows: Tensor) -> None:
+        """Reorder / expand the batch of every block's KV cache (see `KVCache.select`)."""
+        for block in self.layers:
+            block.attention.kv_cache.select(rows)
 
     def clear_kv_cache(self) -> None:
         for block in self.layers:

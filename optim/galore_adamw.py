@@ -58,14 +58,12 @@ class GaLoreAdamW(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-6,
         weight_decay: float = 0.0,
-        correct_bias: bool = True,
         fp32_moments: bool = False,
     ):
         self._param_index: dict[Tensor, int] = {}  # stable per-parameter seed for projection draws
         self._group_index: dict[Tensor, int] = {}  # position of each parameter's group (its dict is replaced on load)
         self._accumulated: dict[Tensor, Tensor] = {}  # projected gradients summed over micro-batches, not yet applied
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, correct_bias=correct_bias,
-                        fp32_moments=fp32_moments)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fp32_moments=fp32_moments)
         super().__init__(params, {**defaults, **GROUP_DEFAULTS})
 
     def add_param_group(self, param_group: dict) -> None:
@@ -92,6 +90,9 @@ class GaLoreAdamW(torch.optim.Optimizer):
         return state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
+        if any("projector" not in group for group in state_dict["param_groups"]):
+            raise ValueError("optimizer state has param groups without a 'projector' entry: it was saved by "
+                             "another optimizer or an older GaLoreAdamW (rank/proj_type groups) and cannot be resumed")
         super().load_state_dict(state_dict)
         for group in self.param_groups:
             if isinstance(group["projector"], dict):
@@ -167,7 +168,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         exp_avg.mul_(b1).add_(low, alpha=1 - b1)
         exp_avg_sq.mul_(b2).addcmul_(low, low, value=1 - b2)
-        step_size = lr * math.sqrt(1 - b2**t) / (1 - b1**t) if group["correct_bias"] else lr
+        step_size = lr * math.sqrt(1 - b2**t) / (1 - b1**t)
         update = (exp_avg / exp_avg_sq.sqrt().add_(group["eps"])).to(p.dtype)
         if projector is not None:
             update = projector.project_back(state["projection"], update)

@@ -7,8 +7,8 @@ and saved with it, so a checkpoint loads with `torch.load(..., weights_only=True
   make(grad, seed) -> state           a fresh subspace from a gradient (called every update_proj_gap steps)
   project(state, grad) -> low         the gradient in the subspace (moments have `low_shape(grad.shape)`)
   project_back(state, low) -> full    an update in the subspace back to the weight's shape
-  low_shape(shape), state_numel(shape)  the moments' shape and the elements `make` stores: the one
-                                      formula the memory accounting (optim/memory.py) uses
+  low_shape(shape), state_numel(shape)  the moments' shape and the tensor elements `make` stores (in the
+                                      weight's dtype): the one formula the memory accounting uses
   spec()                              plain options; `build_projector(**spec)` makes an equal projector
 
 A new projector is a dataclass subclass of `Projector` plus one line in `PROJECTORS`.
@@ -23,6 +23,7 @@ from which bases the state holds ("u", "vh" or both), never re-derived from shap
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -33,23 +34,23 @@ SVD_METHODS = ("exact", "randomized")
 State = dict[str, "Tensor | int"]
 
 
-class Projector:
+class Projector(ABC):
     """Base class of projectors (see the module docstring for the contract)."""
 
-    def make(self, grad: Tensor, seed: int) -> State:
-        raise NotImplementedError
+    @abstractmethod
+    def make(self, grad: Tensor, seed: int) -> State: ...
 
-    def project(self, state: State, grad: Tensor) -> Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def project(self, state: State, grad: Tensor) -> Tensor: ...
 
-    def project_back(self, state: State, low: Tensor) -> Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def project_back(self, state: State, low: Tensor) -> Tensor: ...
 
-    def low_shape(self, shape: tuple[int, int]) -> tuple[int, ...]:
-        raise NotImplementedError
+    @abstractmethod
+    def low_shape(self, shape: tuple[int, int]) -> tuple[int, ...]: ...
 
-    def state_numel(self, shape: tuple[int, int]) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def state_numel(self, shape: tuple[int, int]) -> int: ...
 
     def spec(self) -> dict:
         names = [name for name, cls in PROJECTORS.items() if cls is type(self)]
@@ -85,9 +86,9 @@ class BasisProjector(Projector):
         if self.proj_type not in PROJ_TYPES:
             raise ValueError(f"unknown proj_type {self.proj_type!r}; expected one of {PROJ_TYPES}")
 
+    @abstractmethod
     def bases(self, grad: Tensor, r: int, seed: int) -> tuple[Tensor, Tensor]:
-        """(U_r, V_r^T) of the fp32 gradient, m x r and r x n."""
-        raise NotImplementedError
+        """(U_r, V_r^T) for the fp32 gradient, m x r and r x n."""
 
     def make(self, grad: Tensor, seed: int) -> State:
         side = projection_side(grad.shape, self.proj_type)

@@ -1,4 +1,6 @@
-"""Heavy-tailed self-regularisation: the median-Hill power-law exponent of each weight's spectrum (SPEC.md §1.4).
+"""Heavy-tailed self-regularisation: the median-Hill power-law exponent of each weight's spectrum.
+
+docs/method.md, "HT-SR alpha".
 
 With the eigenvalues of WᵀW sorted ascending, lambda_(1) <= ... <= lambda_(N), and k = N // 2:
 alpha = 1 + k / sum_{i=1..k} ln(lambda_(N-i+1) / lambda_(N-k)). Lower alpha means a heavier tail.

@@ -1,4 +1,4 @@
-"""Layerwise outlier ratios D_l from calibration activations (OWL's metric, SPEC.md §1.1).
+"""Layerwise outlier ratios D_l from calibration activations (OWL's metric; docs/method.md, "Outlier ratios").
 
 For each linear of a decoder block, a forward pre-hook keeps the fp32 sum of squares of every input
 feature over all calibration tokens, so ||X_j||_2 = sqrt(sum_sq_j). The Wanda score of a weight is
@@ -178,6 +178,8 @@ def outlier_ratios(model: nn.Module, batches: Iterable[Tensor], M: float, blockw
 
 
 def parser() -> argparse.ArgumentParser:
+    from model.cli import add_model_flags
+
     p = argparse.ArgumentParser(prog="python -m sampling.outliers", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="load_model source: config name, .gguf, Meta or HF dir")
     p.add_argument("--calib", help=".txt/.json/.jsonl calibration file (default: BoolQ validation passages)")
@@ -191,7 +193,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--htsr", action="store_true", help="also compute HT-SR alphas and their Spearman rho with D")
     p.add_argument("--plot", help="PNG with ratios, sampling probabilities and alphas per block")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_model_flags(p)
     p.add_argument("--blockwise", action="store_true", help="move one block at a time to --device (low memory)")
     return p
 

@@ -20,10 +20,11 @@ BOOLQ_SOURCE = "built-in: distinct passages of the BoolQ validation set (real En
 def run(args: argparse.Namespace) -> dict:
     """Load the model named by the arguments and score it."""
     from model import load_model
+    from model.cli import DTYPES
 
     start = time.perf_counter()
-    dtype = getattr(torch, args.dtype)
-    model, tokenizer = load_model(args.model, device="cpu" if args.blockwise else args.device, dtype=dtype)
+    model, tokenizer = load_model(args.model, device="cpu" if args.blockwise else args.device, dtype=DTYPES[args.dtype],
+                                  ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)  # fmt: skip
     if tokenizer is None:
         raise ValueError(f"{args.model}: the checkpoint has no tokenizer, so calibration text cannot be tokenized")
     return score(model, tokenizer, args, start)

@@ -1,4 +1,4 @@
-"""Which decoder blocks train when: gamma distinct blocks every `period` steps (SPEC.md §1.2).
+"""Which decoder blocks train when: gamma distinct blocks every `period` steps (docs/method.md, "Layer sampling").
 
 The draw for period t is a pure function of (seed, t), so every data-parallel rank and a resumed
 run pick the same blocks. Blocks are drawn one after another without replacement, each with

@@ -93,3 +93,65 @@ def test_llama3_ids_match_meta_chat_format():
         expected += header(m["role"]) + enc(m["content"].strip()) + [sp["<|eot_id|>"]]
     expected += header("assistant")
     assert encode_chat(tok, DIALOG) == expected
+
+
+# ---- the checkpoint's own Jinja template, rendered as transformers' apply_chat_template renders it ----
+
+# In the style of Mistral-Instruct's and LLaMA-3.1's HF templates: whitespace control, raise_exception,
+# bos/eos variables, a default system prompt with a date, tojson, loop controls.
+MISTRAL_LIKE = (
+    "{{- bos_token }}\n{%- for message in messages %}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}\n"
+    "        {{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}\n"
+    "    {%- endif %}\n"
+    "    {%- if message['role'] == 'user' %}\n        {{- '[INST] ' + message['content'] + ' [/INST]' }}\n"
+    "    {%- else %}\n        {{- ' ' + message['content'] + eos_token }}\n    {%- endif %}\n{%- endfor %}\n"
+)
+LLAMA31_LIKE = (
+    "{{- bos_token }}\n{%- if not date_string is defined %}{%- set date_string = '26 Jul 2024' %}{%- endif %}\n"
+    "{%- if messages[0]['role'] == 'system' %}\n    {%- set system = messages[0]['content'] | trim %}\n"
+    "    {%- set messages = messages[1:] %}\n{%- else %}\n    {%- set system = '' %}\n{%- endif %}\n"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}\n"
+    "{{- 'Cutting Knowledge Date: December 2023\\nToday Date: ' + date_string + '\\n\\n' }}\n"
+    "{{- system }}{{- '<|eot_id|>' }}\n"
+    "{%- for message in messages %}\n    {%- if message['content'] == 'skip me' %}{% continue %}{% endif %}\n"
+    "    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim }}\n"
+    "    {{- ' ' + {'n': message['role'], 'x': 'é'} | tojson }}{{- '<|eot_id|>' }}\n{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n{%- endif %}\n"
+)
+
+
+@pytest.fixture(scope="module")
+def hf_llama3(tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    from model.tokenizer_json import write_hf_tokenizer
+
+    out = tmp_path_factory.mktemp("llama3-tok")
+    write_hf_tokenizer(load_tokenizer(asset_path("llama3-tokenizer")), out, max_length=8192)
+    return transformers.AutoTokenizer.from_pretrained(out)
+
+
+@pytest.mark.parametrize("source", [MISTRAL_LIKE, LLAMA31_LIKE])
+def test_jinja_template_equals_apply_chat_template(hf_llama3, source):
+    from model.chat import ChatTemplate
+
+    template = ChatTemplate(source, {"bos_token": hf_llama3.bos_token, "eos_token": hf_llama3.eos_token})
+    dialogs = [DIALOG[1:], DIALOG[1:3], [*DIALOG, {"role": "assistant", "content": "skip me"}]]
+    for dialog in dialogs:
+        if source is MISTRAL_LIKE and dialog[0]["role"] == "system":
+            continue
+        for prompt in (True, False):
+            theirs = hf_llama3.apply_chat_template(dialog, chat_template=source, tokenize=False,
+                                                   add_generation_prompt=prompt)  # fmt: skip
+            assert render_chat(dialog, template, prompt) == theirs
+
+
+def test_jinja_template_errors_and_sandbox():
+    from model.chat import ChatTemplate
+
+    with pytest.raises(ValueError, match="refused the conversation: Conversation roles must alternate"):
+        render_chat([{"role": "assistant", "content": "a"}], ChatTemplate(MISTRAL_LIKE))
+    with pytest.raises(ValueError, match="refused the conversation"):  # the sandbox blocks attribute escapes
+        render_chat(DIALOG, ChatTemplate("{{ ''.__class__.__mro__[1].__subclasses__() }}"))
+    with pytest.raises(ValueError, match="does not compile"):
+        render_chat(DIALOG, ChatTemplate("{% for %}"))

@@ -92,3 +92,17 @@ def test_error_wording_with_line_and_record():
     assert str(RecordError("f.parquet", "bad", record=1)) == "f.parquet: record 1: bad"
     assert str(RecordError("f.json", "bad")) == "f.json: bad"
     assert isinstance(RecordError("f", "x"), ValueError)
+
+
+def test_exported_model_files_follow_the_umask(tmp_path):
+    from model import Transformer, get_config, save_model
+
+    old = os.umask(0o022)
+    try:
+        for fmt in ("meta", "hf"):
+            save_model(Transformer(get_config("tiny")), tmp_path / fmt, format=fmt)
+    finally:
+        os.umask(old)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) >= 4 and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}
+    assert not [p for p in files if p.name.startswith(".")]

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from data import heldout_doc_ids, load_records
+from data import load_records
 from data.arrow import read_split, task_split_dir
-from data.commonsense import TASKS, build_commonsense, commonsense_record
+from data.commonsense import TASKS, build_commonsense, commonsense_record, heldout_doc_ids
 
 ANSWER_WORDS = {
     "boolq": r"true|false",

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from eval.generative import alpaca_prompt, beam_search, extract_answer, read_llm_adapters, run_generative
+from eval.generative import alpaca_prompt, extract_answer, read_llm_adapters, run_generative
 from model import Transformer, get_config
-from model.generate import generate
+from model.generate import beam_search, generate
 
 
 class ByteTokenizer:

@@ -194,3 +194,18 @@ def test_generate_answers_in_fastchat_format():
         assert a["model_id"] == "tiny" and len(a["choices"]) == 1 and len(a["choices"][0]["turns"]) == 2
     again = generate_answers(model, ChatByteTokenizer(), QUESTIONS[1:], "tiny", max_new_tokens=5)
     assert again[0]["choices"] == answers[1]["choices"]  # math is greedy (temperature 0)
+
+
+def test_cli_bad_file_is_one_error_line(tmp_path):
+    from eval.__main__ import main
+
+    questions = tmp_path / "question.jsonl"
+    questions.write_text(json.dumps(QUESTIONS[0]) + "\n{broken\n")
+    argv = ["mtbench", "--model", "unused", "--judge-only", "--questions", str(questions),
+            "--answers", str(tmp_path / "answers.jsonl")]
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == f"error: {questions}: line 2: not valid JSON (Expecting property name enclosed in " \
+                                "double quotes, column 2)"
+    with pytest.raises(ValueError, match="line 2: not valid JSON"):  # --debug: the exception itself
+        main([*argv, "--debug"])

@@ -42,7 +42,7 @@ DOCS = {
     ],
 }
 
-# One-shot prompt of doc 1 with doc 0 as the example, written out from the templates in SPEC.md §5.
+# One-shot prompt of doc 1 with doc 0 as the example, written out from the templates in docs/method.md, "Evaluation protocols".
 EXPECTED = {
     "boolq": ("Cats are mammals.\nQuestion: are cats mammals?\nAnswer: yes\n\n"
               "The sun is cold.\nQuestion: is the sun cold?\nAnswer:", [" no", " yes"], 0),

@@ -114,15 +114,17 @@ def check_optimizer_state(sharded_ckpt: Path, single_ckpt: Path, tmp: Path, argv
             assert torch.allclose(optim[f"{name}/{key}"], single[name][key], atol=1e-6, rtol=1e-3), (name, key)
 
 
-def test_streamed_export_equals_unsharded_export_of_the_same_weights(sharded, tmp_path):
-    """The block-by-block HF and Meta exports hold exactly the weights the sharded checkpoint holds."""
-    from model import Transformer, save_model
+def test_streamed_export_equals_unsharded_export_of_the_same_weights(sharded, tiny_dir, tmp_path):
+    """The block-by-block HF and Meta exports hold exactly the weights the sharded checkpoint holds, and the
+    HF folder's config.json is the one save_model writes."""
+    from model import load_model, save_model
     run = sharded / "owlore"
     state = dcp_state(run / "step-000003", tmp_path)["model"]
-    config, _ = read_hf_dir(run / "final-hf")
-    model = Transformer(config)
+    model, tokenizer = load_model(tiny_dir)
     model.load_state_dict(state)
-    save_model(model, tmp_path / "hf", format="hf")
+    save_model(model, tmp_path / "hf", format="hf", tokenizer=tokenizer)
+    assert json.loads((run / "final-hf" / "config.json").read_text()) == json.loads((tmp_path / "hf" / "config.json").read_text())
+    config = model.config
     _, streamed = read_hf_dir(run / "final-hf")
     _, unsharded = read_hf_dir(tmp_path / "hf")
     assert streamed.keys() == unsharded.keys() and all(torch.equal(streamed[k], unsharded[k]) for k in streamed)

@@ -13,6 +13,14 @@ def _randn(*shape, seed):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
+def weights_only_round_trip(state_dict: dict) -> dict:
+    """What a checkpoint gives back: torch.save, then torch.load(..., weights_only=True)."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
 def test_two_adam_steps_on_4x3_match_hand_computation():
     lr, b1, b2, eps, wd = 0.1, 0.9, 0.999, 1e-6, 0.01
     w0 = [[0.5 * i - 0.3 * j for j in range(3)] for i in range(4)]
@@ -125,13 +133,10 @@ def test_state_dict_round_trip_gives_bit_identical_next_steps(options):
     for i in range(3):
         w.grad, b.grad = _randn(7, 5, seed=i), _randn(5, seed=i)
         opt.step()
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    buffer.seek(0)
     w2, b2, opt2 = build(1)
     w2.data.copy_(w.detach())
     b2.data.copy_(b.detach())
-    opt2.load_state_dict(torch.load(buffer, weights_only=True))
+    opt2.load_state_dict(weights_only_round_trip(opt.state_dict()))
     for i in range(3, 6):  # crosses a refresh at step 4
         w.grad = w2.grad = _randn(7, 5, seed=i)
         b.grad = b2.grad = _randn(5, seed=i)
@@ -253,12 +258,9 @@ def test_fp32_moments_of_a_bf16_weight_survive_a_weights_only_round_trip(project
     for i in range(3):
         w.grad = _randn(6, 4, seed=i).bfloat16()
         opt.step()
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    buffer.seek(0)
     w2, opt2 = build()
     w2.data.copy_(w.detach())
-    opt2.load_state_dict(torch.load(buffer, weights_only=True))
+    opt2.load_state_dict(weights_only_round_trip(opt.state_dict()))
     assert opt2.state[w2]["exp_avg_sq"].dtype == torch.float32
     assert torch.equal(opt2.state[w2]["exp_avg_sq"], opt.state[w]["exp_avg_sq"])
     for i in range(3, 6):
@@ -266,3 +268,10 @@ def test_fp32_moments_of_a_bf16_weight_survive_a_weights_only_round_trip(project
         opt.step()
         opt2.step()
         assert torch.equal(w, w2)
+
+
+def test_state_of_another_optimizer_is_refused_clearly():
+    w = torch.nn.Parameter(torch.zeros(3, 2))
+    other = torch.optim.AdamW([w])
+    with pytest.raises(ValueError, match="without a 'projector'"):
+        GaLoreAdamW([w]).load_state_dict(other.state_dict())

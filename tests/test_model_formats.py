@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import dequantize, quantize
 from safetensors.torch import load_file, save_file
 
-from common.assets import asset_path
+from common.assets import asset_path, cache_dir
 from model import Transformer, get_config, load_model, save_model
 from model.config import meta_ffn_dim
 from model.hf_format import config_from_hf, meta_to_hf
@@ -244,7 +245,7 @@ def test_config_constructors():
     c = config_from_params(llama31, "llama3.1")
     ref = get_config("llama3.1-8b")
     assert (c.ffn_dim, c.rope_scaling, c.rope_theta, c.max_seq_len) == (ref.ffn_dim, ref.rope_scaling, 500000.0, 131072)
-    assert config_from_params(params_from_config(ref), "x") == ref
+    assert config_from_params(params_from_config(ref), "x") == replace(ref, name="x")
     hf = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
           "num_key_value_heads": 8, "vocab_size": 128256, "intermediate_size": 14336, "rms_norm_eps": 1e-5,
           "rope_theta": 500000.0, "max_position_embeddings": 131072,
@@ -339,6 +340,11 @@ def test_bad_hf_and_gguf(tmp_path):
         load_model(tmp_path / "junk.gguf")
 
 
-def test_named_config_without_checkpoint():
-    with pytest.raises(FileNotFoundError, match="'llama2-7b' has no checkpoint here: pass ckpt_dir"):
+def test_named_config_without_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("OWLORE_CACHE", str(cache_dir()))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("OWLORE_MODELS", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HOME", raising=False)
+    with pytest.raises(FileNotFoundError, match="'llama2-7b' has no checkpoint here .*huggingface-cli download meta-llama/Llama-2-7b-hf"):
         load_model("llama2-7b")

@@ -74,7 +74,7 @@ def test_vocab_saved_next_to_weights(smollm, tmp_path):
     from model import Transformer, get_config
 
     tiny = Transformer(get_config("tiny"))
-    save_model(tiny, tmp_path, format="hf", tokenizer=tokenizer)
+    save_model(tiny, tmp_path, format="meta", tokenizer=tokenizer)  # HF folders get tokenizer.json instead
     assert (tmp_path / "tokenizer.gguf").stat().st_size < 5_000_000  # the vocabulary only, no weights
     _, reloaded = load_model(tmp_path)
     text = "Hello, world! 123 naïve café\n\tTabs"

@@ -1,6 +1,5 @@
 """Fused per-parameter steps from post-accumulate-grad hooks, with and without gradient accumulation."""
 import copy
-import io
 import math
 
 import pytest
@@ -8,6 +7,7 @@ import torch
 from torch import nn
 
 from optim import GaLoreAdamW, RandomProjector, SVDProjector, attach_fused_step
+from test_galore_adamw import weights_only_round_trip
 
 
 def _model_and_optimizer(seed=0, projector=None):
@@ -97,12 +97,9 @@ def test_hooks_use_the_groups_that_load_state_dict_put_in_place():
     source_model, source_opt = _model_and_optimizer()
     _loss(source_model, 0).backward()
     source_opt.step()
-    buffer = io.BytesIO()
-    torch.save(source_opt.state_dict(), buffer)
     fused_model, fused_opt = _model_and_optimizer()
     attach_fused_step(fused_opt)
-    buffer.seek(0)
-    fused_opt.load_state_dict(torch.load(buffer, weights_only=True))
+    fused_opt.load_state_dict(weights_only_round_trip(source_opt.state_dict()))
     for group in fused_opt.param_groups:
         group["lr"] = 0.0  # what a scheduler at the end of a linear decay does
     before = [p.detach().clone() for p in fused_model.parameters()]

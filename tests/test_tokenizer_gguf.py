@@ -40,7 +40,10 @@ def test_smollm_metadata(smollm):
     assert smollm.bos_id is None  # add_bos_token is false in the GGUF
     assert smollm.eos_id == 2 and smollm.pad_id == 2  # <|im_end|>
     assert smollm.stop_ids == {0, 2}  # <|endoftext|>, <|im_end|>
-    assert smollm.chat_template == "chatml"
+    # The GGUF's own Jinja template, with the special-token strings it may refer to.
+    assert smollm.chat_template.source.startswith("{% for message in messages %}")
+    assert smollm.chat_template.tokens == {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+                                           "unk_token": "<|endoftext|>", "pad_token": "<|im_end|>"}  # fmt: skip
     assert smollm.special_tokens["<|im_start|>"] == 1
 
 
@@ -143,7 +146,8 @@ def test_smollm_special_tokens_literal_vs_special(smollm):
 def test_smollm_chat_encoding(smollm):
     ids = encode_chat(smollm, [{"role": "user", "content": "What is 2+2?"}])
     enc = smollm.encode
-    assert ids == [1, *enc("user\nWhat is 2+2?"), 2, *enc("\n"), 1, *enc("assistant\n")]
+    system = "system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"  # the template's default
+    assert ids == [1, *enc(system), 2, *enc("\n"), 1, *enc("user\nWhat is 2+2?"), 2, *enc("\n"), 1, *enc("assistant\n")]
 
 
 def test_smollm_rejects_bytes_missing_from_vocab(smollm):

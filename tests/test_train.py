@@ -144,7 +144,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny_
     (["--model", "no-such-model"], "no-such-model"),
     (["--model", "llama2-7b"], "llama2-7b"),
     (["--method", "full", "--sampling", "uniform"], "--sampling applies"),
-    (["--fused", "--grad-accum", "2"], "--fused"),
+    (["--fused", "--max-grad-norm", "1"], "--fused"),
     (["--batch-size", "6", "--grad-accum", "4"], "not divisible"),
     (["--method", "lisa", "--gamma", "9"], "exceeds"),
 ])

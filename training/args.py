@@ -1,12 +1,14 @@
-"""Command-line and config-file arguments of train.py, with the paper's defaults (SPEC.md §1-§3)."""
+"""Command-line and config-file arguments of train.py, with the paper's defaults (docs/method.md, "Defaults and where they come from")."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 
 import yaml
 
+from model.cli import add_model_flags
 from optim.projector import PROJ_TYPES, PROJECTORS, SVD_METHODS
 
 METHODS = ("full", "lora", "galore", "lisa", "owlore", "owlore-fullrank")
@@ -20,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--config", help="YAML or JSON file with the same keys as the flags (flags override it)")
     # model and data
     a("--model", default="smollm2-135m", help="named config, Meta/Mistral/HF dir or .gguf file")
-    a("--ckpt-dir", help="checkpoint directory for a named config such as llama2-7b")
-    a("--data", help="training data (Alpaca/LLM-Adapters JSON(L), LMFlow JSON, chat JSONL, .txt)")
+    a("--data", help="training data (Alpaca/LLM-Adapters JSON(L), LMFlow JSON, chat JSONL, .txt); "
+               "default: the commonsense set of data/commonsense.py, built into --out")
     a("--template", default="alpaca", choices=("alpaca", "chat"))
     a("--train-on-prompt", action="store_true", help="no loss masking of the prompt (the official run)")
     a("--no-pack", action="store_true", help="pad/truncate each record instead of packing")
@@ -64,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-grad-norm", type=float, help="global-norm clipping (off by default, as the official run)")
     a("--fused", action="store_true", help="step each parameter in its grad hook and free the grad")
     a("--chunked-ce", action="store_true", help="cross-entropy in chunks, never the full fp32 logits")
-    a("--dtype", choices=("fp32", "bf16", "fp16"), help="default: bf16 on CUDA, fp32 on CPU")
+    add_model_flags(p, dtype_default=None)  # --ckpt-dir, --tokenizer, --dtype
     a("--device", help="default: cuda if available, else cpu")
     a("--grad-ckpt", action="store_true", help="activation checkpointing per block")
     a("--fsdp", action="store_true", help="shard weights, gradients and optimizer state over the ranks (FSDP2)")
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--eval-data", help="held-out file from data.commonsense (records with task and doc_id)")
     a("--eval-limit", type=int, help="score at most N held-out rows per task")
     a("--log-every", type=int, default=1)
+    a("--wandb", choices=("offline", "online"), help="also log to a Weights & Biases run (offline: no network)")
     return p
 
 
@@ -148,5 +151,7 @@ def check_consistency(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error(f"--batch-size {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
     if args.max_steps is not None and args.max_steps < 1:
         parser.error(f"--max-steps must be >= 1, got {args.max_steps}")
-    if not args.data and not args.resume:
-        parser.error("--data is required (training data file)")
+    if args.wandb and importlib.util.find_spec("wandb") is None:
+        parser.error(f"--wandb {args.wandb}: the wandb package is not installed (pip install wandb)")
+    if args.resume and not args.data:
+        parser.error("--resume needs --data: the training data of the run being resumed")

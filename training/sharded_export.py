@@ -4,7 +4,8 @@ HF: every rank gathers one decoder block (`full_tensor`), rank 0 converts it (`m
 adapters if there are any and writes it as its own safetensors file, then frees it; the embeddings, final
 norm and head are the last file, then the index and config.json. No rank ever holds more than one block
 (or the embeddings) in full. Meta's format is one `consolidated.00.pth`, which cannot be written in pieces:
-rank 0 gathers block by block into host memory and writes it with model/meta_format.py.
+rank 0 gathers block by block into host memory and writes it with model/save.py. The HF folder's config.json
+and tokenizer files are the ones model/save.py writes.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from torch import nn
 
 from common.io import atomic_write, write_json
 from model.hf_format import hf_config_from, meta_to_hf
-from model.load import _copy_tokenizer
-from model.meta_format import write_meta_dir
+from model.save import FORMATS, save_model
+from model.tokenizer_json import special_ids, write_hf_tokenizer
+from model.transformer import Transformer
 from optim.lora import LoRALinear
 from training.fsdp import full_tensor
 
@@ -51,7 +53,7 @@ def _merged(block: nn.Module, prefix: str, main: bool) -> dict[str, torch.Tensor
 
 def export_sharded(model: nn.Module, out_dir: Path, format: str, tokenizer=None) -> None:
     """Write the sharded `model` as an HF dir (streamed) or a Meta dir; every rank calls this."""
-    if format not in ("meta", "hf"):
+    if format not in FORMATS:
         raise ValueError(f"unknown save format {format!r} (meta or hf)")
     main = dist.get_rank() == 0
     config = model.config
@@ -59,8 +61,11 @@ def export_sharded(model: nn.Module, out_dir: Path, format: str, tokenizer=None)
         state = {}
         for _, _, unit in gathered_units(model):
             state.update(unit)
-        if main:
-            write_meta_dir(state, config, out_dir)
+        if main:  # a plain model around the gathered tensors (no copy), written as train.py writes one
+            with torch.device("meta"):
+                plain = Transformer(config)
+            plain.load_state_dict(state, assign=True)
+            save_model(plain, out_dir, format="meta", tokenizer=tokenizer)
     else:
         weight_map, total, dtype = {}, 0, None
         for index, count, unit in gathered_units(model):
@@ -78,7 +83,8 @@ def export_sharded(model: nn.Module, out_dir: Path, format: str, tokenizer=None)
                        {"metadata": {"total_size": total}, "weight_map": weight_map})
             cfg = hf_config_from(config)
             cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
+            cfg.update(special_ids(tokenizer) if tokenizer is not None else {})
             write_json(out_dir / "config.json", cfg)
-    if main and tokenizer is not None:
-        _copy_tokenizer(tokenizer, out_dir)
+            if tokenizer is not None:
+                write_hf_tokenizer(tokenizer, out_dir, config.max_seq_len)
     dist.barrier()

@@ -1,0 +1,84 @@
+"""save_model: a Transformer (+ its tokenizer) written as a folder other tools open.
+
+``hf``: config.json (with bos/eos/pad ids and the weights' dtype), safetensors, tokenizer.json +
+tokenizer_config.json (special tokens, chat template) + generation_config.json, which
+``transformers.AutoTokenizer`` / ``AutoModelForCausalLM`` (and so vLLM) load; an HF source folder's own
+tokenizer files are copied as they are. ``meta``: params.json with Meta's (or Mistral's) keys and
+consolidated.NN.pth, with the tokenizer file beside it as Meta's and Mistral's code expect.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from model.gguf_format import write_vocab_gguf
+from model.hf_format import write_hf_dir
+from model.load import MISTRAL_TOKENIZER_FILES
+from common.io import atomic_write
+from model.meta_format import write_meta_dir
+from model.tokenizer import Tokenizer, load_tokenizer
+from model.tokenizer_json import llama3_ranks_file, special_ids, write_hf_tokenizer
+from model.transformer import Transformer
+
+FORMATS = ("meta", "hf")
+
+
+def save_model(model: Transformer, out_dir: str | Path, format: str = "meta", tokenizer: Tokenizer | str | Path | None = None,
+               max_shard_bytes: int = 5 << 30, meta_shards: int = 1) -> None:  # fmt: skip
+    """Write `model` (and `tokenizer`, a loaded Tokenizer or a tokenizer file) as a Meta or an HF folder.
+
+    `meta_shards`: Meta's model-parallel layout (consolidated.00.pth ... for 13B: 2, 70B: 8).
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown save format {format!r} (meta or hf)")
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(tokenizer)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state, config = model.state_dict(), model.config
+    if format == "meta":
+        _check_shards(config, meta_shards)
+        # LLaMA-2 shards split the embedding width, LLaMA-3 (vocabulary > 100k) the vocabulary.
+        write_meta_dir(state, config, out_dir, meta_shards, embedding_dim=0 if config.vocab_size > 100_000 else 1)
+        if tokenizer is not None:
+            _write_meta_tokenizer(tokenizer, out_dir, config.max_seq_len)
+    else:
+        write_hf_dir(state, config, out_dir, max_shard_bytes, special_ids(tokenizer) if tokenizer else None)
+        if tokenizer is not None:
+            write_hf_tokenizer(tokenizer, out_dir, config.max_seq_len)
+
+
+def _check_shards(config, n: int) -> None:
+    sizes = {"n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads, "ffn_dim": config.ffn_dim, "dim": config.dim}
+    bad = [f"{k} {v}" for k, v in sizes.items() if v % n]
+    if n < 1 or bad:
+        raise ValueError(f"cannot write {n} model-parallel shards: {', '.join(bad) or 'need at least 1'} not divisible")
+
+
+def _copy(source: Path, target: Path) -> None:
+    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def _write_meta_tokenizer(tokenizer: Tokenizer, out_dir: Path, max_length: int) -> None:
+    """The tokenizer file beside Meta weights: tokenizer.model (Mistral's .v1/.v3 name kept), or the GGUF vocab."""
+    source = getattr(tokenizer, "source", None)
+    if source is None or not Path(source).is_file():
+        raise ValueError(f"cannot save tokenizer: its source file is unknown or missing ({source})")
+    source = Path(source)
+    if source.suffix == ".gguf":
+        write_vocab_gguf(source, out_dir / "tokenizer.gguf")
+    elif source.name == "tokenizer.json":  # an HF folder: its SentencePiece/tiktoken file if it has one
+        for candidate in (source.parent / "tokenizer.model", source.parent / "original" / "tokenizer.model"):
+            if candidate.is_file():
+                _copy(candidate, out_dir / "tokenizer.model")
+                return
+        ranks = llama3_ranks_file(tokenizer)  # LLaMA-3 without original/: Meta's tiktoken file from tokenizer.json
+        if ranks is not None:
+            atomic_write(out_dir / "tokenizer.model", lambda tmp: tmp.write_bytes(ranks))
+        else:
+            write_hf_tokenizer(tokenizer, out_dir, max_length)
+    else:
+        # Mistral's file name survives, so the copy loads with the Mistral chat format again.
+        mistral = tokenizer.chat_template == "mistral"
+        name = source.name if source.name in MISTRAL_TOKENIZER_FILES else "tokenizer.model" + ".v1" * mistral
+        _copy(source, out_dir / name)

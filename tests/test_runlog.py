@@ -1,0 +1,66 @@
+"""Run logs: TensorBoard scalars equal metrics.jsonl, the curves PNG draws them, W&B offline needs no network."""
+import json
+import sys
+
+import pytest
+
+from training.runlog import RunLog, plot_curves, scalars
+
+RECORDS = [
+    {"step": 0, "heldout_loss": 2.5, "heldout_acc": {"boolq": 0.5, "piqa": 0.25}},
+    {"step": 1, "loss": 2.0, "lr": 3e-4, "tokens_per_s": 100.0, "active_blocks": [0, 3]},
+    {"step": 2, "loss": 1.5, "lr": 1.5e-4, "tokens_per_s": 120.0, "active_blocks": [1, 2]},
+    {"step": 2, "heldout_loss": 1.75, "heldout_acc": {"boolq": 0.75, "piqa": 0.5}},
+]
+
+
+def test_scalars_flatten_and_skip():
+    assert scalars(RECORDS[0]) == {"heldout_loss": 2.5, "heldout_acc/boolq": 0.5, "heldout_acc/piqa": 0.25}
+    assert "active_blocks" not in scalars(RECORDS[1]) and "step" not in scalars(RECORDS[1])
+
+
+def test_tensorboard_events_equal_the_jsonl(tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    log = RunLog(tmp_path)
+    for record in RECORDS:
+        log.write(**record)
+    log.close()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == RECORDS
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"loss", "lr", "tokens_per_s", "heldout_loss", "heldout_acc/boolq",
+                                             "heldout_acc/piqa"}  # fmt: skip
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 2.0), (2, 1.5)]
+    assert [(e.step, e.value) for e in events.Scalars("heldout_acc/boolq")] == [(0, 0.5), (2, 0.75)]
+    assert (tmp_path / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curves_png_draws_loss_lr_and_heldout(tmp_path):
+    drawn = plot_curves(tmp_path / "c.png", RECORDS)
+    assert drawn["loss"] == ([1, 2], [2.0, 1.5]) and drawn["lr"] == ([1, 2], [3e-4, 1.5e-4])
+    assert drawn["heldout_acc/piqa"] == ([0, 2], [0.25, 0.5])
+    assert "tokens_per_s" not in drawn
+    with pytest.raises(ValueError, match="nothing|no loss"):
+        plot_curves(tmp_path / "d.png", [{"step": 1, "tokens_per_s": 3.0}])
+
+
+def test_without_tensorboard_one_note(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import raises ImportError
+    said = []
+    log = RunLog(tmp_path, say=said.append)
+    log.write(step=1, loss=1.0, lr=0.1)
+    log.close()
+    assert len(said) == 1 and "tensorboard package is not installed" in said[0]
+    assert not (tmp_path / "tensorboard").exists() and (tmp_path / "metrics.jsonl").is_file()
+
+
+def test_wandb_offline_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    log = RunLog(tmp_path, wandb="offline", config={"lr": 3e-4})
+    for record in RECORDS:
+        log.write(**record)
+    log.close()
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0

@@ -1,0 +1,84 @@
+"""Turn a training checkpoint into a folder other tools open.
+
+    python -m training.export runs/x/step-000500 --format hf      # transformers / vLLM: runs/x/step-000500-hf
+    python -m training.export runs/x --format meta --meta-shards 2  # the newest checkpoint of a run, Meta layout
+    python -m training.export runs/x/step-000500 --format peft    # LoRA runs: the adapter for peft
+
+The base model, tokenizer and method come from the arguments the run was started with (``trainer.pt``);
+``--model`` / ``--ckpt-dir`` / ``--tokenizer`` replace them when the base has moved. The weights keep the
+dtype they were trained in.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from model.cli import DTYPES, add_model_flags
+from model.load import load_model
+from model.peft_format import write_peft_adapter
+from model.save import save_model
+from optim.lora import apply_lora, merge_lora
+from training.checkpoint import resolve_checkpoint
+
+FORMATS = ("hf", "meta", "peft")
+
+
+def export_checkpoint(checkpoint: Path, format: str, out: Path, model_source: str | None = None,
+                      ckpt_dir: str | None = None, tokenizer: str | None = None, meta_shards: int = 1,
+                      dtype: torch.dtype | None = None) -> Path:  # fmt: skip
+    """Write `checkpoint` (a step-NNNNNN folder) as `format` into `out` (in `dtype`, default the trained one)."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r} ({', '.join(FORMATS)})")
+    for name in ("model.pt", "trainer.pt"):
+        if not (checkpoint / name).is_file():
+            raise FileNotFoundError(f"{checkpoint}: not a training checkpoint ({name} is missing)")
+    args = torch.load(checkpoint / "trainer.pt", weights_only=True).get("args") or {}
+    state = torch.load(checkpoint / "model.pt", map_location="cpu", mmap=True, weights_only=True)
+    dtype = dtype or next(v.dtype for v in state.values() if v.is_floating_point())
+    source = model_source or args.get("model")
+    if source is None:
+        raise ValueError(f"{checkpoint}: trainer.pt does not name the base model; pass --model")
+    model, tok = load_model(source, dtype=dtype, ckpt_dir=ckpt_dir or args.get("ckpt_dir"),
+                            tokenizer=tokenizer or args.get("tokenizer"))  # fmt: skip
+    lora = args.get("method") == "lora"
+    if lora:
+        apply_lora(model, args["lora_rank"], args["lora_alpha"], args.get("lora_dropout", 0.0))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{checkpoint}: model.pt does not fit the base model {source}: {str(e).splitlines()[0]}") from None
+    if format == "peft":
+        if not lora:
+            raise ValueError(f"{checkpoint}: --format peft needs a LoRA run (this one used --method {args.get('method')})")
+        write_peft_adapter(model, out, base_model=str(source), dropout=args.get("lora_dropout", 0.0))
+        return out
+    if lora:
+        merge_lora(model)
+    save_model(model, out, format=format, tokenizer=tok, meta_shards=meta_shards)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="a step-NNNNNN folder, or a run folder (its newest checkpoint)")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", help="output folder (default: the checkpoint folder name + -FORMAT)")
+    p.add_argument("--model", help="base model of the run (default: the one in trainer.pt)")
+    p.add_argument("--meta-shards", type=int, default=1, help="Meta model-parallel files (13B: 2, 70B: 8)")
+    add_model_flags(p, dtype_default=None)
+    args = p.parse_args(argv)
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint)
+        out = Path(args.out) if args.out else checkpoint.with_name(f"{checkpoint.name}-{args.format}")
+        export_checkpoint(checkpoint, args.format, out, args.model, args.ckpt_dir, args.tokenizer, args.meta_shards,
+                          DTYPES[args.dtype] if args.dtype else None)  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {args.format} folder {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The run's log in the forms people read: metrics.jsonl, TensorBoard event files, a W&B run, a PNG.
+
+Every record goes to ``metrics.jsonl`` (training.metrics.MetricsLog); its numbers also go to TensorBoard
+(``<out>/tensorboard``, when the ``tensorboard`` package is installed; otherwise one line says so) and,
+with ``wandb`` = "offline" or "online", to a Weights & Biases run (offline needs no network: ``wandb sync``
+uploads it later). Nested values such as ``heldout_acc: {task: acc}`` become ``heldout_acc/task``.
+Closing the log draws ``training_curves.png``: loss, learning rate and the held-out numbers over steps.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from common.io import atomic_write
+from training.metrics import MetricsLog
+
+SKIPPED = ("step", "active_blocks")  # not scalars to chart
+
+
+def scalars(record: dict, prefix: str = "") -> dict[str, float]:
+    """The numeric fields of a record, nested dicts flattened to ``outer/inner``."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if key in SKIPPED and not prefix:
+            continue
+        if isinstance(value, dict):
+            out.update(scalars(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[prefix + key] = float(value)
+    return out
+
+
+class RunLog:
+    """MetricsLog + TensorBoard + optional W&B, all fed by `write(step=..., **fields)`."""
+
+    def __init__(self, out: Path, enabled: bool = True, wandb: str | None = None, config: dict | None = None,
+                 say=print):  # fmt: skip
+        self.out, self.enabled = out, enabled
+        self.jsonl = MetricsLog(out / "metrics.jsonl", enabled=enabled)
+        self.tensorboard = self.wandb = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            say("note: the tensorboard package is not installed, so no TensorBoard event files (pip install tensorboard)")
+        if wandb is not None:
+            try:
+                import wandb as wandb_lib
+            except ImportError:
+                raise ValueError(f"--wandb {wandb}: the wandb package is not installed (pip install wandb)") from None
+            self.wandb = wandb_lib.init(project="owlore", dir=str(out), mode=wandb, config=config or {},
+                                        name=out.name)  # fmt: skip
+
+    def write(self, **record) -> None:
+        self.jsonl.write(**record)
+        if not self.enabled:
+            return
+        step, values = int(record.get("step", 0)), scalars(record)
+        if self.tensorboard is not None:
+            for key, value in values.items():
+                self.tensorboard.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if not self.enabled:
+            return
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        records = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        if records:
+            plot_curves(self.out / "training_curves.png", records)
+
+
+def curves(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """Series ``name -> (steps, values)`` of every scalar in the records (a record may lack some)."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for record in records:
+        for key, value in scalars(record).items():
+            steps, values = series.setdefault(key, ([], []))
+            steps.append(int(record.get("step", 0)))
+            values.append(value)
+    return series
+
+
+def plot_curves(path: Path, records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """Training loss, learning rate and held-out loss/accuracy over steps, as one PNG; returns what it drew."""
+    series = curves(records)
+    panels = [["loss"], ["lr"], [k for k in series if k.startswith("heldout_")]]
+    panels = [[k for k in keys if k in series] for keys in panels]
+    panels = [keys for keys in panels if keys]
+    if not panels:
+        raise ValueError("no loss, lr or held-out values to plot")
+    fig = Figure(figsize=(7.0, 2.4 * len(panels) + 0.4), layout="constrained")
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    drawn = {}
+    for ax, keys in zip(axes, panels):
+        for key in keys:
+            steps, values = series[key]
+            ax.plot(steps, values, "o-" if len(steps) < 20 else "-", ms=3, label=key)
+            drawn[key] = series[key]
+        ax.set_ylabel(keys[0] if len(keys) == 1 else "held-out")
+        if len(keys) > 1:
+            ax.legend(fontsize="small")
+    axes[-1].set_xlabel("step")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    return drawn
