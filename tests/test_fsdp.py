@@ -30,7 +30,7 @@ WORKER = Path(__file__).with_name("fsdp_worker.py")
 # where singular values nearly coincide (then principal angles, not entries, are what must agree).
 # (--fused with --grad-accum refreshes the projector from the first micro-batch, which is another subset of
 # the global batch on N ranks than on one: not comparable, so fused runs without accumulation here.)
-METHODS = {"full": [], "lora": ["--lr", "1e-2", "--lora-dropout", "0"], "galore": ["--grad-accum", "2", "--projector", "random"], "lisa": [],
+METHODS = {"full": [], "lora": ["--lr", "1e-2", "--lora-dropout", "0"], "galore": ["--grad-accum", "2", "--projector", "random"], "lisa": ["--max-grad-norm", "0.01"],
            "owlore": ["--grad-ckpt", "--save-format", "both"], "owlore-fullrank": [],
            "owlore-fused": ["--fused"]}
 GALORE = ("galore", "owlore", "owlore-fused")
