@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         groups = param_groups(model, args)
     if args.fsdp:  # every block and the root fully sharded; the groups then hold the sharded parameters
-        groups = shard_model(model, groups, device, world.size, DTYPES[args.reduce_dtype] if args.reduce_dtype else None)
+        reduce_dtype = DTYPES[args.reduce_dtype] if args.reduce_dtype else None
+        groups = shard_model(model, groups, device, world.size, reduce_dtype)
     optimizer = GaLoreAdamW(groups, lr=args.lr, weight_decay=args.weight_decay, fp32_moments=args.fp32_moments)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
     if args.fused and world.size > 1 and not args.fsdp:
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
             if world.is_main or args.fsdp:
                 state = dict(step=step + 1, scheduler=scheduler.state_dict(), loader=loader.state_dict(),
                              sampler=sampler.state_dict() if sampler else None, args=vars(args))
-                path = (save_sharded_checkpoint if args.fsdp else save_checkpoint)(out, step + 1, model, optimizer, state)
+                save = save_sharded_checkpoint if args.fsdp else save_checkpoint
+                path = save(out, step + 1, model, optimizer, state)
                 say(f"checkpoint: {path}")
         if stop.requested:
             say(f"stopped by signal after step {step + 1}; resume with --resume {out}")

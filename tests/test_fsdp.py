@@ -30,7 +30,8 @@ WORKER = Path(__file__).with_name("fsdp_worker.py")
 # where singular values nearly coincide (then principal angles, not entries, are what must agree).
 # (--fused with --grad-accum refreshes the projector from the first micro-batch, which is another subset of
 # the global batch on N ranks than on one: not comparable, so fused runs without accumulation here.)
-METHODS = {"full": [], "lora": ["--lr", "1e-2", "--lora-dropout", "0"], "galore": ["--grad-accum", "2", "--projector", "random"], "lisa": ["--max-grad-norm", "0.01"],
+METHODS = {"full": [], "lora": ["--lr", "1e-2", "--lora-dropout", "0"],
+           "galore": ["--grad-accum", "2", "--projector", "random"], "lisa": ["--max-grad-norm", "0.01"],
            "owlore": ["--grad-ckpt", "--save-format", "both"], "owlore-fullrank": [],
            "owlore-fused": ["--fused"]}
 GALORE = ("galore", "owlore", "owlore-fused")
@@ -55,8 +56,14 @@ def launch(tmp: Path, runs: list[list[str]], *mode: str) -> None:
     torchrun(*(mode or ("runs",)), tmp / "runs.json")
 
 
-def losses(out: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+def losses(out: Path, key: str = "loss") -> list[float]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r[key] for r in records if key in r]
+
+
+def extra(method: str, data_file: Path) -> list[str]:
+    """The run's flags; "full" also evaluates on held-out data (a sharded forward on every rank)."""
+    return METHODS[method] + (["--eval-data", str(data_file)] if method == "full" else [])
 
 
 def dcp_state(ckpt: Path, tmp: Path) -> dict:
@@ -73,21 +80,26 @@ def close(a: dict, b: dict) -> bool:
 def sharded(tiny_dir, data_file, tmp_path_factory) -> Path:
     """Every method, 3 steps, 2 processes, in one launch."""
     tmp = tmp_path_factory.mktemp("sharded")
-    launch(tmp, [common(tiny_dir, data_file, tmp / m, "--method", m.removesuffix("-fused"), "--fsdp", *extra) for m, extra in METHODS.items()])
+    launch(tmp, [common(tiny_dir, data_file, tmp / m, "--method", m.removesuffix("-fused"), "--fsdp",
+                        *extra(m, data_file)) for m in METHODS])
     return tmp
 
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_two_processes_fsdp_match_one_process(sharded, tiny_dir, data_file, tmp_path, method):
-    train.main(common(tiny_dir, data_file, tmp_path / "single", "--method", method.removesuffix("-fused"), *METHODS[method]))
+    train.main(common(tiny_dir, data_file, tmp_path / "single", "--method", method.removesuffix("-fused"),
+                      *extra(method, data_file)))
     two, one = losses(sharded / method), losses(tmp_path / "single")
     assert len(two) == len(one) == 3 and all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(two, one))
+    two, one = losses(sharded / method, "heldout_loss"), losses(tmp_path / "single", "heldout_loss")
+    assert len(two) == len(one) == (2 if method == "full" else 0) and two == pytest.approx(one, rel=1e-5)
     _, streamed = read_hf_dir(sharded / method / "final-hf")  # the streamed export of the sharded run
     _, unsharded = read_hf_dir(tmp_path / "single" / "final-hf")
     assert close(streamed, unsharded)
     if method in GALORE:
         check_optimizer_state(sharded / method / "step-000003", tmp_path / "single" / "step-000003", tmp_path,
-                              common(tiny_dir, data_file, tmp_path, "--method", method.removesuffix("-fused"), *METHODS[method]))
+                              common(tiny_dir, data_file, tmp_path, "--method", method.removesuffix("-fused"),
+                                     *METHODS[method]))
 
 
 def check_optimizer_state(sharded_ckpt: Path, single_ckpt: Path, tmp: Path, argv: list[str]) -> None:
@@ -123,7 +135,8 @@ def test_streamed_export_equals_unsharded_export_of_the_same_weights(sharded, ti
     model, tokenizer = load_model(tiny_dir)
     model.load_state_dict(state)
     save_model(model, tmp_path / "hf", format="hf", tokenizer=tokenizer)
-    assert json.loads((run / "final-hf" / "config.json").read_text()) == json.loads((tmp_path / "hf" / "config.json").read_text())
+    config_json = lambda folder: json.loads((folder / "config.json").read_text())  # noqa: E731
+    assert config_json(run / "final-hf") == config_json(tmp_path / "hf")
     config = model.config
     _, streamed = read_hf_dir(run / "final-hf")
     _, unsharded = read_hf_dir(tmp_path / "hf")

@@ -24,7 +24,8 @@ def shard_model(model: nn.Module, groups: list[dict], device: torch.device, worl
     """Shard `model` (a Transformer with `.layers`) in place over a 1-D mesh of `world_size` ranks on
     `device`'s type; every block is its own FSDP unit (one all-gather / reduce-scatter each), the root holds
     the embeddings, final norm and head. Parameters move to `device`. FSDP replaces every parameter by a
-    sharded one: returns the optimizer `groups` with each parameter replaced by its sharded successor. `mesh`: a 1-D mesh made beforehand (default: one over `world_size` ranks)."""
+    sharded one: returns the optimizer `groups` with each parameter replaced by its sharded successor.
+    `mesh`: a 1-D mesh made beforehand (default: one over `world_size` ranks)."""
     names = {p: name for name, p in model.named_parameters()}
     mesh = mesh or init_device_mesh(device.type, (world_size,))
     policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=reduce_dtype)
