@@ -14,119 +14,148 @@ from __future__ import annotations
 
 import math
 import signal
-import sys
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from common import cli
+from common.errors import UserError
 from data import BatchLoader, build_dataset, load_records
 from data.commonsense import TRAIN_FILE, build_commonsense
 from model import load_model, save_model
 from model.cli import DTYPES
 from model.peft_format import write_peft_adapter
 from model.loss import next_token_loss_sum as token_loss_sum
-from optim import GaLoreAdamW, apply_lora, attach_fused_step, lr_lambda, merge_lora
-from sampling import LayerSampler, calibration_windows, load_or_compute_ratios, plot_sampling_counts, read_documents
+from optim import GaLoreAdamW, apply_lora, attach_fused_step, build_projector, lr_lambda, merge_lora
+from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibration_windows, load_or_compute_ratios,
+                      plot_sampling_counts, read_documents)
 from sampling.calibration import training_documents
-from training.args import parse_args
-from training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from training.args import parse_args, write_config
+from training.checkpoint import checkpoints, clear_run, load_checkpoint, resolve_checkpoint, run_outputs, save_checkpoint
 from training.distributed import close_world, init_world, sum_gradients, sum_scalar
-from training.fsdp import is_sharded, set_gradient_sync, shard_model
+from training.fsdp import full_tensor, is_sharded, set_gradient_sync, shard_model
 from training.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 from training.sharded_export import export_sharded
 from training.heldout import HeldOut
 from training.memory import MemorySettings, estimate_memory, format_report
-from training.methods import SAMPLED_METHODS, activate_blocks, active_block_indices, param_groups
+from training.methods import METHODS, activate_blocks, active_block_indices, param_groups
 from training.metrics import current_memory_bytes, peak_memory_bytes
 from training.runlog import RunLog
 
 
-
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parse_args(argv)  # flags, config file, the resumed run's arguments: all checked here
+    method = METHODS[args.method]
+    out = Path(args.out)
+    resumed_from = resolve_checkpoint(args.resume) if args.resume else None
+    replace_run = check_out_folder(out, resumed_from, args.overwrite)  # every rank, before any rank writes
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     world = init_world(device.type, group=args.fsdp)
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     torch.manual_seed(args.seed)
-    out = Path(args.out)
     say = print if world.is_main else (lambda *a, **k: None)
-
-    # 1. The pre-trained model.
-    try:  # (--fsdp: into host memory, until fully_shard below moves each rank's shard to the device)
-        model, tokenizer = load_model(args.model, device="cpu" if args.fsdp else device, dtype=dtype,
-                                      ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)
-    except (FileNotFoundError, ValueError) as err:  # no weights found, unreadable checkpoint or tokenizer
-        sys.exit(f"error: {err}")
-    model.train()
-    model.gradient_checkpointing = args.grad_ckpt
-    n_layers = model.config.n_layers
-    if args.gamma > n_layers and args.method in SAMPLED_METHODS:
-        sys.exit(f"error: --gamma {args.gamma} exceeds the model's {n_layers} blocks")
-
-    # 2. Training data: fixed-length blocks, a seeded order every rank agrees on.
+    if world.is_main and replace_run:
+        clear_run(out)
     if not args.data:  # the embedded commonsense set: the real train splits of its 8 tasks, held-out rows kept out
         args.data = str(out / "commonsense" / TRAIN_FILE)
         if not Path(args.data).is_file():
             build_commonsense(out / "commonsense")
         say(f"data: no --data given; training on the commonsense set built in {args.data} (python -m data.commonsense)")
-    records = load_records(args.data)
-    dataset = build_dataset(records, tokenizer, args.seq_len, pack=not args.no_pack,
-                            mask_prompt=not args.train_on_prompt, template=args.template)
+    if world.is_main:
+        write_config(args, out, resumed_from)
+    records = load_records(args.data)  # bad data files fail before the model loads
+    eval_records = load_records(args.eval_data) if args.eval_data else None
+
+    # 1. The pre-trained model.
+    # (--fsdp: into host memory, until fully_shard below moves each rank's shard to the device)
+    model, tokenizer = load_model(args.model, device="cpu" if args.fsdp else device, dtype=dtype,
+                                  ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)
+    if tokenizer is None:
+        raise UserError(f"--model {args.model}: the checkpoint has no tokenizer file; training needs one")
+    model.train()
+    model.gradient_checkpointing = args.grad_ckpt
+    n_layers = model.config.n_layers
+    if args.gamma > n_layers and method.sampled:
+        raise UserError(f"--gamma: {args.gamma} exceeds the model's {n_layers} blocks")
+
+    # 2. Training data: fixed-length blocks, a seeded order every rank agrees on.
+    try:
+        dataset = build_dataset(records, tokenizer, args.seq_len, pack=not args.no_pack,
+                                mask_prompt=not args.train_on_prompt, template=args.template)
+    except ValueError as err:
+        raise UserError(f"{args.data}: {err}") from None
+    if len(dataset) < args.batch_size:
+        raise UserError(f"{args.data}: {len(dataset)} training rows of {args.seq_len} tokens, fewer than one batch "
+                        f"(--batch-size {args.batch_size}); lower --batch-size or add data")
     if world.size > 1 and args.batch_size % (world.size * args.grad_accum):
-        sys.exit(f"error: --batch-size {args.batch_size} must split over {world.size} ranks x {args.grad_accum} micro-batches")
+        raise UserError(f"--batch-size: {args.batch_size} must split over {world.size} ranks x {args.grad_accum} micro-batches")
     loader = BatchLoader(dataset, batch_size=args.batch_size // world.size, seed=args.seed,
                          rank=world.rank, world_size=world.size)
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * loader.batches_per_epoch))
     say(f"data: {len(records)} records -> {len(dataset)} blocks of {args.seq_len} tokens; {total_steps} steps")
 
-    # 3. Layer sampling: outlier ratios D_l of the pre-trained blocks -> probabilities (OwLore), or uniform (LISA).
+    # 3. Layer sampling: the policy's per-block weights -> probabilities: outlier ratios D_l of the pre-trained
+    #    blocks (OwLore), uniform (LISA), ...; a dynamic policy re-weighs the blocks every period.
     sampler = None
-    if args.method in SAMPLED_METHODS:
-        ratios = None
-        if args.sampling in ("owlore", "owlore_reverse"):
+    if method.sampled:
+        policy, inputs = POLICIES[args.sampling], {}
+        if "ratios" in policy.needs:
             scores = Path(args.scores) if args.scores else out / "outlier_scores.json"
-            calib = None  # an existing cache made for these weights is used as it is
-            if args.calib or not scores.is_file():
+            source = args.calib or args.data
+
+            def windows() -> list[torch.Tensor]:
                 documents = (read_documents(args.calib) if args.calib else  # else: the training stream itself
                              training_documents(records, tokenizer, args.calib_windows * args.calib_seq_len,
                                                 args.template, args.seed))
-                windows = calibration_windows(documents, tokenizer, args.calib_windows, args.calib_seq_len,
-                                              seed=args.seed)
-                calib = windows.to(model.output.weight.device).split(4)
-            ratios = load_or_compute_ratios(model, args.model, calib, args.M, scores,
-                                            calibration_source=args.calib or args.data)
-            say("outlier ratios D_l (%): " + " ".join(f"{r:.3f}" for r in ratios))
-        sampler = LayerSampler(ratios, args.sampling, args.gamma, args.period, args.seed, n_layers,
-                               fixed_layers=args.fixed_layers)
+                return calibration_windows(documents, tokenizer, args.calib_windows, args.calib_seq_len,
+                                           seed=args.seed).to(model.output.weight.device).split(4)
+
+            try:  # a --calib named must match the cache's tokens; a stale default cache is recomputed, a --scores one refused
+                inputs["ratios"] = load_or_compute_ratios(model, args.model, windows() if args.calib else windows,
+                                                          args.M, scores, calibration_source=source,
+                                                          on_stale="error" if args.scores else "recompute")
+            except CacheError as err:
+                raise UserError(f"{'--scores ' if args.scores else ''}{err}") from None
+            say("outlier ratios D_l (%): " + " ".join(f"{r:.3f}" for r in inputs["ratios"]))
+        if "alphas" in policy.needs:
+            inputs["alphas"] = block_alphas(model)[0]
+            say("HT-SR alphas: " + " ".join(f"{a:.3f}" for a in inputs["alphas"]))
+        if "fixed_layers" in policy.needs:
+            inputs["fixed_layers"] = args.fixed_layers
+        sampler = LayerSampler(policy, args.gamma, args.period, args.seed, n_layers, **inputs)
 
     # 4. Optimizer: GaLore groups for 2-D block weights, AdamW for everything else.
-    if args.method == "lora":
+    if method.adapters:
         groups = [{"params": apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)}]
     else:
-        groups = param_groups(model, args)
+        galore = dict(projector=build_projector(args.projector, rank=args.rank, proj_type=args.proj_type, svd=args.svd,
+                                                oversample=args.svd_oversample, power_iters=args.svd_power_iters),
+                      update_proj_gap=args.update_proj_gap, scale=args.galore_scale,
+                      reproject_moments=args.reproject_moments)
+        groups = param_groups(model, galore if method.projected else None)
     if args.fsdp:  # every block and the root fully sharded; the groups then hold the sharded parameters
         reduce_dtype = DTYPES[args.reduce_dtype] if args.reduce_dtype else None
         groups = shard_model(model, groups, device, world.size, reduce_dtype)
-    optimizer = GaLoreAdamW(groups, lr=args.lr, weight_decay=args.weight_decay, fp32_moments=args.fp32_moments)
+    optimizer = GaLoreAdamW(groups, lr=args.lr, eps=args.eps, weight_decay=args.weight_decay, fp32_moments=args.fp32_moments)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
     if args.fused and world.size > 1 and not args.fsdp:
-        sys.exit("error: --fused steps each parameter before gradients could be summed across ranks; "
-                 "drop --fused under torchrun")
+        raise UserError("--fused: steps each parameter before gradients could be summed across ranks; "
+                        "drop --fused under torchrun")
     fused = attach_fused_step(optimizer, [p for g in groups for p in g["params"]], grad_accum_steps=args.grad_accum,
                               max_grad_norm=args.max_grad_norm) if args.fused else None
 
     # Resume: weights, optimizer, scheduler, sampler, data position and RNG, exactly where they were.
     step = 0
-    if args.resume:
-        path = resolve_checkpoint(args.resume)
-        if (path / "shards").is_dir() != args.fsdp:  # DCP shards (--fsdp) or model.pt/optimizer.pt
+    if resumed_from:
+        if (resumed_from / "shards").is_dir() != args.fsdp:  # DCP shards (--fsdp) or model.pt/optimizer.pt
             written = "without" if args.fsdp else "with"
-            sys.exit(f"error: --resume {path}: the checkpoint was written {written} --fsdp; resume it {written} --fsdp")
-        state = (load_sharded_checkpoint if args.fsdp else load_checkpoint)(path, model, optimizer)
+            raise UserError(f"--resume {resumed_from}: the checkpoint was written {written} --fsdp; "
+                            f"resume it {written} --fsdp")
+        state = (load_sharded_checkpoint if args.fsdp else load_checkpoint)(resumed_from, model, optimizer)
         step = state["step"]
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
@@ -143,8 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     say(f"memory estimate for {args.method} ({dtype}, micro-batch {settings.micro_batch}x{args.seq_len}):\n"
         + format_report(estimate))
 
-    heldout = HeldOut(args.eval_data, tokenizer, args.eval_limit, template=args.template) if args.eval_data else None
-    metrics = RunLog(out, enabled=world.is_main, wandb=args.wandb, config=vars(args), say=say)  # jsonl, TensorBoard, W&B
+    heldout = HeldOut(eval_records, tokenizer, args.eval_limit, template=args.template) if eval_records else None
+    metrics = RunLog(out, enabled=world.is_main, wandb=args.wandb, config=vars(args), say=say,  # jsonl, TensorBoard, W&B
+                     resume_step=step if resumed_from else None)
     evaluates = world.is_main or args.fsdp  # a sharded forward needs every rank
     if heldout and evaluates and step == 0:
         metrics.write(step=0, **heldout.evaluate(model))
@@ -157,15 +187,19 @@ def main(argv: list[str] | None = None) -> None:
     progress = tqdm(range(step, total_steps), initial=step, total=total_steps, disable=not world.is_main)
     for step in progress:
         if sampler and (step % args.period == 0 or step == first_step):
-            left = activate_blocks(model, sampler.active_layers(step), train_outer=not args.freeze_embeddings)
+            left = activate_blocks(model, sampler.active_layers(step, model), train_outer=not args.freeze_embeddings)
             if not args.keep_inactive_state:
                 optimizer.drop_state(left)
         started = time.perf_counter()
-        loss, n_tokens = accumulate_gradients(model, loader, args, world, device)
+        loss, n_tokens = accumulate_gradients(model, loader, world, device, args.grad_accum, args.chunked_ce,
+                                               args.fused)
+        if not math.isfinite(loss):  # every rank sees the same summed loss, so every rank stops here
+            raise diverged(f"loss is {loss}", step + 1, out)
         trainable = [p for g in groups for p in g["params"] if p.grad is not None]
         sum_gradients(trainable, world)
-        if args.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
+        grad_norm = gradient_norm(trainable, args.max_grad_norm)  # None with --fused: already stepped
+        if grad_norm is not None and not math.isfinite(grad_norm):
+            raise diverged(f"gradient norm is {grad_norm}", step + 1, out)
         optimizer.step()  # --fused: parameters stepped in backward find no grad; with --grad-accum, applies the sums
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
@@ -173,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
 
         lr = scheduler.get_last_lr()[0]
         active = active_block_indices(model) if sampler else None
-        record = dict(step=step + 1, loss=loss, lr=lr, tokens_per_s=n_tokens / seconds, step_s=seconds,
+        record = dict(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=n_tokens / seconds, step_s=seconds,
                       active_blocks=active, peak_memory=peak_memory_bytes(device), memory=current_memory_bytes(device))
         if step + 1 == first_step + 2:
             say("measured after 2 steps:\n" + format_report(estimate, record["peak_memory"]))
@@ -184,11 +218,15 @@ def main(argv: list[str] | None = None) -> None:
                              blocks=",".join(map(str, active or [])))
         done = step + 1 == total_steps
         if stop.requested or done or (args.save_every and (step + 1) % args.save_every == 0):
+            check_weights(model, step + 1, out)  # on every rank: the weights, and so the verdict, agree
             if world.is_main or args.fsdp:
+                saved_args = {k: v for k, v in vars(args).items() if k != "changed_on_resume"}
                 state = dict(step=step + 1, scheduler=scheduler.state_dict(), loader=loader.state_dict(),
-                             sampler=sampler.state_dict() if sampler else None, args=vars(args))
-                save = save_sharded_checkpoint if args.fsdp else save_checkpoint
-                path = save(out, step + 1, model, optimizer, state)
+                             sampler=sampler.state_dict() if sampler else None, args=saved_args)
+                if args.fsdp:
+                    path = save_sharded_checkpoint(out, step + 1, model, optimizer, state)
+                else:
+                    path = save_checkpoint(out, step + 1, model, optimizer, state, keep=args.keep_checkpoints)
                 say(f"checkpoint: {path}")
         if stop.requested:
             say(f"stopped by signal after step {step + 1}; resume with --resume {out}")
@@ -201,14 +239,16 @@ def main(argv: list[str] | None = None) -> None:
     if fused:
         fused.remove()
     if sampler and world.is_main:
-        plot_sampling_counts(out / "sampling_counts.png", sampler.counts, sampler.inclusion_probabilities("monte_carlo"),
+        expected = None if sampler.policy.dynamic else sampler.inclusion_probabilities("monte_carlo")
+        plot_sampling_counts(out / "sampling_counts.png", sampler.counts, expected,
                              title=f"{args.method}: periods each block was active")
     if args.fsdp and args.save_format != "none" and not stop.requested:  # gathered and written block by block
         for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
             export_sharded(model, out / f"final-{fmt}", fmt, tokenizer)
             say(f"saved {fmt} weights to {out / f'final-{fmt}'}")
     elif world.is_main and args.save_format != "none" and not stop.requested:
-        if args.method == "lora":  # the adapter for PEFT, then the merged weights
+        check_weights(model, total_steps, out)
+        if method.adapters:  # the adapter for PEFT, then the merged weights
             write_peft_adapter(model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
             say(f"saved the LoRA adapter (PEFT) to {out / 'final-peft'}")
             merge_lora(model)
@@ -220,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     close_world(world)
 
 
-def accumulate_gradients(model, loader, args, world, device) -> tuple[float, int]:
+def accumulate_gradients(model: torch.nn.Module, loader: BatchLoader, world, device: torch.device, grad_accum: int,
+                         chunked_ce: bool, fused: bool = False) -> tuple[float, int]:
     """Forward/backward over `grad_accum` micro-batches of this rank's share of the global batch.
 
     The loss is the mean over every target token of the global batch, so accumulation and data
@@ -231,20 +272,60 @@ def accumulate_gradients(model, loader, args, world, device) -> tuple[float, int
     targets = labels[:, 1:]
     n_targets = sum_scalar(int((targets != -100).sum()), world, device)
     if n_targets == 0:
-        sys.exit("error: a training batch has no target tokens (every label is masked)")
+        raise UserError("--data: a training batch has no target tokens (every label is masked)")
     total = 0.0
-    for i, (ids, lab) in enumerate(zip(input_ids.chunk(args.grad_accum), labels.chunk(args.grad_accum))):
+    for i, (ids, lab) in enumerate(zip(input_ids.chunk(grad_accum), labels.chunk(grad_accum))):
         if is_sharded(model):  # reduce-scatter once, after the last (--fused: each, its hooks step/accumulate)
-            set_gradient_sync(model, args.fused or i == args.grad_accum - 1)
-        loss_sum = token_loss_sum(model, ids, lab, args.chunked_ce)
+            set_gradient_sync(model, fused or i == grad_accum - 1)
+        loss_sum = token_loss_sum(model, ids, lab, chunked_ce)
         if loss_sum is None:  # every target of this micro-batch is masked: it adds nothing
             continue
-        if not torch.isfinite(loss_sum):
-            sys.exit(f"error: loss is {loss_sum.item()} at this step; stopping without saving "
-                     f"(the last good checkpoint in {args.out} is intact); try a lower --lr")
-        (loss_sum / n_targets).backward()
         total += loss_sum.item()
+        if math.isfinite(total):  # a non-finite loss reaches every rank through the sum below
+            (loss_sum / n_targets).backward()
     return sum_scalar(total, world, device) / n_targets, input_ids.numel() * world.size
+
+
+def gradient_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> float | None:
+    """The total 2-norm of the gradients (clipping them to `max_norm` when given); None without gradients."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    if max_norm:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return float(torch.linalg.vector_norm(torch.stack([full_tensor(torch.linalg.vector_norm(g, dtype=torch.float32)) for g in grads])))
+
+
+def check_weights(model: torch.nn.Module, step: int, out: Path) -> None:
+    """Refuse to save weights that are not finite."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise diverged(f"weight {name} is not finite", step, out)
+
+
+def diverged(what: str, step: int, out: Path) -> UserError:
+    """The error for a run that blew up: nothing was saved, and what the last good checkpoint is."""
+    found = checkpoints(out)
+    kept = f"the newest checkpoint {found[-1]} is untouched" if found else f"{out} holds no checkpoint"
+    return UserError(f"step {step}: {what}; stopped without saving ({kept}); try a lower --lr")
+
+
+def check_out_folder(out: Path, resumed_from: Path | None, overwrite: bool) -> bool:
+    """Whether `out` holds another run to replace (with --overwrite); refuse one otherwise."""
+    held = run_outputs(out)
+    if resumed_from is not None and resumed_from.parent.resolve() == out.resolve():
+        names = [p.name for p in checkpoints(out)]
+        newer = names[names.index(resumed_from.name) + 1:] if resumed_from.name in names else []
+        if newer:  # they belong to the abandoned continuation, and the newest checkpoint wins a later resume
+            raise UserError(f"--resume {resumed_from}: {out} holds newer checkpoints ({', '.join(newer)}); "
+                            f"resume the newest with --resume {out}, or branch off with another --out")
+        return False
+    if not held:
+        return False
+    if not overwrite:
+        raise UserError(f"--out {out}: already holds a run ({', '.join(held)}); continue it with --resume {out}, "
+                        "replace it with --overwrite, or choose another --out")
+    return True
 
 
 class StopFlag:
@@ -263,4 +344,4 @@ class StopFlag:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

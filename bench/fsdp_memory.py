@@ -13,7 +13,6 @@ SVD's own workspace, one gathered matrix's worth, is not modelled). Host-side lo
 from __future__ import annotations
 
 import argparse
-from argparse import Namespace
 
 import torch
 import torch.distributed as dist
@@ -25,9 +24,10 @@ from torch.testing._internal.distributed.fake_pg import FakeStore
 
 from model import Transformer, get_config
 from optim import GaLoreAdamW
+from optim.projector import RandomProjector
 from sampling import set_trainable
 from training.fsdp import shard_model
-from training.methods import SAMPLED_METHODS, param_groups
+from training.methods import METHODS, SAMPLED_METHODS, param_groups
 
 GIB = 2**30
 # (model, ranks, GPU GiB, method, gamma): the cases the README's multi-GPU section cites
@@ -44,9 +44,7 @@ def simulate(model_name: str, world: int, method: str, gamma: int, micro_batch: 
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
     try:
         config = get_config(model_name)
-        args = Namespace(method=method, rank=rank, update_proj_gap=2, galore_scale=0.25, proj_type="std",
-                         svd="exact", projector="random", svd_oversample=8, svd_power_iters=2,
-                         reproject_moments=False)
+        galore = dict(projector=RandomProjector(rank), update_proj_gap=2, scale=0.25) if METHODS[method].projected else None
         mesh = init_device_mesh("cpu", (world,))  # outside fake mode: the mesh is made of real rank numbers
         with FakeTensorMode():
             default = torch.get_default_dtype()
@@ -59,7 +57,7 @@ def simulate(model_name: str, world: int, method: str, gamma: int, micro_batch: 
             model.train()
             if method in SAMPLED_METHODS:
                 set_trainable(model, list(range(gamma)), train_outer=True)
-            groups = shard_model(model, param_groups(model, args), torch.device("cpu"), world, mesh=mesh)
+            groups = shard_model(model, param_groups(model, galore), torch.device("cpu"), world, mesh=mesh)
             optimizer = GaLoreAdamW(groups, lr=1e-5, fp32_moments=True)
             ids = torch.randint(0, config.vocab_size, (micro_batch, seq_len))
             tracker = FSDPMemTracker(model, optimizer)

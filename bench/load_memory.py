@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from common import cli
 from model.config import get_config
 from model.meta_format import write_meta_dir
 from model.transformer import Transformer
@@ -66,14 +67,14 @@ def run(config_name: str, work_dir: Path | None = None, keep: bool = False) -> d
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="llama2-7b", help="named config whose shape to use")
     parser.add_argument("--work-dir", type=Path, default=None, help="where to write the checkpoint (deleted after)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint")
     parser.add_argument("--write", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.write:
         write_random_checkpoint(args.config, args.write)
     elif args.measure:
@@ -88,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
+from common import cli
 from model.config import CONFIGS, get_config
-from training.memory import GIB, METHODS, MemoryEstimate, MemorySettings, estimate_memory
+from model.cli import DTYPES
+from training.memory import GIB, MemoryEstimate, MemorySettings, estimate_memory
+from training.methods import METHODS
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPONENTS = ("weights", "gradients", "optimizer", "activations", "logits", "runtime")
 
 
@@ -36,7 +36,7 @@ def table(rows: dict[str, MemoryEstimate]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, MemoryEstimate]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llama2-7b", choices=sorted(CONFIGS))
     p.add_argument("--method", choices=METHODS, help="default: all six")
     p.add_argument("--gamma", type=int, default=5)
@@ -69,4 +69,4 @@ def main(argv: list[str] | None = None) -> dict[str, MemoryEstimate]:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

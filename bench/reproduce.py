@@ -16,9 +16,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from common import cli
 from bench.step_compare import run_method
 from data.commonsense import TASKS, build_commonsense
-from training.memory import GIB, METHODS
+from training.memory import GIB
+from training.methods import METHODS
 
 LORA_LR_FACTOR = 10.0  # adapters start from zero and need a larger step, as in the paper's LoRA runs
 
@@ -29,7 +31,7 @@ def run_one(a, data: Path, heldout: Path, out: Path, method: str, lr: float, see
             "--max-steps", str(a.steps), "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len),
             "--gamma", str(a.gamma), "--period", str(a.period), "--rank", str(a.rank), "--dtype", a.dtype,
             "--save-format", "none", "--svd", "randomized", "--calib-windows", "4", "--calib-seq-len", "128",
-            "--warmup", "0", "--schedule", "constant"]
+            "--warmup", "0", "--schedule", "constant", "--overwrite"]
     run_method(args, a.device)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "heldout_acc" in r]
@@ -73,7 +75,7 @@ def plot(best: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--methods", type=lambda v: v.split(","), default=list(METHODS))
     p.add_argument("--tasks", type=lambda v: v.split(","), default=list(TASKS))
@@ -112,4 +114,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -25,10 +25,12 @@ from pathlib import Path
 
 import torch
 
+from common import cli
 from common.assets import asset_path
 from data.commonsense import build_commonsense
 from model import Transformer, get_config, save_model
-from training.memory import GIB, METHODS, MemorySettings, estimate_memory
+from training.memory import GIB, MemorySettings, estimate_memory
+from training.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -56,7 +58,7 @@ def train_args(model_dir: Path, data: Path, out: Path, method: str, a: argparse.
             "--max-steps", str(a.steps), "--period", str(a.period), "--gamma", str(a.gamma), "--rank", str(a.rank),
             "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len), "--dtype", a.dtype,
             "--save-format", "none", "--svd", "randomized", "--calib-windows", "2", "--calib-seq-len", "64",
-            "--train-on-prompt", "--schedule", "constant", "--lr", "1e-5"]
+            "--train-on-prompt", "--schedule", "constant", "--lr", "1e-5", "--overwrite"]
     if method in ("lisa", "owlore", "owlore-fullrank"):
         args += ["--sampling", "uniform"]  # the draw's probabilities do not change memory or time
     if lean:
@@ -142,7 +144,7 @@ def report(rows: list[dict], a: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--heads", type=int, default=8)
@@ -177,4 +179,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from common import cli
 from optim.projector import SVDProjector
 
 
@@ -55,7 +56,7 @@ def compare(m: int, n: int, rank: int, decay: float, oversample: int, power_iter
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="256x688 and 256x256 at rank 16 (smoke run)")
     parser.add_argument("--rank", type=int, default=None)
     parser.add_argument("--decay", type=float, default=1.0, help="spectrum s_i = (i+1)^-decay")
@@ -82,4 +83,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -168,23 +168,22 @@ def heldout_doc_ids(records: list[dict]) -> dict[str, list[int]]:
     return doc_ids
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    from common import cli
+
+    parser = cli.ArgumentParser(prog="python -m data.commonsense", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--heldout-per-task", type=int, default=100)
-    parser.add_argument("--max-train-per-task", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heldout-per-task", type=cli.number(int, at_least=0), default=100)
+    parser.add_argument("--max-train-per-task", type=cli.number(int, at_least=1), default=None)
+    parser.add_argument("--seed", type=cli.number(int, at_least=0), default=0)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of: " + ", ".join(TASKS))
-    args = parser.parse_args()
-    try:
-        paths = build_commonsense(
-            args.out, args.heldout_per_task, args.max_train_per_task, args.seed, tuple(args.tasks.split(","))
-        )
-    except (ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"error: {err}\n")
+    args = parser.parse_args(argv)
+    paths = build_commonsense(args.out, args.heldout_per_task, args.max_train_per_task, args.seed, tuple(args.tasks.split(",")))
     for path in paths:
         print(f"{path}: {len(json.loads(path.read_text()))} records")
 
 
 if __name__ == "__main__":
-    main()
+    from common import cli
+
+    cli.run(main)

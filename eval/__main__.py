@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import torch
 
+from common import cli
+from common.errors import UserError
 from common.io import write_json, write_jsonl
 from eval.report import results_table
 
@@ -27,7 +28,7 @@ def _load(args):
     model, tokenizer = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype], ckpt_dir=args.ckpt_dir,
                                   tokenizer=args.tokenizer)  # fmt: skip
     if tokenizer is None:
-        raise SystemExit(f"{args.model}: the checkpoint has no tokenizer; evaluation needs one")
+        raise UserError(f"--model {args.model}: the checkpoint has no tokenizer; evaluation needs one")
     return model, tokenizer
 
 
@@ -38,12 +39,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def harness_main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m eval", description="lm-evaluation-harness-style multiple choice")
+    p = cli.ArgumentParser(prog="python -m eval", description="lm-evaluation-harness-style multiple choice")
     _common(p)
     p.add_argument("--tasks", default="commonsense", help="comma-separated tasks/groups: commonsense, mmlu, arc_easy, ...")
-    p.add_argument("--num-fewshot", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="first N rows of each task (each MMLU subject)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--num-fewshot", type=cli.number(int, at_least=0), default=0)
+    p.add_argument("--limit", type=cli.number(int, at_least=1), default=None, help="first N rows of each task (each MMLU subject)")
+    p.add_argument("--batch-size", type=cli.number(int, at_least=1), default=16)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--add-bos", action="store_true", help="prepend BOS to contexts (harness HF default: no)")
     p.add_argument("--share-context", choices=["auto", "yes", "no"], default="auto",
@@ -51,7 +52,12 @@ def harness_main(argv: list[str]) -> None:
     p.add_argument("--output", default=None, help="JSON file for metrics and per-example records")
     args = p.parse_args(argv)
     from eval.harness import evaluate
+    from eval.tasks import resolve_tasks
 
+    try:
+        resolve_tasks(args.tasks)  # a misspelt task fails before the model loads
+    except KeyError as err:
+        raise UserError(f"--tasks: {err.args[0]}") from None
     model, tokenizer = _load(args)
     out = evaluate(model, tokenizer, args.tasks, num_fewshot=args.num_fewshot, limit=args.limit,
                    batch_size=args.batch_size, seed=args.seed, add_bos=args.add_bos,
@@ -66,13 +72,13 @@ def harness_main(argv: list[str]) -> None:
 
 
 def generate_main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m eval generate", description="LLM-Adapters generative protocol")
+    p = cli.ArgumentParser(prog="python -m eval generate", description="LLM-Adapters generative protocol")
     _common(p)
     p.add_argument("--dataset", required=True, help="boolq, piqa, social_i_qa, hellaswag, winogrande, ARC-Easy, ...")
     p.add_argument("--data", required=True, help="LLM-Adapters test.json")
-    p.add_argument("--num-beams", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--num-beams", type=cli.number(int, at_least=1), default=4)
+    p.add_argument("--max-new-tokens", type=cli.number(int, at_least=1), default=32)
+    p.add_argument("--limit", type=cli.number(int, at_least=1), default=None)
     p.add_argument("--output", default=None)
     args = p.parse_args(argv)
     from eval.generative import read_llm_adapters, run_generative
@@ -86,12 +92,12 @@ def generate_main(argv: list[str]) -> None:
 
 
 def mtbench_main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m eval mtbench", description="MT-Bench answers and single-answer judging")
+    p = cli.ArgumentParser(prog="python -m eval mtbench", description="MT-Bench answers and single-answer judging")
     _common(p)
     p.add_argument("--questions", required=True, help="FastChat question.jsonl")
     p.add_argument("--answers", required=True, help="answer JSONL (written, or read with --judge-only)")
     p.add_argument("--model-id", default=None)
-    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--max-new-tokens", type=cli.number(int, at_least=1), default=1024)
     p.add_argument("--judge-only", action="store_true", help="judge existing --answers without loading a model")
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--judge-model", default="gpt-4")
@@ -124,20 +130,15 @@ def mtbench_main(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run a command; a bad input (file, row, name) is one line `error: <file or name>: <cause>` (--debug: traceback)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    cli.run(_dispatch, argv)
+
+
+def _dispatch(argv: list[str]) -> None:
     commands = {"generate": generate_main, "mtbench": mtbench_main}
-    try:
-        if argv and argv[0] in commands:
-            commands[argv[0]](argv[1:])
-        else:
-            harness_main(argv)
-    except (ValueError, KeyError, OSError) as err:
-        if debug:
-            raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        sys.exit(f"error: {message}")
+    if argv and argv[0] in commands:
+        commands[argv[0]](argv[1:])
+    else:
+        harness_main(argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The model flags every command line shares (train.py, python -m eval, python -m sampling.outliers)."""
+"""The model flags every command line shares (train.py, python -m eval, python -m sampling)."""
 from __future__ import annotations
 
 import argparse

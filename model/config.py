@@ -57,6 +57,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"config {self.name!r}: unknown model family {self.family!r}; known: {', '.join(FAMILIES)}")
+        for field in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_dim", "max_seq_len"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"config {self.name!r}: {field} must be a positive integer, got {value!r}")
+        for field in ("norm_eps", "rope_theta"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+                raise ValueError(f"config {self.name!r}: {field} must be a positive number, got {value!r}")
         if self.dim % self.n_heads:
             raise ValueError(f"config {self.name!r}: dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
@@ -71,6 +79,24 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
+
+
+def rope_scaling_from(values: dict, source: str, length_key: str) -> Llama3RopeScaling:
+    """LLaMA-3.1 RoPE scaling from a checkpoint's fields; every field must be present and a number."""
+    keys = {"factor": "factor", "low_freq_factor": "low_freq_factor", "high_freq_factor": "high_freq_factor",
+            length_key: "original_max_seq_len"}
+    missing = [k for k in keys if not isinstance(values.get(k), (int, float)) or isinstance(values.get(k), bool)]
+    if missing:
+        raise ValueError(f"{source}: rope_scaling needs numbers for {', '.join(missing)}, got {values}")
+    return Llama3RopeScaling(**{field: values[key] for key, field in keys.items()})
+
+
+def checked(source: str, make, **fields):
+    """`make(**fields)` (a ModelConfig), its errors prefixed with the checkpoint file they came from."""
+    try:
+        return make(**fields)
+    except (TypeError, ValueError) as err:
+        raise ValueError(str(err) if source in str(err) else f"{source}: {err}") from None
 
 
 def meta_ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None = None) -> int:

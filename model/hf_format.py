@@ -9,8 +9,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model.config import FAMILIES, Llama3RopeScaling, ModelConfig
 from common.io import atomic_write, write_json
+from model.config import FAMILIES, ModelConfig, checked, rope_scaling_from
 
 _TOP = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight", "lm_head.weight": "output.weight"}
 _BLOCK = {
@@ -27,12 +27,16 @@ DROPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 def config_from_hf(cfg: dict, name: str) -> ModelConfig:
     """ModelConfig from an HF LLaMA/Mistral config.json dict."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{name}: config.json must hold an object, got a {type(cfg).__name__}")
     if cfg.get("model_type") not in FAMILIES:
         raise ValueError(f"{name}: model_type {cfg.get('model_type')!r} is not supported ({', '.join(FAMILIES)})")
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size") if k not in cfg]
     if missing:
         raise ValueError(f"{name}: config.json is missing {missing}")
     dim, n_heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads < 1:
+        raise ValueError(f"{name}: num_attention_heads must be a positive integer, got {n_heads!r}")
     if cfg.get("head_dim") not in (None, dim // n_heads):
         raise ValueError(f"{name}: head_dim {cfg['head_dim']} != hidden_size / num_attention_heads is unsupported")
     scaling = None
@@ -41,8 +45,8 @@ def config_from_hf(cfg: dict, name: str) -> ModelConfig:
         kind = rs.get("rope_type", rs.get("type"))
         if kind != "llama3":
             raise ValueError(f"{name}: rope_scaling type {kind!r} is not supported (only llama3)")
-        scaling = Llama3RopeScaling(rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"], rs["original_max_position_embeddings"])
-    return ModelConfig(
+        scaling = rope_scaling_from(rs, name, "original_max_position_embeddings")
+    return checked(name, ModelConfig,
         name=cfg.get("_name_or_path") or name, dim=dim, n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
         n_kv_heads=cfg.get("num_key_value_heads") or n_heads, vocab_size=cfg["vocab_size"],
         ffn_dim=cfg["intermediate_size"], norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
@@ -118,6 +122,8 @@ def hf_to_meta(state: dict[str, torch.Tensor], config: ModelConfig, source: str 
         if meta is None:
             raise ValueError(f"{source}: unknown tensor name {name!r}")
         heads = _qk_heads(meta, config)
+        if heads and tuple(w.shape) != (heads * config.head_dim, config.dim):
+            raise ValueError(f"{source}: tensor {name} has shape {tuple(w.shape)}, expected {(heads * config.head_dim, config.dim)}")
         out[meta] = unpermute(w, heads) if heads else w
     return out
 

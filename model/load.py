@@ -37,9 +37,11 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], device="cpu
     for key, shape in expected.items():
         if state[key].shape != shape:
             raise ValueError(f"{source}: tensor {key} has shape {tuple(state[key].shape)}, expected {tuple(shape)}")
-        state[key] = state[key].to(device=device, dtype=dtype)
-        if not state[key].is_floating_point():
+        if not state[key].is_floating_point():  # before the cast, which would hide it
             raise ValueError(f"{source}: tensor {key} has non-float dtype {state[key].dtype}")
+        state[key] = state[key].to(device=device, dtype=dtype)
+        if not torch.isfinite(state[key]).all():
+            raise ValueError(f"{source}: tensor {key} holds NaN or inf")
     if config.tie_embeddings:
         state["output.weight"] = state["tok_embeddings.weight"]
     model.load_state_dict(state, strict=True, assign=True)

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from common.io import atomic_write, write_json
-from model.config import Llama3RopeScaling, ModelConfig, meta_ffn_dim
+from model.config import Llama3RopeScaling, ModelConfig, checked, meta_ffn_dim, rope_scaling_from
 
 # Meta's model-parallel layout: column-parallel weights split rows, row-parallel weights split columns.
 _CAT_DIM0 = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3", "output")
@@ -24,6 +24,8 @@ KNOWN_PARAMS = {
 
 def config_from_params(params: dict, name: str, tokenizer_vocab: int | None = None) -> ModelConfig:
     """ModelConfig from a Meta/Mistral params.json dict (vocab_size -1 takes the tokenizer's size)."""
+    if not isinstance(params, dict):
+        raise ValueError(f"{name}: must hold an object of hyper-parameters, got a {type(params).__name__}")
     unknown = sorted(set(params) - KNOWN_PARAMS)
     if unknown:
         raise ValueError(f"{name}: params.json has unknown keys {unknown}")
@@ -33,8 +35,12 @@ def config_from_params(params: dict, name: str, tokenizer_vocab: int | None = No
     if missing:
         raise ValueError(f"{name}: params.json is missing {missing}")
     dim, n_heads = params["dim"], params["n_heads"]
+    for key, value in (("dim", dim), ("n_heads", n_heads)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: {key} must be a positive integer, got {value!r}")
     if params.get("head_dim", dim // n_heads) * n_heads != dim:
-        raise ValueError(f"{name}: params.json head_dim {params['head_dim']} * n_heads {n_heads} != dim {dim}")
+        raise ValueError(f"{name}: params.json head_dim {params.get('head_dim', dim / n_heads)} * n_heads {n_heads} "
+                         f"!= dim {dim}")
     vocab = params.get("vocab_size", -1)
     if vocab is None or vocab <= 0:
         if tokenizer_vocab is None:
@@ -46,13 +52,13 @@ def config_from_params(params: dict, name: str, tokenizer_vocab: int | None = No
         ffn = meta_ffn_dim(dim, params["multiple_of"], params.get("ffn_dim_multiplier"))
     scaling = None
     if isinstance(params.get("rope_scaling"), dict):
-        scaling = Llama3RopeScaling(**params["rope_scaling"])
+        scaling = rope_scaling_from(params["rope_scaling"], name, "original_max_seq_len")
     elif params.get("use_scaled_rope"):
         scaling = Llama3RopeScaling()
     theta = float(params.get("rope_theta", 10000.0))
     window = params.get("sliding_window")
     default_len = 131072 if scaling else 32768 if window else 8192 if theta >= 500000 else 4096
-    return ModelConfig(
+    return checked(name, ModelConfig,
         name=params.get("name", name), dim=dim, n_layers=params["n_layers"], n_heads=n_heads,
         n_kv_heads=params.get("n_kv_heads") or n_heads, vocab_size=vocab, ffn_dim=ffn,
         norm_eps=float(params.get("norm_eps", 1e-5)), rope_theta=theta, rope_scaling=scaling,
@@ -165,9 +171,12 @@ def split_shards(state: dict[str, torch.Tensor], n: int, embedding_dim: int) -> 
 
 def _load_pth(path: Path) -> dict[str, torch.Tensor]:
     try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as err:
         raise ValueError(f"{path}: cannot read checkpoint ({err})") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a dict of tensor names to tensors, got a {type(state).__name__}")
+    return state
 
 
 def read_meta_dir(path: str | Path, tokenizer_vocab: int | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

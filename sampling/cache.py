@@ -4,7 +4,7 @@ The weight fingerprint hashes, per parameter, its name and shape, a fixed stride
 values and an exact integer checksum of all its values (the bf16 bit patterns summed as int64). Values
 are taken at bf16 precision, so an fp32 and a bf16 load of the same checkpoint agree, while any
 changed weight changes the checksum. A cache whose fingerprint, M, model name or calibration tokens
-differ from the current ones is stale and refused.
+differ from the current ones is stale: recomputed, or refused where the caller says so.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,12 @@ SAMPLE = 1024
 CHUNK = 1 << 24
 
 
-class StaleCacheError(ValueError):
-    """The cache was computed for other weights, another M, model name or calibration set."""
+class CacheError(ValueError):
+    """An outlier-ratio cache that cannot be used: corrupt, or (StaleCacheError) made for something else."""
+
+
+class StaleCacheError(CacheError):
+    """The cache was computed for other weights, another M, model name, block count or calibration set."""
 
 
 def weight_fingerprint(model: nn.Module) -> str:
@@ -58,13 +62,15 @@ def read_cache(path: str | Path) -> dict:
     try:
         record = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: corrupt outlier-ratio cache ({err})") from None
+        raise CacheError(f"{path}: corrupt outlier-ratio cache ({err})") from None
     keys = ("model_name", "fingerprint", "M", "calibration", "ratios")
     if not isinstance(record, dict) or any(k not in record for k in keys):
-        raise ValueError(f"{path}: not an outlier-ratio cache (needs keys {', '.join(keys)})")
+        raise CacheError(f"{path}: not an outlier-ratio cache (needs keys {', '.join(keys)})")
     ratios = record["ratios"]
     if not isinstance(ratios, list) or not all(isinstance(r, (int, float)) and math.isfinite(r) and r >= 0 for r in ratios):
-        raise ValueError(f"{path}: 'ratios' must be a list of finite non-negative numbers")
+        raise CacheError(f"{path}: 'ratios' must be a list of finite non-negative numbers")
+    if not isinstance(record["M"], (int, float)) or not isinstance(record["calibration"], dict):
+        raise CacheError(f"{path}: 'M' must be a number and 'calibration' an object")
     return record
 
 
@@ -89,31 +95,42 @@ def make_record(model: nn.Module, model_name: str, M: float, calibration: dict, 
             "calibration": calibration, "ratios": [float(r) for r in ratios], **extra}
 
 
-def load_or_compute_ratios(model: nn.Module, model_name: str, calibration_batches: Iterable[torch.Tensor] | None,
+def load_or_compute_ratios(model: nn.Module, model_name: str,
+                           calibration_batches: Iterable[torch.Tensor] | Callable[[], Iterable[torch.Tensor]] | None,
                            M: float, cache_path: str | Path, calibration_source: str = "batches given in Python",
                            on_stale: str = "recompute") -> list[float]:
     """Cached D_l when the cache matches; otherwise compute them and (re)write the cache.
 
-    With `calibration_batches=None` any calibration set in the cache is accepted, but nothing can be
-    recomputed. `on_stale="error"` raises StaleCacheError instead of recomputing.
+    `calibration_batches` given as batches: the cache must have been made with these tokens. Given as a
+    function returning them: any calibration in the cache is accepted, and the function is called only
+    when the ratios must be (re)computed. None: any calibration is accepted, nothing can be recomputed.
+    A stale cache is recomputed with a one-line note on stderr, or with `on_stale="error"` raises
+    StaleCacheError; a corrupt one raises CacheError.
     """
     if on_stale not in ("recompute", "error"):
         raise ValueError(f"on_stale must be 'recompute' or 'error', got {on_stale!r}")
-    windows = None if calibration_batches is None else list(calibration_batches)
-    calibration = None
-    if windows is not None:
-        if not windows:
-            raise ValueError("calibration_batches is empty")
-        calibration = describe(windows, calibration_source, seed=None)
+    lazy = callable(calibration_batches)
+    windows = None if calibration_batches is None or lazy else _nonempty(calibration_batches)
+    calibration = None if windows is None else describe(windows, calibration_source, seed=None)
     if Path(cache_path).is_file():
         try:
             return cached_ratios(cache_path, model, model_name, M, calibration)
         except StaleCacheError as err:
-            if on_stale == "error" or windows is None:
+            if on_stale == "error" or calibration_batches is None:
                 raise
-            print(f"{err}; recomputing", file=sys.stderr)
-    elif windows is None:
+            print(f"note: {err}; recomputing from {calibration_source}", file=sys.stderr)
+    elif calibration_batches is None:
         raise FileNotFoundError(f"{cache_path}: no outlier-ratio cache and no calibration batches to compute one")
+    if lazy:
+        windows = _nonempty(calibration_batches())
+        calibration = describe(windows, calibration_source, seed=None)
     ratios = outlier_ratios(model, windows, M)
     write_json(cache_path, make_record(model, model_name, M, calibration, ratios), allow_nan=False)
     return ratios
+
+
+def _nonempty(batches: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    windows = list(batches)
+    if not windows:
+        raise ValueError("calibration_batches is empty")
+    return windows

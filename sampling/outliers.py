@@ -5,13 +5,11 @@ feature over all calibration tokens, so ||X_j||_2 = sqrt(sum_sq_j). The Wanda sc
 A_ij = |W_ij| * ||X_j||_2; per block the scores of all its linears are pooled and
 D_l = 100 * count(A > M * mean(A)) / numel(A).
 
-Command line: `python -m sampling.outliers --model SOURCE [--calib FILE] --M 13 --out scores.json`.
+Command line: `python -m sampling --model SOURCE [--calib FILE] --M 13 --out scores.json` (sampling/__main__.py).
 """
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections.abc import Iterable
 
 import torch
@@ -175,34 +173,3 @@ def outlier_ratios(model: nn.Module, batches: Iterable[Tensor], M: float, blockw
     """D_l (percent) of every decoder block of `model` over calibration `batches` of token ids [batch, seq]."""
     _check_M(M)
     return outlier_report(model, collect_input_sum_sq(model, batches, blockwise, device), M)["ratios"]
-
-
-def parser() -> argparse.ArgumentParser:
-    from model.cli import add_model_flags
-
-    p = argparse.ArgumentParser(prog="python -m sampling.outliers", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="load_model source: config name, .gguf, Meta or HF dir")
-    p.add_argument("--calib", help=".txt/.json/.jsonl calibration file (default: BoolQ validation passages)")
-    p.add_argument("--n-windows", type=int, default=128)
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--M", type=float, default=13.0, help="outlier threshold multiple of the mean (OWL's M)")
-    p.add_argument("--gamma", type=int, default=5, help="blocks per draw, for the reported inclusion probabilities")
-    p.add_argument("--out", required=True, help="scores JSON (also a valid ratio cache)")
-    p.add_argument("--htsr", action="store_true", help="also compute HT-SR alphas and their Spearman rho with D")
-    p.add_argument("--plot", help="PNG with ratios, sampling probabilities and alphas per block")
-    p.add_argument("--device", default="cpu")
-    add_model_flags(p)
-    p.add_argument("--blockwise", action="store_true", help="move one block at a time to --device (low memory)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> None:
-    from sampling.report import run
-
-    run(parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

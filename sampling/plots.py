@@ -3,9 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from matplotlib.figure import Figure  # no pyplot: no global backend or GUI state
-
 from common.io import atomic_write
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure  # imported here: matplotlib costs 0.5 s; no pyplot, no global GUI state
+
+    return Figure(figsize=(width, height), layout="constrained")
 
 
 def plot_layer_profile(path: str | Path, ratios: list[float], probabilities: list[float],
@@ -18,7 +22,7 @@ def plot_layer_profile(path: str | Path, ratios: list[float], probabilities: lis
         raise ValueError("ratios, probabilities, inclusion and alphas must have one value per block")
     blocks = list(range(n))
     panels = 3 if alphas is not None else 2
-    fig = Figure(figsize=(max(7.0, 0.28 * n + 3), 2.6 * panels + 0.6), layout="constrained")
+    fig = _figure(max(7.0, 0.28 * n + 3), 2.6 * panels + 0.6)
     axes = fig.subplots(panels, 1, sharex=True)
     axes[0].bar(blocks, ratios, color="tab:red")
     axes[0].set_ylabel("outlier ratio D (%)")
@@ -43,7 +47,7 @@ def plot_sampling_counts(path: str | Path, counts: list[int], inclusion: list[fl
                          title: str = "realised sampling counts") -> None:
     """Periods each block was active, with the expected count n_periods * P(active) when given."""
     n = len(counts)
-    fig = Figure(figsize=(max(7.0, 0.28 * n + 3), 3.2), layout="constrained")
+    fig = _figure(max(7.0, 0.28 * n + 3), 3.2)
     ax = fig.subplots()
     ax.bar(range(n), counts, color="tab:purple", label="realised")
     if inclusion is not None:

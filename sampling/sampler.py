@@ -1,8 +1,9 @@
 """Which decoder blocks train when: gamma distinct blocks every `period` steps (docs/method.md, "Layer sampling").
 
-The draw for period t is a pure function of (seed, t), so every data-parallel rank and a resumed
-run pick the same blocks. Blocks are drawn one after another without replacement, each with
-probability proportional to its weight among those not yet drawn.
+The probabilities come from a sampling policy (sampling/policies.py). The draw for period t is a pure
+function of (seed, t, the policy's state for t), so every data-parallel rank and a resumed run pick
+the same blocks. Blocks are drawn one after another without replacement, each with probability
+proportional to its weight among those not yet drawn.
 """
 from __future__ import annotations
 
@@ -11,52 +12,10 @@ import math
 import numpy as np
 import torch.nn as nn
 
-MODES = ("owlore", "uniform", "owlore_reverse", "decrease", "increase", "fixed")
+from sampling.policies import Policy, check_inputs, get_policy
+
 MAX_EXACT_STATES = 300_000  # subsets the exact inclusion computation may visit
-
-
-def selection_weights(ratios: list[float] | None, mode: str, n_layers: int, fixed_layers: list[int] | None) -> np.ndarray:
-    """Per-draw probabilities p (sum 1) of each block for a sampling mode."""
-    if mode not in MODES:
-        raise ValueError(f"unknown sampling mode {mode!r}; known: {', '.join(MODES)}")
-    if mode == "uniform":
-        weights = np.ones(n_layers)
-    elif mode == "decrease":
-        weights = np.arange(n_layers, 0, -1, dtype=np.float64)
-    elif mode == "increase":
-        weights = np.arange(1, n_layers + 1, dtype=np.float64)
-    elif mode == "fixed":
-        weights = np.zeros(n_layers)
-        weights[_check_fixed(fixed_layers, n_layers)] = 1.0
-    else:
-        d = _check_ratios(ratios, n_layers)
-        weights = d if mode == "owlore" else (d / d.sum()).max() - d / d.sum()
-        if not weights.sum() > 0:
-            raise ValueError(f"mode {mode!r}: all block weights are zero (ratios {d.tolist()})")
-    return weights / weights.sum()
-
-
-def _check_ratios(ratios: list[float] | None, n_layers: int) -> np.ndarray:
-    if ratios is None:
-        raise ValueError("this sampling mode needs outlier ratios, got None")
-    d = np.asarray(ratios, dtype=np.float64)
-    if d.shape != (n_layers,):
-        raise ValueError(f"expected {n_layers} outlier ratios (one per block), got {len(d)}")
-    if not np.all(np.isfinite(d)):
-        raise ValueError(f"outlier ratios contain NaN or inf: {d.tolist()}")
-    if np.any(d < 0):
-        raise ValueError(f"outlier ratios must be non-negative, got {d.tolist()}")
-    if not d.sum() > 0:
-        raise ValueError("outlier ratios are all zero: no block can be sampled")
-    return d
-
-
-def _check_fixed(fixed_layers: list[int] | None, n_layers: int) -> list[int]:
-    if not fixed_layers:
-        raise ValueError("mode 'fixed' needs a non-empty fixed_layers list")
-    if len(set(fixed_layers)) != len(fixed_layers) or not all(0 <= i < n_layers for i in fixed_layers):
-        raise ValueError(f"fixed_layers must be distinct block indices in [0, {n_layers}), got {fixed_layers}")
-    return sorted(fixed_layers)
+CONFIGURATION = ("policy", "inputs", "gamma", "period", "seed", "n_layers")  # a resumed sampler must match these
 
 
 def sequential_draw(p: np.ndarray, gamma: int, rng: np.random.Generator) -> list[int]:
@@ -121,48 +80,77 @@ def monte_carlo_inclusion(p: np.ndarray, gamma: int, n_draws: int = 100_000, see
 
 
 class LayerSampler:
-    """Draws the active decoder blocks for each period of `period` steps."""
+    """Draws the active decoder blocks for each period of `period` steps, with a policy's probabilities.
 
-    def __init__(self, ratios: list[float] | None, mode: str, gamma: int, period: int, seed: int, n_layers: int,
-                 fixed_layers: list[int] | None = None):
+    `inputs` are the run inputs the policy needs (`policy.needs`: ratios, alphas, fixed_layers).
+    """
+
+    def __init__(self, policy: str | Policy, gamma: int, period: int, seed: int, n_layers: int, **inputs):
+        self.policy = policy if isinstance(policy, Policy) else get_policy(policy)
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
-        if mode == "fixed" and fixed_layers is not None and gamma != len(fixed_layers):
-            raise ValueError(f"mode 'fixed': gamma ({gamma}) must equal the number of fixed_layers ({len(fixed_layers)})")
         if not 1 <= gamma <= n_layers:
             raise ValueError(f"gamma must be in [1, {n_layers}] (number of blocks), got {gamma}")
         if period < 1:
             raise ValueError(f"period must be >= 1 step, got {period}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        self.mode, self.gamma, self.period, self.seed, self.n_layers = mode, gamma, period, seed, n_layers
-        self.ratios = None if ratios is None else [float(r) for r in ratios]
-        self.fixed_layers = None if fixed_layers is None else sorted(int(i) for i in fixed_layers)
-        self._p = selection_weights(self.ratios, mode, n_layers, self.fixed_layers)
-        if np.count_nonzero(self._p) < gamma:
-            raise ValueError(f"mode {mode!r}: only {np.count_nonzero(self._p)} blocks have non-zero probability, "
-                             f"cannot draw gamma={gamma} distinct blocks")
+        self.gamma, self.period, self.seed, self.n_layers = gamma, period, seed, n_layers
+        self.inputs = check_inputs(self.policy, inputs, n_layers)
+        self.state: dict | None = None  # a dynamic policy's observation, and the period it was made for
+        self.state_period = -1
+        self._p = None if self.policy.dynamic else self._probabilities(None)
         self.counts = [0] * n_layers  # realised number of periods each block was active
         self.last_counted_period = -1
 
+    def _probabilities(self, state: dict | None) -> np.ndarray:
+        p = self.policy.probabilities(self.n_layers, self.gamma, self.inputs, state)
+        if np.count_nonzero(p) < self.gamma:
+            raise ValueError(f"policy {self.policy.name!r}: only {np.count_nonzero(p)} blocks have non-zero "
+                             f"probability, cannot draw gamma={self.gamma} distinct blocks")
+        return p
+
     @property
     def probabilities(self) -> list[float]:
-        """Per-draw probabilities p_l (sum 1)."""
-        return self._p.tolist()
+        """Per-draw probabilities p_l (sum 1); for a dynamic policy those of its latest observation."""
+        return self._current().tolist()
+
+    def _current(self) -> np.ndarray:
+        if self._p is None:
+            raise ValueError(f"policy {self.policy.name!r} is dynamic: it has no probabilities before it has "
+                             "observed the model (active_layers(step, model))")
+        return self._p
+
+    def observe(self, model: nn.Module, period_index: int) -> None:
+        """A dynamic policy's state for period `period_index`, from the model's current weights."""
+        self._set_state(self.policy.observe(model), period_index)
+
+    def _set_state(self, state: dict, period_index: int) -> None:
+        if not isinstance(state, dict):
+            raise ValueError(f"policy {self.policy.name!r}: observe must return a dict, got {type(state).__name__}")
+        self._p = self._probabilities(state)
+        self.state, self.state_period = state, period_index
 
     def draw(self, period_index: int) -> list[int]:
-        """The sorted blocks of one period: a pure function of (seed, period_index)."""
+        """The sorted blocks of one period: a pure function of (seed, period_index, probabilities)."""
         if period_index < 0:
             raise ValueError(f"period index must be >= 0, got {period_index}")
-        if self.mode == "fixed":
-            return list(self.fixed_layers)
-        return sorted(sequential_draw(self._p, self.gamma, np.random.default_rng([self.seed, period_index])))
+        rng = np.random.default_rng([self.seed, period_index])
+        return sorted(sequential_draw(self._current(), self.gamma, rng))
 
-    def active_layers(self, step: int) -> list[int]:
-        """Sorted active blocks at a training step; counts each period's draw once, in order."""
+    def active_layers(self, step: int, model: nn.Module | None = None) -> list[int]:
+        """Sorted active blocks at a training step; counts each period's draw once, in order.
+
+        A dynamic policy observes `model` at the first call of each period (train.py calls at the first
+        step of every period, and at the first step after a resume, where the checkpointed state of
+        that period is kept)."""
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         period_index = step // self.period
+        if self.policy.dynamic and self.state_period != period_index:
+            if model is None:
+                raise ValueError(f"policy {self.policy.name!r} is dynamic: active_layers needs the model")
+            self.observe(model, period_index)
         layers = self.draw(period_index)
         if period_index > self.last_counted_period:
             for i in layers:
@@ -172,31 +160,35 @@ class LayerSampler:
 
     def inclusion_probabilities(self, method: str = "exact", n_draws: int = 100_000, seed: int = 0) -> list[float]:
         """P(block l is active in a period); not p_l * gamma once draws are without replacement."""
+        p = self._current()
         if method == "exact":
-            if self.mode == "uniform":
-                return [self.gamma / self.n_layers] * self.n_layers
-            if self.mode == "fixed":
-                return (self._p > 0).astype(float).tolist()
-            return exact_inclusion(self._p, self.gamma).tolist()
+            support = p > 0
+            if np.all(p[support] == p[support][0]):  # equal weights: every supported block alike, by symmetry
+                return np.where(support, self.gamma / support.sum(), 0.0).tolist()
+            return exact_inclusion(p, self.gamma).tolist()
         if method == "monte_carlo":
-            return monte_carlo_inclusion(self._p, self.gamma, n_draws, seed).tolist()
+            return monte_carlo_inclusion(p, self.gamma, n_draws, seed).tolist()
         raise ValueError(f"unknown inclusion method {method!r}; use 'exact' or 'monte_carlo'")
 
     def state_dict(self) -> dict:
-        return {"ratios": self.ratios, "mode": self.mode, "gamma": self.gamma, "period": self.period,
-                "seed": self.seed, "n_layers": self.n_layers, "fixed_layers": self.fixed_layers,
-                "counts": list(self.counts), "last_counted_period": self.last_counted_period}
+        return {"policy": self.policy.name, "inputs": self.inputs, "gamma": self.gamma, "period": self.period,
+                "seed": self.seed, "n_layers": self.n_layers, "counts": list(self.counts),
+                "last_counted_period": self.last_counted_period, "state": self.state,
+                "state_period": self.state_period}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore counts; the configuration must match the one this sampler was built with."""
+        """Restore counts and a dynamic policy's state; the configuration must match this sampler's."""
         mine = self.state_dict()
-        for key in ("ratios", "mode", "gamma", "period", "seed", "n_layers", "fixed_layers"):
+        for key in (*CONFIGURATION, "counts", "last_counted_period", "state", "state_period"):
             if key not in state:
-                raise KeyError(f"sampler state is missing {key!r}")
+                raise ValueError(f"sampler state is missing {key!r}")
+        for key in CONFIGURATION:
             if state[key] != mine[key]:
                 raise ValueError(f"sampler state has {key}={state[key]!r} but this run uses {mine[key]!r}")
         if len(state["counts"]) != self.n_layers:
             raise ValueError(f"sampler state has {len(state['counts'])} counts for {self.n_layers} blocks")
+        if self.policy.dynamic and state["state"] is not None:
+            self._set_state(state["state"], int(state["state_period"]))
         self.counts = [int(c) for c in state["counts"]]
         self.last_counted_period = int(state["last_counted_period"])
 
@@ -210,7 +202,3 @@ def set_trainable(model: nn.Module, active_layers: list[int], train_outer: bool 
     for p in model.parameters():
         if id(p) not in layer_params:
             p.requires_grad_(train_outer)
-
-
-__all__ = ["LayerSampler", "MODES", "selection_weights", "sequential_draw", "exact_inclusion",
-           "monte_carlo_inclusion", "set_trainable"]

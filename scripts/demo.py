@@ -37,13 +37,13 @@ def main() -> None:
     started = time.time()
 
     run([py, "-m", "data.commonsense", "--out", str(data), "--heldout-per-task", "25", "--seed", "0"])
-    run([py, "-m", "sampling.outliers", "--model", "smollm2-135m", "--n-windows", "8", "--seq-len", "256",
+    run([py, "-m", "sampling", "--model", "smollm2-135m", "--n-windows", "8", "--seq-len", "256",
          "--M", "13", "--gamma", "5", "--htsr", "--out", str(scores), "--plot", str(out / "outliers.png")])
     run([py, "train.py", "--model", "smollm2-135m", "--method", "owlore", "--scores", str(scores),
          "--data", str(data / "commonsense_train.json"), "--eval-data", str(data / "commonsense_heldout.json"),
          "--eval-limit", str(args.eval_limit), "--max-steps", str(args.steps), "--batch-size", "4",
          "--seq-len", "128", "--gamma", "5", "--period", "10", "--rank", "128", "--lr", "1e-4",
-         "--save-format", "hf", "--out", str(out / "train")])
+         "--save-format", "hf", "--out", str(out / "train"), "--overwrite"])
     summarize(out, time.time() - started)
 
 

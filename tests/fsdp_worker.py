@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +50,7 @@ def frozen(out: str, model_dir: str) -> None:
     optimizer state after the step; rank 0 writes every rank's record."""
     from model import load_model
     from optim import GaLoreAdamW
+    from optim.projector import SVDProjector
     from sampling import LayerSampler
     from training.distributed import close_world, init_world
     from training.fsdp import shard_model
@@ -59,11 +59,10 @@ def frozen(out: str, model_dir: str) -> None:
     world = init_world("cpu", group=True)
     torch.manual_seed(0)
     model, _ = load_model(model_dir)
-    args = Namespace(method="owlore", rank=4, update_proj_gap=2, galore_scale=0.25, proj_type="std", svd="exact",
-                     projector="svd", svd_oversample=8, svd_power_iters=2, reproject_moments=False)
-    groups = shard_model(model, param_groups(model, args), torch.device("cpu"), world.size)
+    galore = dict(projector=SVDProjector(4), update_proj_gap=2, scale=0.25)
+    groups = shard_model(model, param_groups(model, galore), torch.device("cpu"), world.size)
     optimizer = GaLoreAdamW(groups, lr=1e-3)
-    sampler = LayerSampler(None, "uniform", 2, 3, 7, model.config.n_layers)
+    sampler = LayerSampler("uniform", 2, 3, 7, model.config.n_layers)
     records = []
     for step in range(7):
         if step % sampler.period == 0:

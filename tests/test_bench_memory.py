@@ -13,6 +13,7 @@ from model import Transformer, get_config
 from optim import GaLoreAdamW, measured_state_bytes
 from sampling import set_trainable
 from training.memory import MemorySettings, activation_bytes, estimate_memory, parameter_count
+from common.errors import UserError
 
 
 def saved_activation_bytes(model: Transformer, tokens: torch.Tensor) -> int:
@@ -102,7 +103,7 @@ def test_lean_estimate_is_below_paper_faithful():
 
 
 def test_bench_memory_rejects_bad_gamma():
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="gamma 9"):
         bench.memory.main(["--model", "tiny", "--gamma", "9"])
 
 

@@ -156,6 +156,6 @@ def test_command_line(tmp_path):
     assert "commonsense_train.json: 8 records" in done.stdout and "commonsense_heldout.json: 6 records" in done.stdout
     assert json.loads((tmp_path / "commonsense_heldout.json").read_text())[0]["task"] == "winogrande"
     bad = subprocess.run(cmd[:-1] + ["nope"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
         "error: unknown commonsense task(s) ['nope']; known: " + ", ".join(TASKS)
     ]

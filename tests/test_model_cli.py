@@ -8,7 +8,7 @@ from common.assets import asset_path
 from eval.__main__ import main as eval_main
 from model import Transformer, get_config, save_model
 from model.cli import DTYPES
-from sampling.outliers import parser as outliers_parser
+from sampling.__main__ import parser as outliers_parser
 from training.args import parse_args
 
 

@@ -1,14 +1,17 @@
 import dataclasses
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from model import Transformer, get_config
+from sampling.__main__ import parser, score
 from sampling.cache import cached_ratios
-from sampling.outliers import parser
-from sampling.report import score
+from common.errors import UserError
 
 
 class ByteTokenizer:
@@ -41,5 +44,16 @@ def test_cli_scores_a_model_and_writes_cache_alphas_and_plot(tmp_path, capsys):
 
 
 def test_cli_requires_model_and_out():
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="required: --model, --out"):
         parser().parse_args(["--M", "13"])
+
+
+def test_python_m_sampling_reports_a_bad_calibration_file_in_one_line(tmp_path):
+    (tmp_path / "calib.jsonl").write_text('{"text": "fine"}\n{not json\n')
+    result = subprocess.run([sys.executable, "-m", "sampling", "--model", "tiny", "--calib", str(tmp_path / "calib.jsonl"),
+                             "--out", str(tmp_path / "s.json")], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / 'calib.jsonl'}") and "JSON" in line
+    assert not (tmp_path / "s.json").exists()

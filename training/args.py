@@ -1,69 +1,100 @@
-"""Command-line and config-file arguments of train.py, with the paper's defaults (docs/method.md, "Defaults and where they come from")."""
+"""Command-line and config-file arguments of train.py, with the paper's defaults (docs/method.md, "Defaults and where they come from").
+
+Three sources, later ones winning: the arguments saved in the checkpoint being resumed (`--resume`), a
+`--config` file, the command line. The first two are turned into command-line tokens, so every value
+goes through the same parsing, bounds and choices as the flag itself.
+"""
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import yaml
 
+from common.cli import ArgumentParser, number
+from common.errors import UserError
 from model.cli import add_model_flags
+from data.templates import TEMPLATES
 from optim.projector import PROJ_TYPES, PROJECTORS, SVD_METHODS
+from optim.schedule import SCHEDULES
+from sampling.policies import POLICIES
+from training.checkpoint import read_trainer_state, resolve_checkpoint
+from training.methods import METHODS, SAMPLED_METHODS
 
-METHODS = ("full", "lora", "galore", "lisa", "owlore", "owlore-fullrank")
-SAMPLING_MODES = ("owlore", "uniform", "owlore_reverse", "decrease", "increase", "fixed")
-DEFAULT_SAMPLING = {"lisa": "uniform", "owlore": "owlore", "owlore-fullrank": "owlore"}
+# Adam's eps of the official runs: galore-torch's GaLoreAdamW (1e-6) for GaLore; HF Trainer's AdamW otherwise.
+DEFAULT_EPS = {"galore": 1e-6, "owlore": 1e-6}
+HF_ADAMW_EPS = 1e-8
+# Not restored from the resumed run (they say where and how to resume), and flags that may change on
+# resume without changing what is trained: evaluation, checkpoint cadence and output formats, memory tricks.
+NOT_RESTORED = {"resume", "config", "out", "overwrite", "allow_changes"}
+HARMLESS_ON_RESUME = {"eval_every", "eval_data", "eval_limit", "save_every", "keep_checkpoints",
+                      "save_format", "device", "ckpt_dir", "grad_ckpt", "chunked_ce"}
+
+INT, COUNT, NONNEG = number(int), number(int, at_least=1), number(int, at_least=0)
+FLOAT, POSITIVE, NONNEG_FLOAT = number(float), number(float, above=0), number(float, at_least=0)
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated block indices such as 0,3,7, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Fine-tune a LLaMA-family model with OwLore or a baseline.")
+    p = ArgumentParser(prog="train.py", description="Fine-tune a LLaMA-family model with OwLore or a baseline.")
     a = p.add_argument
     a("--config", help="YAML or JSON file with the same keys as the flags (flags override it)")
     # model and data
     a("--model", default="smollm2-135m", help="named config, Meta/Mistral/HF dir or .gguf file")
     a("--data", help="training data (Alpaca/LLM-Adapters JSON(L), LMFlow JSON, chat JSONL, .txt); "
                "default: the commonsense set of data/commonsense.py, built into --out")
-    a("--template", default="alpaca", choices=("alpaca", "chat"))
+    a("--template", default="alpaca", choices=TEMPLATES)
     a("--train-on-prompt", action="store_true", help="no loss masking of the prompt (the official run)")
     a("--no-pack", action="store_true", help="pad/truncate each record instead of packing")
-    a("--seq-len", type=int, default=512)
+    a("--seq-len", type=number(int, at_least=2), default=512)
     # method
     a("--method", default="owlore", choices=METHODS)
-    a("--gamma", type=int, default=5, help="blocks trained at a time (LISA / OwLore)")
-    a("--period", type=int, default=50, help="steps between block draws (K)")
-    a("--sampling", choices=SAMPLING_MODES, help="default: uniform for lisa, owlore otherwise")
-    a("--fixed-layers", type=lambda s: [int(x) for x in s.split(",")], help="blocks for --sampling fixed")
+    a("--gamma", type=COUNT, default=5, help="blocks trained at a time (LISA / OwLore)")
+    a("--period", type=COUNT, default=50, help="steps between block draws (K)")
+    a("--sampling", choices=POLICIES, help="block sampling policy (sampling/policies.py); "
+      "default: uniform for lisa, owlore otherwise")
+    a("--fixed-layers", type=int_list, help="blocks for --sampling fixed")
     a("--freeze-embeddings", action="store_true", help="keep embeddings, final norm and head frozen")
     a("--keep-inactive-state", action="store_true", help="keep optimizer state of deactivated blocks (official)")
-    a("--M", type=float, default=13.0, help="outlier threshold multiple of the mean Wanda score")
+    a("--M", type=POSITIVE, default=13.0, help="outlier threshold multiple of the mean Wanda score")
     a("--scores", help="outlier-ratio cache (JSON); computed and written when missing")
-    a("--calib-windows", type=int, default=128)
-    a("--calib-seq-len", type=int, default=2048)
+    a("--calib-windows", type=COUNT, default=128)
+    a("--calib-seq-len", type=number(int, at_least=2), default=2048)
     a("--calib", help="calibration text file (default: the training data)")
-    a("--rank", type=int, default=128)
-    a("--update-proj-gap", type=int, default=200)
-    a("--galore-scale", type=float, default=0.25)
+    a("--rank", type=COUNT, default=128, help="GaLore rank (the official script: 256)")
+    a("--update-proj-gap", type=COUNT, default=200, help="steps between projector updates (official script: 100)")
+    a("--galore-scale", type=POSITIVE, default=0.25, help="GaLore update scale (official script: 1.0)")
     a("--proj-type", default="std", choices=PROJ_TYPES)
     a("--svd", default="exact", choices=SVD_METHODS)
     a("--projector", default="svd", choices=tuple(PROJECTORS), help="GaLore subspace: SVD of the gradient, or random")
-    a("--svd-oversample", type=int, default=8, help="randomized SVD: extra sketch columns")
-    a("--svd-power-iters", type=int, default=2, help="randomized SVD: power iterations (raise for flat spectra)")
+    a("--svd-oversample", type=NONNEG, default=8, help="randomized SVD: extra sketch columns")
+    a("--svd-power-iters", type=NONNEG, default=2, help="randomized SVD: power iterations (raise for flat spectra)")
     a("--reproject-moments", action="store_true", help="carry Adam's first moment into each new subspace")
-    a("--fp32-moments", action="store_true", help="Adam moments in fp32 for bf16/fp16 weights (they can decay)")
-    a("--lora-rank", type=int, default=8)
-    a("--lora-alpha", type=float, default=16.0)
-    a("--lora-dropout", type=float, default=0.05)
+    a("--fp32-moments", action="store_true", help="Adam moments in fp32 for bf16 weights (they can decay)")
+    a("--lora-rank", type=COUNT, default=8)
+    a("--lora-alpha", type=POSITIVE, default=16.0)
+    a("--lora-dropout", type=number(float, at_least=0), default=0.05)
     # optimisation
-    a("--lr", type=float, default=3e-4)
-    a("--weight-decay", type=float, default=0.0)
-    a("--schedule", default="linear", choices=("linear", "cosine", "constant"))
-    a("--warmup", type=int, default=0)
-    a("--max-steps", type=int, help="optimizer steps (default: --epochs worth of steps)")
-    a("--epochs", type=float, default=1.0)
-    a("--batch-size", type=int, default=16, help="global batch per optimizer step")
-    a("--grad-accum", type=int, default=1)
-    a("--max-grad-norm", type=float, help="global-norm clipping (off by default, as the official run)")
+    a("--lr", type=POSITIVE, default=3e-4)
+    a("--eps", type=NONNEG_FLOAT, help=f"Adam eps (default: 1e-6 for galore/owlore as galore-torch, "
+                                        f"{HF_ADAMW_EPS:g} otherwise as HF Trainer's AdamW)")
+    a("--weight-decay", type=NONNEG_FLOAT, default=0.0)
+    a("--schedule", default="linear", choices=SCHEDULES)
+    a("--warmup", type=NONNEG, default=0)
+    a("--max-steps", type=COUNT, help="optimizer steps (default: --epochs worth of steps)")
+    a("--epochs", type=POSITIVE, default=1.0)
+    a("--batch-size", type=COUNT, default=16, help="global batch per optimizer step")
+    a("--grad-accum", type=COUNT, default=1)
+    a("--max-grad-norm", type=POSITIVE, help="global-norm clipping (off by default, as the official run)")
     a("--fused", action="store_true", help="step each parameter in its grad hook and free the grad")
     a("--chunked-ce", action="store_true", help="cross-entropy in chunks, never the full fp32 logits")
     add_model_flags(p, dtype_default=None)  # --ckpt-dir, --tokenizer, --dtype
@@ -72,16 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fsdp", action="store_true", help="shard weights, gradients and optimizer state over the ranks (FSDP2)")
     a("--reduce-dtype", choices=("fp32", "bf16", "fp16"), help="--fsdp gradient reduction dtype (default: --dtype)")
     a("--lean", action="store_true", help="lean-memory preset: fused, chunked CE, grad ckpt, randomized SVD")
-    a("--seed", type=int, default=111)
+    a("--seed", type=NONNEG, default=111)
     # output
-    a("--out", default="runs/latest")
-    a("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
-    a("--resume", help="run directory or checkpoint directory to continue from")
+    a("--out", default="runs/latest", help="run folder (default: runs/latest; with --resume: the resumed run's)")
+    a("--overwrite", action="store_true", help="replace the run that --out already holds")
+    a("--save-every", type=NONNEG, default=0, help="checkpoint every N steps (0: only at the end)")
+    a("--keep-checkpoints", type=COUNT, default=2, help="complete checkpoints kept (the newest N)")
+    a("--resume", help="run folder or checkpoint folder to continue from (its arguments are restored)")
+    a("--allow-changes", action="store_true",
+      help="with --resume: accept flags that change the run (recorded in config.yaml)")
     a("--save-format", default="hf", choices=("meta", "hf", "both", "none"))
-    a("--eval-every", type=int, default=0, help="held-out evaluation every N steps (0: start and end only)")
+    a("--eval-every", type=NONNEG, default=0, help="held-out evaluation every N steps (0: start and end only)")
     a("--eval-data", help="held-out file from data.commonsense (records with task and doc_id)")
-    a("--eval-limit", type=int, help="score at most N held-out rows per task")
-    a("--log-every", type=int, default=1)
+    a("--eval-limit", type=COUNT, help="score at most N held-out rows per task")
     a("--wandb", choices=("offline", "online"), help="also log to a Weights & Biases run (offline: no network)")
     return p
 
@@ -89,30 +123,66 @@ def build_parser() -> argparse.ArgumentParser:
 def load_config_file(path: str) -> dict:
     file = Path(path)
     if not file.is_file():
-        raise SystemExit(f"error: config file {file} does not exist")
+        raise UserError(f"{file}: config file does not exist")
     text = file.read_text()
     try:
         values = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise SystemExit(f"error: config file {file} is not valid {file.suffix[1:].upper()}: {err}") from err
+        raise UserError(f"{file}: not valid {file.suffix[1:].upper() or 'YAML'}: {' '.join(str(err).split())}") from None
     if not isinstance(values, dict):
-        raise SystemExit(f"error: config file {file} must hold a mapping of flag names to values")
-    return {key.replace("-", "_"): value for key, value in values.items()}
+        raise UserError(f"{file}: must hold a mapping of flag names to values")
+    return {str(key).replace("-", "_"): value for key, value in values.items()}
+
+
+def as_tokens(parser: argparse.ArgumentParser, values: dict, source: str) -> list[str]:
+    """`values` ({dest: value}) as command-line tokens, checked by parsing them alone."""
+    actions = {action.dest: action for action in parser._actions if action.option_strings and action.dest != "help"}
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        raise UserError(f"{source}: unknown keys {', '.join(unknown)}")
+    tokens = []
+    for key, value in values.items():
+        flag = actions[key].option_strings[0]
+        if isinstance(actions[key], argparse._StoreTrueAction):
+            if not isinstance(value, bool) and value is not None:
+                raise UserError(f"{source}: {key}: expected true or false, got {value!r}")
+            tokens += [flag] * bool(value)
+        elif value is not None:
+            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+            tokens += [flag, text]
+    try:
+        parser.parse_args(tokens)
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
+    return tokens
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
-    if first.config:
-        values = load_config_file(first.config)
+    saved_tokens, config_tokens, saved = [], [], None
+    if first.resume:
+        checkpoint = resolve_checkpoint(first.resume)
+        saved = {k: v for k, v in (read_trainer_state(checkpoint).get("args") or {}).items() if k not in NOT_RESTORED}
         known = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            parser.error(f"config file {first.config} has unknown keys: {', '.join(unknown)}")
-        parser.set_defaults(**values)
-    args = parser.parse_args(argv)
+        saved = {k: v for k, v in saved.items() if k in known}  # a flag this version no longer has
+        saved_tokens = as_tokens(parser, saved, f"{checkpoint / 'trainer.pt'} (saved arguments)")
+        parser.set_defaults(out=str(checkpoint.parent))
+    if first.config:
+        config_tokens = as_tokens(parser, load_config_file(first.config), first.config)
+    args = parser.parse_args([*saved_tokens, *config_tokens, *argv])
     apply_presets(args)
-    check_consistency(parser, args)
+    check_consistency(args)
+    args.changed_on_resume = {}
+    if saved is not None:
+        changed = {k: (v, getattr(args, k)) for k, v in saved.items()
+                   if k not in HARMLESS_ON_RESUME and getattr(args, k) != v}
+        if changed and not args.allow_changes:
+            listed = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changed.items())
+            raise UserError(f"--resume {first.resume}: these flags change the run being resumed: {listed}; "
+                            "pass --allow-changes to continue with them")
+        args.changed_on_resume = changed
     return args
 
 
@@ -121,37 +191,68 @@ def apply_presets(args: argparse.Namespace) -> None:
         args.fused = args.chunked_ce = args.grad_ckpt = True
         args.svd = "randomized"
     if args.sampling is None:
-        args.sampling = DEFAULT_SAMPLING.get(args.method)
+        args.sampling = METHODS[args.method].default_sampling
+    if args.eps is None:
+        args.eps = DEFAULT_EPS.get(args.method, HF_ADAMW_EPS)
 
 
-def check_consistency(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    sampled = args.method in DEFAULT_SAMPLING
+def check_consistency(args: argparse.Namespace) -> None:
+    """Flags that are valid alone but not together; cheap checks of named files before any work."""
+    sampled = METHODS[args.method].sampled
     if args.sampling and not sampled:
-        parser.error(f"--sampling applies to lisa/owlore/owlore-fullrank, not --method {args.method}")
+        raise UserError(f"--sampling: applies to {'/'.join(SAMPLED_METHODS)}, not --method {args.method}")
     if args.freeze_embeddings and not sampled:
-        parser.error(f"--freeze-embeddings applies to lisa/owlore/owlore-fullrank, not --method {args.method}")
-    if args.sampling == "fixed" and not args.fixed_layers:
-        parser.error("--sampling fixed needs --fixed-layers, e.g. --fixed-layers 0,3,7")
-    if args.fixed_layers and args.sampling != "fixed":
-        parser.error("--fixed-layers is only used with --sampling fixed")
+        raise UserError(f"--freeze-embeddings: applies to {'/'.join(SAMPLED_METHODS)}, not --method {args.method}")
+    needs_fixed = sampled and "fixed_layers" in POLICIES[args.sampling].needs
+    if needs_fixed and not args.fixed_layers:
+        raise UserError(f"--sampling {args.sampling}: needs --fixed-layers, e.g. --fixed-layers 0,3,7")
+    if args.fixed_layers and not needs_fixed:
+        raise UserError("--fixed-layers: only used with --sampling fixed")
     if args.fused and args.max_grad_norm:
-        parser.error("--fused cannot clip by global norm (--max-grad-norm): the norm is unknown when a parameter steps")
-    if args.fused and args.method == "lora":
-        parser.error("--fused is for full-weight methods; LoRA adapters are small")
+        raise UserError("--fused: cannot clip by global norm (--max-grad-norm): the norm is unknown when a parameter steps")
+    if args.fused and METHODS[args.method].adapters:
+        raise UserError("--fused: is for full-weight methods; LoRA adapters are small")
     if args.fsdp and args.chunked_ce:
-        parser.error("--chunked-ce reads the head weight outside the model's forward, where --fsdp keeps it "
-                     "sharded: drop --chunked-ce (or --lean) under --fsdp")
-    for name in ("batch_size", "grad_accum", "seq_len", "gamma", "period", "rank", "update_proj_gap"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("svd_oversample", "svd_power_iters"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+        raise UserError("--chunked-ce: reads the head weight outside the model's forward, where --fsdp keeps it "
+                        "sharded; drop --chunked-ce (or --lean) under --fsdp")
     if args.batch_size % args.grad_accum:
-        parser.error(f"--batch-size {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
-    if args.max_steps is not None and args.max_steps < 1:
-        parser.error(f"--max-steps must be >= 1, got {args.max_steps}")
+        raise UserError(f"--batch-size: {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
+    if args.dtype == "fp16":
+        raise UserError("--dtype fp16: not for training (it would need fp32 optimizer state and loss scaling); "
+                        "use bf16 or fp32")
     if args.wandb and importlib.util.find_spec("wandb") is None:
-        parser.error(f"--wandb {args.wandb}: the wandb package is not installed (pip install wandb)")
-    if args.resume and not args.data:
-        parser.error("--resume needs --data: the training data of the run being resumed")
+        raise UserError(f"--wandb {args.wandb}: the wandb package is not installed (pip install wandb)")
+    for flag, value in (("--data", args.data), ("--eval-data", args.eval_data), ("--calib", args.calib)):
+        if value and not Path(value).is_file():
+            raise UserError(f"{flag}: {value}: no such file")
+    check_model_source(args.model, args.ckpt_dir)
+
+
+def check_model_source(model: str, ckpt_dir: str | None) -> None:
+    """--model is a known config name or an existing checkpoint file or folder."""
+    from model.config import CONFIGS
+
+    if model in CONFIGS:
+        if ckpt_dir is not None and not Path(ckpt_dir).is_dir():
+            raise UserError(f"--ckpt-dir: {ckpt_dir}: no such folder")
+        return
+    if not Path(model).exists():
+        raise UserError(f"--model: {model!r} is neither a known model ({', '.join(CONFIGS)}) "
+                        "nor an existing checkpoint file or folder")
+
+
+def write_config(args: argparse.Namespace, out: Path, resumed_from: Path | None = None) -> Path:
+    """`out/config.yaml`: the resolved arguments (loadable with --config), and every change made on resume."""
+    from common.io import atomic_write
+
+    path = out / "config.yaml"
+    notes = [line for line in path.read_text().splitlines() if line.startswith("# resumed")] if path.is_file() else []
+    if args.changed_on_resume:
+        changes = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in args.changed_on_resume.items())
+        notes.append(f"# resumed from {resumed_from} with --allow-changes: {changes}")
+    values = {k: v for k, v in vars(args).items() if k not in NOT_RESTORED | {"changed_on_resume"} or k == "out"}
+    text = "\n".join(["# train.py arguments of this run, as resolved (usable with --config)", *notes,
+                      yaml.safe_dump(values, sort_keys=False)])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path

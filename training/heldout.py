@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import torch
 
-from data import load_records, tokenize_record
+from data import tokenize_record
 from data.packing import pad_examples
 from eval import evaluate
 from model.loss import next_token_loss_sum
@@ -15,10 +15,10 @@ from model.loss import next_token_loss_sum
 class HeldOut:
     """`limit_per_task` keeps the first N records of each task (records without a task count as one task)."""
 
-    def __init__(self, path: str, tokenizer, limit_per_task: int | None = None, batch_size: int = 8,
+    def __init__(self, records: list[dict], tokenizer, limit_per_task: int | None = None, batch_size: int = 8,
                  template: str = "alpaca"):
         kept: dict[str, list[dict]] = defaultdict(list)
-        for record in load_records(path):
+        for record in records:
             task = record.get("task", "")
             if limit_per_task is None or len(kept[task]) < limit_per_task:
                 kept[task].append(record)

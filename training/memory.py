@@ -24,11 +24,10 @@ import torch
 
 from model.config import ModelConfig
 from optim.memory import state_bytes
+from training.methods import METHODS, SAMPLED_METHODS as SAMPLED
 from optim.projector import SVDProjector
 
 GIB = 2**30
-METHODS = ("full", "lora", "galore", "lisa", "owlore-fullrank", "owlore")
-SAMPLED = ("lisa", "owlore-fullrank", "owlore")
 
 
 @dataclass(frozen=True)
@@ -140,8 +139,6 @@ def block_activation_bytes(config: ModelConfig, dtype: torch.dtype, kind: str, l
     frozen = b * (4 * d + 2 * kv + 3 * f) + 4 * h + 8 + upcast
     if kind == "frozen":
         return frozen
-    if kind == "trainable":
-        return b * (8 * d + 2 * kv + 4 * f) + 4 * h + 8 + upcast
     trainable = b * (8 * d + 2 * kv + 4 * f) + 4 * h + 8 + upcast
     if kind == "trainable":
         return trainable

@@ -1,23 +1,55 @@
-"""Which parameters train under each method, and how OwLore/LISA switch the active blocks.
+"""The training methods, one row each, and how OwLore/LISA switch the active blocks.
 
-full            every parameter, AdamW
-galore          every parameter; the 2-D block weights through GaLore, the rest AdamW
-lora            only the low-rank adapters of the block linears
-lisa            gamma uniformly drawn blocks + embeddings/norm/head, AdamW
-owlore-fullrank gamma outlier-weighted blocks + embeddings/norm/head, AdamW
-owlore          as owlore-fullrank, the active blocks' 2-D weights through GaLore
+Everything that asks "which method is this?" (the argument parser, train.py, the memory estimator,
+bench/) reads the row of METHODS instead of comparing names.
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
-from optim.projector import build_projector
-from sampling import set_trainable
+from sampling.sampler import set_trainable
 
-SAMPLED_METHODS = ("lisa", "owlore", "owlore-fullrank")
-GALORE_METHODS = ("galore", "owlore")
+TRAINS = ("all", "adapters", "sampled")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    trains: Literal["all", "adapters", "sampled"]  # every parameter; only LoRA adapters; gamma drawn blocks
+    projected: bool  # the decoder blocks' 2-D weights step through GaLore's low-rank projection
+    default_sampling: str | None  # sampling policy (sampling/policies.py) when --sampling is not given
+    summary: str
+
+    def __post_init__(self):
+        if self.trains not in TRAINS:
+            raise ValueError(f"method {self.name!r}: trains must be one of {TRAINS}, got {self.trains!r}")
+        if (self.default_sampling is not None) != self.sampled:
+            raise ValueError(f"method {self.name!r}: a default sampling policy exactly when blocks are sampled")
+
+    @property
+    def sampled(self) -> bool:
+        """gamma blocks drawn every period train, plus embeddings, final norm and head unless frozen."""
+        return self.trains == "sampled"
+
+    @property
+    def adapters(self) -> bool:
+        """Only LoRA adapters of the block linears train; the base weights stay frozen."""
+        return self.trains == "adapters"
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("full", "all", False, None, "every parameter, AdamW"),
+    Method("lora", "adapters", False, None, "low-rank adapters of the block linears, AdamW"),
+    Method("galore", "all", True, None, "every parameter; block matrices through GaLore, the rest AdamW"),
+    Method("lisa", "sampled", False, "uniform", "gamma uniformly drawn blocks + embeddings/norm/head, AdamW"),
+    Method("owlore-fullrank", "sampled", False, "owlore", "gamma outlier-weighted blocks + embeddings/norm/head, AdamW"),
+    Method("owlore", "sampled", True, "owlore", "as owlore-fullrank, the active blocks' matrices through GaLore"),
+)}
+SAMPLED_METHODS = tuple(name for name, m in METHODS.items() if m.sampled)
 
 
 def block_matrices(model: nn.Module) -> list[torch.nn.Parameter]:
@@ -25,19 +57,17 @@ def block_matrices(model: nn.Module) -> list[torch.nn.Parameter]:
     return [p for block in model.layers for p in block.parameters() if p.ndim == 2]
 
 
-def param_groups(model: nn.Module, args: argparse.Namespace) -> list[dict]:
-    """Optimizer groups for a full-weight method; every block is in them, inactive ones hold no grad."""
-    matrices = block_matrices(model) if args.method in GALORE_METHODS else []
+def param_groups(model: nn.Module, galore: dict | None = None) -> list[dict]:
+    """Optimizer groups for a full-weight method; every block is in them, inactive ones hold no grad.
+
+    `galore`: the options of one GaLore group holding every block matrix (projector, update_proj_gap,
+    scale; see optim/galore_adamw.py); None puts every parameter in one plain AdamW group.
+    """
+    matrices = block_matrices(model) if galore is not None else []
     in_rank_group = {id(p) for p in matrices}
-    plain = [p for p in model.parameters() if id(p) not in in_rank_group]
-    groups = [{"params": plain}]
+    groups = [{"params": [p for p in model.parameters() if id(p) not in in_rank_group]}]
     if matrices:
-        groups.append({
-            "params": matrices, "update_proj_gap": args.update_proj_gap, "scale": args.galore_scale,
-            "reproject_moments": args.reproject_moments,
-            "projector": build_projector(args.projector, rank=args.rank, proj_type=args.proj_type, svd=args.svd,
-                                         oversample=args.svd_oversample, power_iters=args.svd_power_iters),
-        })
+        groups.append({"params": matrices, **galore})
     return groups
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 from pathlib import Path
@@ -24,13 +25,33 @@ def current_memory_bytes(device: torch.device) -> int:
         return int(statm.read().split()[1]) * resource.getpagesize()
 
 
-class MetricsLog:
-    """Appends one JSON object per line; the file survives a crash up to the last complete line."""
+def cut_after_step(path: Path, step: int) -> None:
+    """Drop the lines after the last complete one with ``step <= step`` (a resumed run rewrites them)."""
+    keep = 0
+    with open(path, "rb") as log:
+        for line in log:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break
+            if not line.endswith(b"\n") or record.get("step", 0) > step:
+                break
+            keep += len(line)
+    os.truncate(path, keep)
 
-    def __init__(self, path: Path, enabled: bool = True):
+
+class MetricsLog:
+    """Appends one JSON object per line; the file survives a crash up to the last complete line.
+
+    `resume_step`: continue a log whose run is resumed from that step, dropping what came after it.
+    """
+
+    def __init__(self, path: Path, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if resume_step is not None and path.is_file():
+                cut_after_step(path, resume_step)
             self.file = open(path, "a", buffering=1)
 
     def write(self, **record) -> None:

@@ -36,9 +36,9 @@ class RunLog:
     """MetricsLog + TensorBoard + optional W&B, all fed by `write(step=..., **fields)`."""
 
     def __init__(self, out: Path, enabled: bool = True, wandb: str | None = None, config: dict | None = None,
-                 say=print):  # fmt: skip
+                 say=print, resume_step: int | None = None):  # fmt: skip
         self.out, self.enabled = out, enabled
-        self.jsonl = MetricsLog(out / "metrics.jsonl", enabled=enabled)
+        self.jsonl = MetricsLog(out / "metrics.jsonl", enabled=enabled, resume_step=resume_step)
         self.tensorboard = self.wandb = None
         if not enabled:
             return

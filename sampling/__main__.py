@@ -1,4 +1,5 @@
-"""What `python -m sampling.outliers` does: score a model, write the scores JSON, optionally alphas and a plot."""
+"""`python -m sampling`: score a model's blocks: outlier ratios D_l (a valid ratio cache for train.py
+--scores), sampling and inclusion probabilities, optionally HT-SR alphas and a plot."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,9 @@ import time
 
 import torch
 
+from common import cli
 from common.io import write_json
+from model.cli import DTYPES, add_model_flags
 from sampling.cache import make_record
 from sampling.calibration import batches, boolq_passages, calibration_windows, describe, read_documents
 from sampling.htsr import block_alphas, spearman
@@ -17,30 +20,51 @@ from sampling.sampler import LayerSampler
 BOOLQ_SOURCE = "built-in: distinct passages of the BoolQ validation set (real English Wikipedia text)"
 
 
+def parser() -> argparse.ArgumentParser:
+    p = cli.ArgumentParser(prog="python -m sampling", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="load_model source: config name, .gguf, Meta or HF dir")
+    p.add_argument("--calib", help=".txt/.json/.jsonl calibration file (default: BoolQ validation passages)")
+    p.add_argument("--n-windows", type=cli.number(int, at_least=1), default=128)
+    p.add_argument("--seq-len", type=cli.number(int, at_least=2), default=2048)
+    p.add_argument("--seed", type=cli.number(int, at_least=0), default=0)
+    p.add_argument("--batch-size", type=cli.number(int, at_least=1), default=4)
+    p.add_argument("--M", type=cli.number(float, above=0), default=13.0, help="outlier threshold multiple of the mean (OWL's M)")
+    p.add_argument("--gamma", type=cli.number(int, at_least=1), default=5, help="blocks per draw, for the reported inclusion probabilities")
+    p.add_argument("--out", required=True, help="scores JSON (also a valid ratio cache)")
+    p.add_argument("--htsr", action="store_true", help="also compute HT-SR alphas and their Spearman rho with D")
+    p.add_argument("--plot", help="PNG with ratios, sampling probabilities and alphas per block")
+    p.add_argument("--device", default="cpu")
+    add_model_flags(p)  # --ckpt-dir, --tokenizer, --dtype
+    p.add_argument("--blockwise", action="store_true", help="move one block at a time to --device (low memory)")
+    return p
+
+
 def run(args: argparse.Namespace) -> dict:
-    """Load the model named by the arguments and score it."""
+    """Read the calibration text, load the model named by the arguments and score it."""
     from model import load_model
-    from model.cli import DTYPES
 
     start = time.perf_counter()
+    documents = read_documents(args.calib) if args.calib else None  # a bad file fails before the model loads
     model, tokenizer = load_model(args.model, device="cpu" if args.blockwise else args.device, dtype=DTYPES[args.dtype],
                                   ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)  # fmt: skip
     if tokenizer is None:
         raise ValueError(f"{args.model}: the checkpoint has no tokenizer, so calibration text cannot be tokenized")
-    return score(model, tokenizer, args, start)
+    return score(model, tokenizer, args, documents, start)
 
 
-def score(model: torch.nn.Module, tokenizer, args: argparse.Namespace, start: float | None = None) -> dict:
+def score(model: torch.nn.Module, tokenizer, args: argparse.Namespace, documents: list | None = None,
+          start: float | None = None) -> dict:
     """Ratios (and optionally alphas) of a loaded model; writes --out and --plot; returns the record."""
     start = time.perf_counter() if start is None else start
-    documents = read_documents(args.calib) if args.calib else boolq_passages()
+    if documents is None:
+        documents = read_documents(args.calib) if args.calib else boolq_passages()
     windows = calibration_windows(documents, tokenizer, args.n_windows, args.seq_len, args.seed)
     calibration = describe(windows, f"file {args.calib}" if args.calib else BOOLQ_SOURCE, args.seed)
 
     sum_sq = collect_input_sum_sq(model, batches(windows, args.batch_size), args.blockwise, args.device)
     scores = outlier_report(model, sum_sq, args.M)
     ratios = scores["ratios"]
-    sampler = LayerSampler(ratios, "owlore", args.gamma, period=1, seed=0, n_layers=len(ratios))
+    sampler = LayerSampler("owlore", args.gamma, period=1, seed=0, n_layers=len(ratios), ratios=ratios)
     extra = {"matrix_ratios": scores["matrix_ratios"], "gamma": args.gamma, "probabilities": sampler.probabilities,
              "inclusion_monte_carlo": sampler.inclusion_probabilities("monte_carlo")}
     try:
@@ -76,3 +100,11 @@ def _print_summary(record: dict) -> None:
         print(row + (f"     {alphas[i]:.3f}" if alphas else ""))
     if alphas:
         print(f"Spearman rho(D, alpha) = {record['spearman_rho_ratio_alpha']:+.3f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    cli.run(main)  # a bad input is one line, error: <file or flag>: <cause>; --debug shows the traceback

@@ -1,0 +1,68 @@
+"""What every command line shares: a user's mistake is one line on stderr, ``error: <file or flag>:
+<cause>``, and exit status 1; ``--debug`` anywhere on the command line shows the traceback instead.
+
+    if __name__ == "__main__":
+        cli.run(main)
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Callable
+
+from common.errors import UserError
+
+# Besides UserError, the library's own input checks raise ValueError / KeyError / OSError with the file or name.
+USER_ERRORS = (UserError, ValueError, KeyError, OSError)
+
+
+def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> object:
+    """Call ``main(argv)`` (without ``--debug``); a user error becomes ``SystemExit("error: ...")``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return main(argv)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        raise SystemExit(f"error: {describe(err)}") from None
+
+
+def describe(err: BaseException) -> str:
+    """The error as one line; an OSError as ``<file>: <reason>``."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    elif isinstance(err, KeyError) and err.args:
+        text = str(err.args[0])
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UserError (``--flag: cause``) instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        raise UserError(message.removeprefix("argument "))
+
+
+def number(kind: type = float, at_least: float | None = None, above: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type``: an int or a finite float, optionally bounded below."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if at_least is not None and value < at_least:
+            raise argparse.ArgumentTypeError(f"must be >= {at_least}, got {text}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be > {above}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse

@@ -1,0 +1,97 @@
+"""Every command line reports a user's mistake as one line, `error: <file or flag>: <cause>`, exit status 1,
+and checks cheap inputs before loading a model."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import bench.memory
+from common import cli
+import data.commonsense
+import eval.__main__
+import sampling.__main__ as sampling_cli
+from common.errors import UserError
+from test_train import ROOT, tiny_dir  # noqa: F401 (fixture)
+
+NO_MODEL = "/nonexistent/model"  # a case that reached the model loader would name this instead
+
+
+def one_line(main, argv, capsys) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        cli.run(main, argv)
+    line = err.value.code  # what Python prints on stderr before exiting with status 1
+    assert isinstance(line, str) and line.startswith("error: ") and "\n" not in line, line
+    return line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", NO_MODEL, "--batch-size", "0"], "error: --batch-size: must be >= 1, got 0"),
+    (["--model", NO_MODEL, "--limit", "0"], "error: --limit: must be >= 1, got 0"),
+    (["--model", NO_MODEL, "--limit", "-1"], "error: --limit: must be >= 1, got -1"),
+    (["--model", NO_MODEL, "--num-fewshot", "-1"], "error: --num-fewshot: must be >= 0, got -1"),
+    (["--model", NO_MODEL, "--tasks", "boolq,nope"], "error: --tasks: unknown task 'nope'"),
+    (["--model", NO_MODEL, "--tasks", "boolq"], f"error: {NO_MODEL}: no such checkpoint file or directory"),
+    (["generate", "--model", NO_MODEL, "--dataset", "boolq", "--data", "x.json", "--num-beams", "0"],
+     "error: --num-beams: must be >= 1, got 0"),
+    (["--tasks", "boolq"], "error: the following arguments are required: --model"),
+])
+def test_eval(argv, message, capsys):
+    assert one_line(eval.__main__.main, argv, capsys).startswith(message)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", NO_MODEL, "--out", "s.json", "--M", "inf"], "error: --M: must be a finite number, got inf"),
+    (["--model", NO_MODEL, "--out", "s.json", "--M", "0"], "error: --M: must be > 0, got 0"),
+    (["--model", NO_MODEL, "--out", "s.json", "--seq-len", "1"], "error: --seq-len: must be >= 2, got 1"),
+    (["--model", NO_MODEL, "--out", "s.json", "--n-windows", "x"], "error: --n-windows: expected an integer, got 'x'"),
+    (["--model", NO_MODEL], "error: the following arguments are required: --out"),
+])
+def test_sampling_cli(argv, message, capsys):
+    assert one_line(sampling_cli.main, argv, capsys) == message
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--out", "cs", "--tasks", "boolq,nope"], "error: unknown commonsense task(s) ['nope']; known: boolq, "),
+    (["--out", "cs", "--heldout-per-task", "-1"], "error: --heldout-per-task: must be >= 0, got -1"),
+])
+def test_data_commonsense(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert one_line(data.commonsense.main, argv, capsys).startswith(message)
+    assert not (tmp_path / "cs").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "nope"], "error: --model: invalid choice: 'nope'"),
+    (["--model", "tiny", "--gamma", "9"], "error: gamma 9 must lie in [1, 2] for 'tiny'"),
+])
+def test_bench_memory(argv, message, capsys):
+    assert one_line(bench.memory.main, argv, capsys).startswith(message)
+
+
+def test_debug_raises_instead(capsys):
+    with pytest.raises(UserError, match="--limit"):
+        eval.__main__.main(["--model", NO_MODEL, "--limit", "0", "--debug"])
+
+
+@pytest.mark.parametrize("text, kind, message", [
+    ("nan", float, "must be a finite number, got nan"), ("-inf", float, "must be a finite number, got -inf"),
+    ("1e999", float, "must be a finite number, got 1e999"), ("2.5", int, "expected an integer, got '2.5'"),
+    ("x", float, "expected a number, got 'x'"),
+])
+def test_number_refuses(text, kind, message):
+    with pytest.raises(Exception, match=message):
+        cli.number(kind)(text)
+
+
+@pytest.mark.parametrize("command", [
+    ["train.py", "--data", "nope.json"],
+    ["-m", "eval", "--model", NO_MODEL, "--limit", "0"],
+])
+def test_the_real_entry_points_print_one_line(command, tmp_path):
+    done = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() in (["error: --data: nope.json: no such file"],
+                                                ["error: --limit: must be >= 1, got 0"]), done.stderr

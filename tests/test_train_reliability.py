@@ -1,0 +1,238 @@
+"""Nothing a run has made is lost or silently mixed with another run: a used --out, a diverging update, a
+full disk, a kill -9 in the middle of a step, a non-finite loss on one rank; and what a resumed run may
+change. Same tiny model and data as test_train.py."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import train
+import training.checkpoint
+from common.errors import UserError
+from test_train import ROOT, data_file, final_weights, run, tiny_dir  # noqa: F401 (fixtures)
+from training.checkpoint import CheckpointError, checkpoints
+
+FULL = ("--method", "full", "--save-every", "1")
+
+
+def steps_logged(out: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_fresh_run_into_a_used_out_is_refused_and_overwrite_replaces_it(tiny_dir, data_file, tmp_path):
+    run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "4")
+    before = (tmp_path / "metrics.jsonl").read_bytes(), final_weights(tmp_path)
+    with pytest.raises(UserError, match=rf"--out {tmp_path}: already holds a run \(step-000003, step-000004, "
+                                        r"config.yaml, metrics.jsonl.*\); continue it with --resume .*--overwrite"):
+        run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "3")
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before[0]  # the old run is untouched
+    assert all(torch.equal(before[1][k], v) for k, v in final_weights(tmp_path).items())
+
+    run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "3", "--overwrite")
+    assert [p.name for p in checkpoints(tmp_path)] == ["step-000002", "step-000003"]
+    assert steps_logged(tmp_path) == [1, 2, 3]
+
+
+def test_resuming_an_older_checkpoint_into_its_own_run_is_refused(tiny_dir, data_file, tmp_path):
+    """Its newer checkpoints would survive beside the new branch and win the next --resume."""
+    run(tiny_dir, data_file, tmp_path / "a", *FULL, "--max-steps", "3", "--keep-checkpoints", "3")
+    with pytest.raises(UserError, match=r"holds newer checkpoints \(step-000002, step-000003\); resume the newest"):
+        train.main(["--resume", str(tmp_path / "a" / "step-000001")])
+    train.main(["--resume", str(tmp_path / "a" / "step-000001"), "--out", str(tmp_path / "b")])  # a branch
+    assert [p.name for p in checkpoints(tmp_path / "b")] == ["step-000002", "step-000003"]
+    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_non_finite_weights_are_never_saved_and_the_message_is_true(tiny_dir, data_file, tmp_path, monkeypatch):
+    """An update that blows up a weight at step 3: step 2 stays the newest checkpoint, nothing is exported."""
+    real_step, calls = train.GaLoreAdamW.step, []
+
+    def exploding_step(self, *a, **k):
+        result = real_step(self, *a, **k)
+        calls.append(1)
+        if len(calls) == 3:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].mul_(float("inf"))
+        return result
+
+    monkeypatch.setattr(train.GaLoreAdamW, "step", exploding_step)
+    with pytest.raises(UserError, match="step 3: weight .* is not finite") as err:
+        run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "5", "--keep-checkpoints", "1")
+    assert f"the newest checkpoint {tmp_path / 'step-000002'} is untouched" in str(err.value)
+    assert [p.name for p in checkpoints(tmp_path)] == ["step-000002"]
+    assert all(torch.isfinite(v).all() for v in final_weights(tmp_path).values())
+
+
+def test_a_non_finite_model_is_not_exported(tiny_dir, data_file, tmp_path, monkeypatch):
+    real_step = train.GaLoreAdamW.step
+
+    def exploding_step(self, *a, **k):
+        real_step(self, *a, **k)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("nan"))
+
+    monkeypatch.setattr(train.GaLoreAdamW, "step", exploding_step)
+    with pytest.raises(UserError, match="step 1: weight .* is not finite.*holds no checkpoint"):
+        run(tiny_dir, data_file, tmp_path, "--method", "full", "--max-steps", "1", "--save-format", "hf")
+    assert not (tmp_path / "final-hf").exists() and not checkpoints(tmp_path)
+
+
+def test_a_huge_learning_rate_stops_without_saving_a_non_finite_checkpoint(tiny_dir, data_file, tmp_path):
+    with pytest.raises(UserError, match="step .*: (loss|gradient norm|weight).*stopped without saving"):
+        run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "8", "--lr", "1e30", "--warmup", "2")
+    for ckpt in checkpoints(tmp_path):
+        assert all(torch.isfinite(v).all() for v in torch.load(ckpt / "model.pt", weights_only=True).values())
+
+
+def test_a_non_finite_gradient_stops_before_the_update(tiny_dir, data_file, tmp_path, monkeypatch):
+    real = train.token_loss_sum
+    calls = []
+
+    def poisoned_gradient(model, *a):
+        calls.append(1)
+        if len(calls) == 2:  # a finite loss whose gradient is infinite
+            model.norm.weight.register_hook(lambda g: torch.full_like(g, float("inf")))
+        return real(model, *a)
+
+    monkeypatch.setattr(train, "token_loss_sum", poisoned_gradient)
+    with pytest.raises(UserError, match="step 2: gradient norm is inf; stopped without saving"):
+        run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "3")
+    assert [p.name for p in checkpoints(tmp_path)] == ["step-000001"]
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "inf"), ("--lr", "nan"), ("--M", "inf"), ("--max-grad-norm", "nan"),
+                                          ("--weight-decay", "-inf"), ("--eps", "nan")])
+def test_non_finite_flag_values_are_refused(tiny_dir, data_file, tmp_path, flag, value):
+    with pytest.raises(UserError, match=rf"^{flag}: must be a finite number, got {value}$"):
+        run(tiny_dir, data_file, tmp_path, f"{flag}={value}")
+    assert not tmp_path.joinpath("config.yaml").exists()
+
+
+@pytest.mark.parametrize("keep", [1, 3])
+def test_keep_checkpoints_keeps_the_newest_complete_ones(tiny_dir, data_file, tmp_path, keep):
+    run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "5", "--keep-checkpoints", str(keep))
+    assert [p.name for p in checkpoints(tmp_path)] == [f"step-{s:06d}" for s in range(6 - keep, 6)]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),
+                                     RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64")])
+def test_a_full_disk_during_a_checkpoint_removes_the_staging_folder(tiny_dir, data_file, tmp_path, monkeypatch, failure):
+    real_save, saves = torch.save, []
+
+    def disk_fills_up(obj, path, *a, **k):
+        saves.append(path)
+        if len(saves) == 5:  # model.pt of step 2 written, optimizer.pt fails half-way
+            Path(path).write_bytes(b"\0" * 1000)
+            raise failure
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(training.checkpoint.torch, "save", disk_fills_up)
+    with pytest.raises(CheckpointError) as err:
+        run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "3")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / '.tmp-step-000002'}: writing the step-2 checkpoint failed")
+    assert "GiB free on that disk" in message and "\n" not in message
+    assert not (tmp_path / ".tmp-step-000002").exists()
+    assert [p.name for p in checkpoints(tmp_path)] == ["step-000001"]
+
+
+def test_resume_cuts_the_metrics_back_to_the_checkpoint(tiny_dir, data_file, tmp_path):
+    """What kill -9 leaves: lines logged after the newest checkpoint, the last one torn."""
+    run(tiny_dir, data_file, tmp_path, "--method", "full", "--save-every", "2", "--max-steps", "2")
+    log = tmp_path / "metrics.jsonl"
+    log.write_text(log.read_text() + json.dumps({"step": 3, "loss": 1.0}) + '\n{"step": 4, "lo')
+    train.main(["--resume", str(tmp_path), "--max-steps", "4", "--allow-changes"])
+    assert steps_logged(tmp_path) == [1, 2, 3, 4]
+
+
+def test_config_yaml_records_the_run_and_reproduces_it(tiny_dir, data_file, tmp_path):
+    run(tiny_dir, data_file, tmp_path / "a", *FULL, "--max-steps", "2", "--lr", "2e-3")
+    values = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    assert (values["lr"], values["max_steps"], values["method"], values["data"]) == (2e-3, 2, "full", str(data_file))
+    train.main(["--config", str(tmp_path / "a" / "config.yaml"), "--out", str(tmp_path / "b")])
+    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_flag_that_changes_the_run_is_refused_on_resume_unless_allowed(tiny_dir, data_file, tmp_path):
+    run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "2")
+    with pytest.raises(UserError, match=r"^--resume .*: these flags change the run being resumed: "
+                                        r"--method full -> lisa, --sampling None -> uniform, --lr 0.003 -> 0.001, --max-steps 2 -> 3; "
+                                        r"pass --allow-changes"):
+        train.main(["--resume", str(tmp_path), "--method", "lisa", "--lr", "1e-3", "--max-steps", "3"])
+    assert [p.name for p in checkpoints(tmp_path)] == ["step-000001", "step-000002"]
+    train.main(["--resume", str(tmp_path), "--save-every", "2", "--eval-every", "5"])  # harmless: passes
+    train.main(["--resume", str(tmp_path), "--max-steps", "3", "--allow-changes"])
+    assert steps_logged(tmp_path) == [1, 2, 3]
+    config = (tmp_path / "config.yaml").read_text()
+    assert "# resumed from " + str(tmp_path / "step-000002") + " with --allow-changes: max_steps: 2 -> 3" in config
+    assert yaml.safe_load(config)["max_steps"] == 3
+
+
+def test_resume_with_another_method_names_the_file(tiny_dir, data_file, tmp_path):
+    run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "1")
+    with pytest.raises(CheckpointError, match=r"optimizer.pt: does not fit this optimizer"):
+        train.main(["--resume", str(tmp_path), "--method", "galore", "--allow-changes"])
+
+
+@pytest.mark.parametrize("name", ["model.pt", "optimizer.pt", "trainer.pt"])
+@pytest.mark.parametrize("damage", ["truncate", "empty"])
+def test_a_damaged_checkpoint_file_is_named_on_resume(tiny_dir, data_file, tmp_path, name, damage):
+    run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "1")
+    file = tmp_path / "step-000001" / name
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2] if damage == "truncate" else b"")
+    with pytest.raises(CheckpointError, match=rf"^{file}: cannot be read \(.*\); resume from an earlier checkpoint$"):
+        train.main(["--resume", str(tmp_path)])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("save_format: hff\n", r"run.yaml: --save-format: invalid choice: 'hff'"),
+    ("gamma: 2.5\n", r"run.yaml: --gamma: expected an integer, got '2.5'"),
+    ("lr: .inf\n", r"run.yaml: --lr: must be a finite number, got inf"),
+    ("no_pack: 3\n", r"run.yaml: no_pack: expected true or false, got 3"),
+    ("gama: 3\n", r"run.yaml: unknown keys gama"),
+])
+def test_config_file_values_are_parsed_like_flags(tmp_path, data_file, text, message):
+    from training.args import parse_args
+
+    (tmp_path / "run.yaml").write_text(text)
+    with pytest.raises(UserError, match=message):
+        parse_args(["--config", str(tmp_path / "run.yaml"), "--data", str(data_file)])
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(tiny_dir, data_file, tmp_path):
+    """Rank 1's loss turns NaN at step 2; both ranks must stop with the error, none waits in an all-reduce."""
+    script = tmp_path / "nan_on_rank1.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import train
+        from common import cli
+        real, calls = train.token_loss_sum, []
+        def loss_sum(*a):
+            calls.append(1)
+            out = real(*a)
+            return out * float("nan") if os.environ["RANK"] == "1" and len(calls) == 2 else out
+        train.token_loss_sum = loss_sum
+        cli.run(train.main)
+    """))
+    args = ["--model", str(tiny_dir), "--data", str(data_file), "--seq-len", "64", "--no-pack", "--batch-size", "8",
+            "--save-format", "none", "--method", "full", "--max-steps", "4", "--save-every", "1",
+            "--out", str(tmp_path / "ddp")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    assert done.stderr.count("error: step 2: loss is nan; stopped without saving") == 2, done.stderr[-3000:]
+    assert [p.name for p in checkpoints(tmp_path / "ddp")] == ["step-000001"]
