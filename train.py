@@ -34,6 +34,9 @@ from sampling.calibration import training_documents
 from training.args import parse_args, resolve_svd, write_config
 from training.checkpoint import checkpoints, clear_run, load_checkpoint, resolve_checkpoint, run_outputs, save_checkpoint
 from training.distributed import close_world, init_world, sum_gradients, sum_scalar
+from training.fsdp import shard_model
+from training.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
+from training.sharded_export import export_sharded
 from training.heldout import HeldOut
 from training.memory import format_report, simulate_memory
 from training.methods import METHODS, active_block_indices
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     resumed_from = resolve_checkpoint(args.resume) if args.resume else None
     replace_run = check_out_folder(out, resumed_from, args.overwrite)  # every rank, before any rank writes
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    world = init_world(device.type)
+    world = init_world(device.type, group=args.fsdp)
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
@@ -69,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     eval_records = load_records(args.eval_data) if args.eval_data else None
 
     # 1. The pre-trained model.
-    model, tokenizer = load_model(args.model, device=device, dtype=dtype, ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)
+    # (--fsdp: into host memory, until fully_shard below moves each rank's shard to the device)
+    model, tokenizer = load_model(args.model, device="cpu" if args.fsdp else device, dtype=dtype,
+                                  ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)
     if tokenizer is None:
         raise UserError(f"--model {args.model}: the checkpoint has no tokenizer file; training needs one")
     model.train()
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
                              training_documents(records, tokenizer, args.calib_windows * args.calib_seq_len,
                                                 args.template, args.seed))
                 return calibration_windows(documents, tokenizer, args.calib_windows, args.calib_seq_len,
-                                           seed=args.seed).to(device).split(4)
+                                           seed=args.seed).to(model.output.weight.device).split(4)
 
             try:  # a --calib named must match the cache's tokens; a stale default cache is recomputed, a --scores one refused
                 inputs["ratios"] = load_or_compute_ratios(model, args.model, windows() if args.calib else windows,
@@ -126,16 +131,24 @@ def main(argv: list[str] | None = None) -> None:
         sampler = LayerSampler(policy, args.gamma, args.period, args.seed, n_layers, **inputs)
 
     # 4. Optimizer: GaLore groups for 2-D block weights (galore, owlore), AdamW for everything else.
-    if args.fused and world.size > 1:
+    if args.fused and world.size > 1 and not args.fsdp:
         raise UserError("--fused: steps each parameter before gradients could be summed across ranks; "
                         "drop --fused under torchrun")
-    groups, optimizer, fused = build_optimizer(model, args)
+    shard = None
+    if args.fsdp:  # every block and the root fully sharded; the groups then hold the sharded parameters
+        reduce_dtype = DTYPES[args.reduce_dtype] if args.reduce_dtype else None
+        shard = lambda groups: shard_model(model, groups, device, world.size, reduce_dtype)  # noqa: E731
+    groups, optimizer, fused = build_optimizer(model, args, shard)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
 
     # Resume: weights, optimizer, scheduler, sampler, data position and RNG, exactly where they were.
     step = 0
     if resumed_from:
-        state = load_checkpoint(resumed_from, model, optimizer)
+        if (resumed_from / "shards").is_dir() != args.fsdp:  # DCP shards (--fsdp) or model.pt/optimizer.pt
+            written = "without" if args.fsdp else "with"
+            raise UserError(f"--resume {resumed_from}: the checkpoint was written {written} --fsdp; "
+                            f"resume it {written} --fsdp")
+        state = (load_sharded_checkpoint if args.fsdp else load_checkpoint)(resumed_from, model, optimizer)
         step = state["step"]
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
@@ -151,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     heldout = HeldOut(eval_records, tokenizer, args.eval_limit, template=args.template) if eval_records else None
     metrics = RunLog(out, enabled=world.is_main, wandb=args.wandb, config=vars(args), say=say,  # jsonl, TensorBoard, W&B
                      resume_step=step if resumed_from else None)
-    if heldout and world.is_main and step == 0:
+    evaluates = world.is_main or args.fsdp  # a sharded forward needs every rank
+    if heldout and evaluates and step == 0:
         metrics.write(step=0, **heldout.evaluate(model))
 
     # 5. The loop.
@@ -164,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         if sampler and (step % args.period == 0 or step == first_step):
             start_period(model, optimizer, sampler.active_layers(step, model), args)
         started = time.perf_counter()
-        loss, n_tokens = accumulate_gradients(model, loader, world, device, args.grad_accum, args.chunked_ce)
+        loss, n_tokens = accumulate_gradients(model, loader, world, device, args.grad_accum, args.chunked_ce,
+                                               args.fused)
         if not math.isfinite(loss):  # every rank sees the same summed loss, so every rank stops here
             raise diverged(f"loss is {loss}", step + 1, out)
         trainable = trainable_with_grad(groups)
@@ -182,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
                       active_blocks=active, peak_memory=peak_memory_bytes(device), memory=current_memory_bytes(device))
         if step + 1 == first_step + 2:
             say("measured after 2 steps:\n" + format_report(estimate, record["peak_memory"]))
-        if heldout and args.eval_every and (step + 1) % args.eval_every == 0 and world.is_main:
+        if heldout and args.eval_every and (step + 1) % args.eval_every == 0 and evaluates:
             record.update(heldout.evaluate(model))
         metrics.write(**record)
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{n_tokens / seconds:.0f}",
@@ -190,17 +205,20 @@ def main(argv: list[str] | None = None) -> None:
         done = step + 1 == total_steps
         if stop.requested or done or (args.save_every and (step + 1) % args.save_every == 0):
             check_weights(model, step + 1, out)  # on every rank: the weights, and so the verdict, agree
-            if world.is_main:
+            if world.is_main or args.fsdp:
                 saved_args = {k: v for k, v in vars(args).items() if k != "changed_on_resume"}
                 state = dict(step=step + 1, scheduler=scheduler.state_dict(), loader=loader.state_dict(),
                              sampler=sampler.state_dict() if sampler else None, args=saved_args)
-                path = save_checkpoint(out, step + 1, model, optimizer, state, keep=args.keep_checkpoints)
+                if args.fsdp:
+                    path = save_sharded_checkpoint(out, step + 1, model, optimizer, state)
+                else:
+                    path = save_checkpoint(out, step + 1, model, optimizer, state, keep=args.keep_checkpoints)
                 say(f"checkpoint: {path}")
         if stop.requested:
             say(f"stopped by signal after step {step + 1}; resume with --resume {out}")
             break
     evaluated_at_end = args.eval_every and total_steps % args.eval_every == 0
-    if heldout and world.is_main and not stop.requested and not evaluated_at_end:
+    if heldout and evaluates and not stop.requested and not evaluated_at_end:
         metrics.write(step=total_steps, **heldout.evaluate(model))
 
     # 6. The fine-tuned weights, in formats other tools open; how often each block was drawn.
@@ -210,7 +228,11 @@ def main(argv: list[str] | None = None) -> None:
         expected = None if sampler.policy.dynamic else sampler.inclusion_probabilities("monte_carlo")
         plot_sampling_counts(out / "sampling_counts.png", sampler.counts, expected,
                              title=f"{args.method}: periods each block was active")
-    if world.is_main and args.save_format != "none" and not stop.requested:
+    if args.fsdp and args.save_format != "none" and not stop.requested:  # gathered and written block by block
+        for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
+            export_sharded(model, out / f"final-{fmt}", fmt, tokenizer)
+            say(f"saved {fmt} weights to {out / f'final-{fmt}'}")
+    elif world.is_main and args.save_format != "none" and not stop.requested:
         check_weights(model, total_steps, out)
         if method.adapters:  # the adapter for PEFT, then the merged weights
             write_peft_adapter(model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
@@ -225,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def accumulate_gradients(model: torch.nn.Module, loader: BatchLoader, world, device: torch.device, grad_accum: int,
-                         chunked_ce: bool) -> tuple[float, int]:
+                         chunked_ce: bool, fused: bool = False) -> tuple[float, int]:
     """Forward/backward over `grad_accum` micro-batches of this rank's share of the global batch.
 
     The loss is the mean over every target token of the global batch, so accumulation and data
@@ -237,7 +259,7 @@ def accumulate_gradients(model: torch.nn.Module, loader: BatchLoader, world, dev
     n_targets = sum_scalar(int((targets != -100).sum()), world, device)
     if n_targets == 0:
         raise UserError("--data: a training batch has no target tokens (every label is masked)")
-    total = backward_micro_batches(model, input_ids, labels, n_targets, grad_accum, chunked_ce)
+    total = backward_micro_batches(model, input_ids, labels, n_targets, grad_accum, chunked_ce, fused)
     return sum_scalar(total, world, device) / n_targets, input_ids.numel() * world.size
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from optim.projector import Projector, SVDProjector, build_projector
+from optim.sharded import make_projection, project
 
 GROUP_DEFAULTS = dict(projector=None, update_proj_gap=200, scale=1.0, reproject_moments=False)
 
@@ -147,7 +148,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
         state.setdefault("step", 0)
         if state["step"] % group["update_proj_gap"] == 0 and p not in self._accumulated:
             self._refresh(p, state, group)
-        return group["projector"].project(state["projection"], p.grad)
+        return project(group["projector"], state["projection"], p.grad)
 
     def _update(self, p: Tensor, group: dict) -> None:
         state, projector = self.state[p], group["projector"]
@@ -179,11 +180,11 @@ class GaLoreAdamW(torch.optim.Optimizer):
     def _refresh(self, p: Tensor, state: dict, group: dict) -> None:
         projector = group["projector"]
         seed = hash((self._param_index[p], state["step"])) & 0x7FFF_FFFF_FFFF_FFFF
-        new = projector.make(p.grad, seed)
+        new = make_projection(projector, p.grad, seed)
         if group["reproject_moments"] and "exp_avg" in state:
             # M <- P_new^T P_old M: carry the first moment into the new subspace (v has no linear analogue).
             m = state["exp_avg"]
-            state["exp_avg"] = projector.project(new, projector.project_back(state["projection"], m.to(p.dtype))).to(m.dtype)
+            state["exp_avg"] = project(projector, new, projector.project_back(state["projection"], m.to(p.dtype))).to(m.dtype)
         state["projection"] = new
 
 

@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(p, dtype_default=None)  # --ckpt-dir, --tokenizer, --dtype
     a("--device", help="default: cuda if available, else cpu")
     a("--grad-ckpt", action="store_true", help="activation checkpointing per block")
+    a("--fsdp", action="store_true", help="shard weights, gradients and optimizer state over the ranks (FSDP2)")
+    a("--reduce-dtype", choices=("fp32", "bf16", "fp16"), help="--fsdp gradient reduction dtype (default: --dtype)")
     a("--lean", action="store_true", help="lean-memory preset: fused, chunked CE, grad ckpt, randomized SVD")
     a("--seed", type=NONNEG, default=111)
     # output
@@ -220,6 +222,9 @@ def check_consistency(args: argparse.Namespace) -> None:
         raise UserError("--fused: cannot clip by global norm (--max-grad-norm): the norm is unknown when a parameter steps")
     if args.fused and METHODS[args.method].adapters:
         raise UserError("--fused: is for full-weight methods; LoRA adapters are small")
+    if args.fsdp and args.chunked_ce:
+        raise UserError("--chunked-ce: reads the head weight outside the model's forward, where --fsdp keeps it "
+                        "sharded; drop --chunked-ce (or --lean) under --fsdp")
     if args.batch_size % args.grad_accum:
         raise UserError(f"--batch-size: {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
     if args.dtype == "fp16":

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 BUCKET_BYTES = 25 * 2**20
 
@@ -23,11 +24,17 @@ class World:
         return self.rank == 0
 
 
-def init_world(device_type: str) -> World:
-    """Join the process group torchrun describes in the environment; a single process otherwise."""
+def init_world(device_type: str, group: bool = False) -> World:
+    """Join the process group torchrun describes in the environment; a single process otherwise (with
+    `group`, a one-process group of its own, so sharded code paths run unchanged on one process)."""
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if dist.is_initialized():  # a caller (a test harness running several trainings) set it up already
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        if group and not dist.is_initialized():
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
         return World()
-    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    dist.init_process_group(backend=backend)
     world = World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     if device_type == "cuda":
         torch.cuda.set_device(world.local_rank)
@@ -35,7 +42,7 @@ def init_world(device_type: str) -> World:
 
 
 def close_world(world: World) -> None:
-    if world.size > 1:
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -48,10 +55,11 @@ def sum_scalar(value: float | int, world: World, device: torch.device) -> float:
 
 
 def sum_gradients(params: list[torch.nn.Parameter], world: World) -> None:
-    """All-reduce (sum) the gradients of `params` in flat buckets of about 25 MiB each."""
+    """All-reduce (sum) the gradients of `params` in flat buckets of about 25 MiB each. Sharded (DTensor)
+    gradients are skipped: FSDP has reduce-scattered them already."""
     if world.size == 1:
         return
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None and not isinstance(p.grad, DTensor)]
     bucket: list[torch.Tensor] = []
     size = 0
     for g in grads:

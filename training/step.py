@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -18,11 +19,15 @@ from torch import nn
 from model.loss import next_token_loss_sum
 from optim import GaLoreAdamW, apply_lora, attach_fused_step, build_projector
 from optim.fused import FusedStepHandle
+from training.fsdp import full_tensor, is_sharded, set_gradient_sync
 from training.methods import METHODS, activate_blocks, param_groups
 
 
-def build_optimizer(model: nn.Module, args: argparse.Namespace) -> tuple[list[dict], GaLoreAdamW, FusedStepHandle | None]:
-    """(param groups, optimizer, fused-step handle or None) for `args.method`; LoRA wraps the model's linears."""
+def build_optimizer(model: nn.Module, args: argparse.Namespace,
+                    shard: Callable[[list[dict]], list[dict]] | None = None,
+                    ) -> tuple[list[dict], GaLoreAdamW, FusedStepHandle | None]:
+    """(param groups, optimizer, fused-step handle or None) for `args.method`; LoRA wraps the model's linears.
+    `shard` (--fsdp) shards the model and returns the groups with its sharded parameters."""
     method = METHODS[args.method]
     if method.adapters:
         groups = [{"params": apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)}]
@@ -32,6 +37,8 @@ def build_optimizer(model: nn.Module, args: argparse.Namespace) -> tuple[list[di
                       update_proj_gap=args.update_proj_gap, scale=args.galore_scale,
                       reproject_moments=args.reproject_moments)
         groups = param_groups(model, galore if method.projected else None)
+    if shard is not None:
+        groups = shard(groups)
     optimizer = GaLoreAdamW(groups, lr=args.lr, eps=args.eps, weight_decay=args.weight_decay,
                             fp32_moments=args.fp32_moments)
     fused = attach_fused_step(optimizer, [p for g in groups for p in g["params"]], grad_accum_steps=args.grad_accum,
@@ -47,7 +54,7 @@ def start_period(model: nn.Module, optimizer: GaLoreAdamW, active: list[int], ar
 
 
 def backward_micro_batches(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, n_targets: int,
-                           grad_accum: int, chunked_ce: bool) -> float:
+                           grad_accum: int, chunked_ce: bool, fused: bool = False) -> float:
     """Backward of sum(token losses) / n_targets over `grad_accum` micro-batches; returns the summed loss.
 
     `n_targets` counts the target tokens of the global batch (every rank), so accumulation and data
@@ -55,7 +62,9 @@ def backward_micro_batches(model: nn.Module, input_ids: torch.Tensor, labels: to
     the caller sees it in the returned sum (summed over ranks, so every rank stops together).
     """
     total = 0.0
-    for ids, lab in zip(input_ids.chunk(grad_accum), labels.chunk(grad_accum)):
+    for i, (ids, lab) in enumerate(zip(input_ids.chunk(grad_accum), labels.chunk(grad_accum))):
+        if is_sharded(model):  # reduce-scatter once, after the last (--fused: each, its hooks step/accumulate)
+            set_gradient_sync(model, fused or i == grad_accum - 1)
         loss_sum = next_token_loss_sum(model, ids, lab, chunked_ce)
         if loss_sum is None:  # every target of this micro-batch is masked: it adds nothing
             continue
@@ -77,7 +86,7 @@ def gradient_norm(params: list[nn.Parameter], max_norm: float | None) -> float |
         return None
     if max_norm:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])))
+    return float(torch.linalg.vector_norm(torch.stack([full_tensor(torch.linalg.vector_norm(g, dtype=torch.float32)) for g in grads])))
 
 
 def apply_gradients(optimizer: GaLoreAdamW) -> None:

@@ -1,0 +1,197 @@
+"""--fsdp (FSDP2) on CPU with gloo: 2 processes under torchrun against 1 process with the same global batch.
+
+Each torchrun launch costs seconds, so one launch (tests/fsdp_worker.py) serves several runs. Tolerances:
+the same fp32 arithmetic with the gradient sums taken in another order (reduce-scatter vs one process) agrees
+to ~1e-7 per step here; we allow atol 1e-5 / rtol 1e-4 on weights after 3 steps, as the data-parallel test.
+Adam's eps is 1e-6: with 1e-8 an element whose gradient is ~0 steps by +-lr on the sign of a rounding error.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+import train
+from model.hf_format import read_hf_dir
+from model.meta_format import read_meta_dir
+from test_train import data_file, tiny_dir  # noqa: F401 (fixtures)
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("fsdp_worker.py")
+# LoRA dropout off: each rank draws its own dropout masks, one process draws them for the whole batch.
+# galore with the random projector (bases independent of the gradient): projection, moments and weights
+# compare tightly; owlore with GaLore's SVD, whose subspace follows rounding-level changes of the gradient
+# where singular values nearly coincide (then principal angles, not entries, are what must agree).
+# (--fused with --grad-accum refreshes the projector from the first micro-batch, which is another subset of
+# the global batch on N ranks than on one: not comparable, so fused runs without accumulation here.)
+METHODS = {"full": [], "lora": ["--lr", "1e-2", "--lora-dropout", "0"],
+           "galore": ["--grad-accum", "2", "--projector", "random"], "lisa": ["--max-grad-norm", "0.01"],
+           "owlore": ["--grad-ckpt", "--save-format", "both"], "owlore-fullrank": [],
+           "owlore-fused": ["--fused"]}
+GALORE = ("galore", "owlore", "owlore-fused")
+
+
+def common(tiny_dir, data_file, out, *extra) -> list[str]:
+    return ["--model", str(tiny_dir), "--data", str(data_file), "--out", str(out), "--seq-len", "64", "--no-pack",
+            "--batch-size", "8", "--lr", "3e-3", "--seed", "1", "--rank", "8", "--update-proj-gap", "2",
+            "--gamma", "2", "--period", "2", "--calib-windows", "2", "--calib-seq-len", "16", "--M", "3",
+            "--max-steps", "3", "--save-format", "hf", "--eps", "1e-6", *extra]
+
+
+def torchrun(*worker_args: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(WORKER), *map(str, worker_args)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def launch(tmp: Path, runs: list[list[str]], *mode: str) -> None:
+    (tmp / "runs.json").write_text(json.dumps(runs))
+    torchrun(*(mode or ("runs",)), tmp / "runs.json")
+
+
+def losses(out: Path, key: str = "loss") -> list[float]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r[key] for r in records if key in r]
+
+
+def extra(method: str, data_file: Path) -> list[str]:
+    """The run's flags; "full" also evaluates on held-out data (a sharded forward on every rank)."""
+    return METHODS[method] + (["--eval-data", str(data_file)] if method == "full" else [])
+
+
+def dcp_state(ckpt: Path, tmp: Path) -> dict:
+    """A DCP checkpoint's tensors ({"model": ..., "optim": ...}) read back in one process."""
+    dcp_to_torch_save(ckpt / "shards", tmp / "flat.pt")
+    return torch.load(tmp / "flat.pt", weights_only=True)
+
+
+def close(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+
+
+@pytest.fixture(scope="module")
+def sharded(tiny_dir, data_file, tmp_path_factory) -> Path:
+    """Every method, 3 steps, 2 processes, in one launch."""
+    tmp = tmp_path_factory.mktemp("sharded")
+    launch(tmp, [common(tiny_dir, data_file, tmp / m, "--method", m.removesuffix("-fused"), "--fsdp",
+                        *extra(m, data_file)) for m in METHODS])
+    return tmp
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_two_processes_fsdp_match_one_process(sharded, tiny_dir, data_file, tmp_path, method):
+    train.main(common(tiny_dir, data_file, tmp_path / "single", "--method", method.removesuffix("-fused"),
+                      *extra(method, data_file)))
+    two, one = losses(sharded / method), losses(tmp_path / "single")
+    assert len(two) == len(one) == 3 and all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(two, one))
+    two, one = losses(sharded / method, "heldout_loss"), losses(tmp_path / "single", "heldout_loss")
+    assert len(two) == len(one) == (2 if method == "full" else 0) and two == pytest.approx(one, rel=1e-5)
+    _, streamed = read_hf_dir(sharded / method / "final-hf")  # the streamed export of the sharded run
+    _, unsharded = read_hf_dir(tmp_path / "single" / "final-hf")
+    assert close(streamed, unsharded)
+    if method in GALORE:
+        check_optimizer_state(sharded / method / "step-000003", tmp_path / "single" / "step-000003", tmp_path,
+                              common(tiny_dir, data_file, tmp_path, "--method", method.removesuffix("-fused"),
+                                     *METHODS[method]))
+
+
+def check_optimizer_state(sharded_ckpt: Path, single_ckpt: Path, tmp: Path, argv: list[str]) -> None:
+    """GaLore subspaces agree (cosines of the principal angles ~1), and so do the moments."""
+    from model import load_model
+    from training.args import parse_args
+    from training.methods import param_groups
+    args = parse_args(argv)
+    model, _ = load_model(args.model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    galore = {"update_proj_gap": args.update_proj_gap}  # only the parameter order matters here
+    order = [names[id(p)] for g in param_groups(model, galore) for p in g["params"]]
+    single = torch.load(single_ckpt / "optimizer.pt", weights_only=True)["state"]
+    single = {order[i]: s for i, s in single.items()}
+    optim = dcp_state(sharded_ckpt, tmp)["optim"]
+    projected = [n for n in single if "projection" in single[n]]
+    assert projected and {k.split("/")[0] for k in optim} == set(single)
+    for name in projected:
+        for side, basis in single[name]["projection"].items():
+            other = optim[f"{name}/projection/{side}"]
+            a, b = (basis, other) if side == "vh" else (basis.mT, other.mT)  # rows span the subspace
+            cosines = torch.linalg.svdvals(a @ b.mT)
+            assert cosines.min() > 1 - 1e-4, (name, side, cosines)
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(optim[f"{name}/{key}"], single[name][key], atol=1e-6, rtol=1e-3), (name, key)
+
+
+def test_streamed_export_equals_unsharded_export_of_the_same_weights(sharded, tiny_dir, tmp_path):
+    """The block-by-block HF and Meta exports hold exactly the weights the sharded checkpoint holds, and the
+    HF folder's config.json is the one save_model writes."""
+    from model import load_model, save_model
+    run = sharded / "owlore"
+    state = dcp_state(run / "step-000003", tmp_path)["model"]
+    model, tokenizer = load_model(tiny_dir)
+    model.load_state_dict(state)
+    save_model(model, tmp_path / "hf", format="hf", tokenizer=tokenizer)
+    config_json = lambda folder: json.loads((folder / "config.json").read_text())  # noqa: E731
+    assert config_json(run / "final-hf") == config_json(tmp_path / "hf")
+    config = model.config
+    _, streamed = read_hf_dir(run / "final-hf")
+    _, unsharded = read_hf_dir(tmp_path / "hf")
+    assert streamed.keys() == unsharded.keys() and all(torch.equal(streamed[k], unsharded[k]) for k in streamed)
+    _, meta = read_meta_dir(run / "final-meta")
+    assert all(torch.equal(meta[k], unsharded[k]) for k in unsharded)
+    assert len(list((run / "final-hf").glob("*.safetensors"))) == config.n_layers + 1  # one file per unit
+
+
+def test_frozen_blocks_get_no_gradient_and_no_state_and_switch_together(tiny_dir, tmp_path):
+    torchrun("frozen", tmp_path / "frozen.json", tiny_dir)
+    ranks = json.loads((tmp_path / "frozen.json").read_text())
+    assert len(ranks) == 2 and ranks[0] == ranks[1]  # every rank: the same blocks, gradients and state
+    steps = ranks[0]
+    for record in steps:
+        assert record["sharded"] and record["with_grad"] == record["with_state"] == record["active"]
+        assert len(record["active"]) == 2
+    switches = [r["step"] for prev, r in zip(steps, steps[1:]) if r["active"] != prev["active"]]
+    assert switches and all(step % 3 == 0 for step in switches)  # period 3: only at period boundaries
+
+
+def test_sigint_resume_under_fsdp_equals_uninterrupted_also_on_one_process(tiny_dir, data_file, tmp_path):
+    argv = lambda out, *extra: common(tiny_dir, data_file, tmp_path / out, "--method", "owlore", "--fsdp",  # noqa: E731
+                                      "--max-steps", "4", "--save-format", "none", *extra)
+    launch(tmp_path, [argv("split"), argv("straight")], "interrupt", "1")  # only the first run is interrupted
+    assert [p.name for p in (tmp_path / "split").glob("step-*")] == ["step-000001"]
+    shutil.copytree(tmp_path / "split", tmp_path / "one")
+    launch(tmp_path, [argv("split", "--resume", str(tmp_path / "split"))])
+    straight = dcp_state(tmp_path / "straight" / "step-000004", tmp_path / "straight")
+    split = dcp_state(tmp_path / "split" / "step-000004", tmp_path / "split")
+    # the same world size: the same arithmetic in the same order, bit for bit
+    assert all(torch.equal(straight["model"][k], split["model"][k]) for k in straight["model"])
+    assert straight["optim"].keys() == split["optim"].keys()
+    assert all(torch.equal(straight["optim"][k], split["optim"][k]) for k in straight["optim"])
+    # 2 processes -> 1 process: DCP reshards; gradient sums in another order, so to rounding
+    train.main(argv("one", "--resume", str(tmp_path / "one")))
+    one = dcp_state(tmp_path / "one" / "step-000004", tmp_path / "one")
+    assert close(one["model"], straight["model"])
+    assert losses(tmp_path / "one")[-3:] == pytest.approx(losses(tmp_path / "straight")[-3:], rel=1e-5)
+
+
+def test_resuming_a_plain_checkpoint_with_fsdp_is_one_line_error(tiny_dir, data_file, tmp_path):
+    from common.errors import UserError
+    train.main(common(tiny_dir, data_file, tmp_path, "--method", "lisa", "--max-steps", "1", "--save-format", "none"))
+    with pytest.raises(UserError, match="written without --fsdp"):
+        train.main(common(tiny_dir, data_file, tmp_path, "--method", "lisa", "--max-steps", "1", "--save-format", "none",
+                          "--resume", str(tmp_path), "--fsdp", "--allow-changes"))
+
+
+def test_chunked_cross_entropy_is_refused_under_fsdp(data_file):
+    from common.errors import UserError
+    from training.args import parse_args
+    for flag in ("--chunked-ce", "--lean"):
+        with pytest.raises(UserError, match="--chunked-ce"):
+            parse_args(["--data", str(data_file), "--fsdp", flag])
+    assert parse_args(["--data", str(data_file), "--fsdp", "--fused"]).fsdp

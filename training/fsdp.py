@@ -1,0 +1,63 @@
+"""Fully sharded training (`--fsdp`): torch FSDP2 (`fully_shard`) over every decoder block and the root.
+
+Each rank keeps a row shard (dim 0, `Shard(0)`) of every parameter, gradient and moment; a block's full
+weights exist only between its all-gather and its reshard in forward and backward. Parameters stay in the
+training dtype (`--dtype`); gradients are reduce-scattered in `--reduce-dtype` (default: the training dtype).
+The reduction is a sum, not FSDP's default mean: the loss is already divided by the global number of target
+tokens (train.py), so summing gives the gradient of the global batch, as plain data parallelism does.
+
+Layer sampling needs nothing special: a block whose parameters have requires_grad False produces no
+gradient, so FSDP allocates none and skips its reduce-scatter; FSDP copies requires_grad from the sharded
+to the unsharded parameter at every all-gather, so switching blocks every period takes effect at once.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+
+def shard_model(model: nn.Module, groups: list[dict], device: torch.device, world_size: int,
+                reduce_dtype: torch.dtype | None = None, mesh: DeviceMesh | None = None) -> list[dict]:
+    """Shard `model` (a Transformer with `.layers`) in place over a 1-D mesh of `world_size` ranks on
+    `device`'s type; every block is its own FSDP unit (one all-gather / reduce-scatter each), the root holds
+    the embeddings, final norm and head. Parameters move to `device`. FSDP replaces every parameter by a
+    sharded one: returns the optimizer `groups` with each parameter replaced by its sharded successor.
+    `mesh`: a 1-D mesh made beforehand (default: one over `world_size` ranks)."""
+    names = {p: name for name, p in model.named_parameters()}
+    mesh = mesh or init_device_mesh(device.type, (world_size,))
+    policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=reduce_dtype)
+    for block in model.layers:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)  # sum over ranks (see the module docstring)
+            module.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
+    if hasattr(model, "rebuild_buffers"):
+        model.rebuild_buffers(device)
+    sharded = dict(model.named_parameters())
+    return [{**group, "params": [sharded[names[p]] for p in group["params"]]} for group in groups]
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return isinstance(model, FSDPModule)
+
+
+def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
+    """Skip (False) or do (True) the reduce-scatter after backward: gradient accumulation reduces only once,
+    after the last micro-batch. A no-op for an unsharded model."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(enabled)
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: gathered from every rank for a DTensor (a collective: every rank must call it)."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def local_numel(params) -> int:
+    """Elements this rank stores of `params` (its shards, for DTensors)."""
+    return sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in params)

@@ -1,0 +1,126 @@
+"""Training checkpoints under `--fsdp`: torch.distributed.checkpoint (DCP), each rank writing its own shards.
+
+Layout of ``<run>/step-000123/`` (published by one rename, as training/checkpoint.py's): ``shards/`` (DCP:
+model weights and optimizer tensors, each a DTensor keyed by parameter name) and ``trainer.pt`` (rank 0: step,
+scheduler, sampler, data position, RNG, arguments, and the optimizer's non-tensor state: group options,
+per-parameter step counts, which tensors each parameter has and their placements).
+
+Loading reads DCP's metadata for the saved sizes and dtypes, allocates each optimizer tensor with its saved
+placement on the current mesh, and lets DCP fill it: the world size may differ from the one that saved
+(DCP reshards), and loading equals saving bit for bit on the same world size.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor import empty as dtensor_empty
+
+from optim.projector import build_projector
+from training.checkpoint import checkpoints, rng_state, set_rng_state
+
+PLACEMENTS = {"shard0": Shard(0), "replicate": Replicate()}
+
+
+def optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The optimizer's tensors keyed `<param name>/<key>[/<subkey>]` and the rest of its state (plain)."""
+    names = {p: name for name, p in model.named_parameters()}
+    tensors, layout, steps = {}, {}, {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            name = names[p]
+            flat = {}
+            for key, value in state.items():
+                if isinstance(value, dict):
+                    flat.update({f"{key}/{sub}": v for sub, v in value.items()})
+                else:
+                    flat[key] = value
+            for key, value in flat.items():
+                if isinstance(value, DTensor):
+                    tensors[f"{name}/{key}"] = value
+                    layout[f"{name}/{key}"] = "shard0" if value.placements[0].is_shard() else "replicate"
+                elif isinstance(value, torch.Tensor):
+                    raise TypeError(f"optimizer state {name}/{key} is not sharded (a plain tensor under --fsdp)")
+                else:
+                    steps[f"{name}/{key}"] = value
+    groups = [{k: (v.spec() if k == "projector" and v is not None else v) for k, v in g.items() if k != "params"}
+              for g in optimizer.param_groups]
+    return tensors, {"layout": layout, "scalars": steps, "param_groups": groups}
+
+
+def save_sharded_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                            trainer_state: dict) -> Path:
+    """Every rank calls this; ``run_dir/step-NNNNNN`` appears complete or not at all."""
+    rank = dist.get_rank()
+    final, staging = run_dir / f"step-{step:06d}", run_dir / f".tmp-step-{step:06d}"
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    dist.barrier()
+    tensors, optim_meta = optimizer_tensors(model, optimizer)
+    dcp.save({"model": get_model_state_dict(model), "optim": tensors}, checkpoint_id=staging / "shards")
+    dist.barrier()
+    if rank == 0:
+        torch.save({**trainer_state, "rng": rng_state(), "optimizer": optim_meta}, staging / "trainer.pt")
+        for file in [f for f in staging.rglob("*") if f.is_file()]:
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        for older in checkpoints(run_dir)[:-1]:
+            shutil.rmtree(older)
+    dist.barrier()
+    return final
+
+
+def load_sharded_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore a sharded model and its optimizer in place from a DCP checkpoint written with any world size;
+    returns the trainer state (RNG already restored)."""
+    if not (path / "shards" / ".metadata").is_file() or not (path / "trainer.pt").is_file():
+        raise FileNotFoundError(f"checkpoint {path} is not a complete --fsdp checkpoint (shards/.metadata and "
+                                "trainer.pt); a checkpoint written without --fsdp resumes without --fsdp")
+    trainer_state = torch.load(path / "trainer.pt", weights_only=True)
+    meta = trainer_state.pop("optimizer")
+    saved = dcp.FileSystemReader(path / "shards").read_metadata().state_dict_metadata
+    params = dict(model.named_parameters())
+    template = {}
+    for key, placement in meta["layout"].items():
+        name = key.split("/", 1)[0]
+        if name not in params:
+            raise ValueError(f"checkpoint {path}: optimizer state for {name}, which this model does not have")
+        info = saved[f"optim.{key}"]
+        template[key] = dtensor_empty(*info.size, dtype=info.properties.dtype,
+                                      device_mesh=params[name].device_mesh, placements=[PLACEMENTS[placement]])
+    model_state = get_model_state_dict(model)
+    dcp.load({"model": model_state, "optim": template}, checkpoint_id=path / "shards")
+    set_model_state_dict(model, model_state)
+
+    optimizer.state.clear()
+    for key, value in [*template.items(), *meta["scalars"].items()]:
+        name, rest = key.split("/", 1)
+        state = optimizer.state[params[name]]
+        if "/" in rest:
+            outer, inner = rest.split("/", 1)
+            state.setdefault(outer, {})[inner] = value
+        else:
+            state[rest] = value
+    if len(meta["param_groups"]) != len(optimizer.param_groups):
+        raise ValueError(f"checkpoint {path} has {len(meta['param_groups'])} optimizer groups, this run "
+                         f"{len(optimizer.param_groups)}")
+    for group, saved_group in zip(optimizer.param_groups, meta["param_groups"]):
+        spec = saved_group.get("projector")
+        group.update({**saved_group, "projector": build_projector(**spec) if spec else None})
+    set_rng_state(trainer_state["rng"])
+    return trainer_state

@@ -1,0 +1,90 @@
+"""The final weights of a sharded (`--fsdp`) run, written one FSDP unit at a time.
+
+HF: every rank gathers one decoder block (`full_tensor`), rank 0 converts it (`meta_to_hf`), merges LoRA
+adapters if there are any and writes it as its own safetensors file, then frees it; the embeddings, final
+norm and head are the last file, then the index and config.json. No rank ever holds more than one block
+(or the embeddings) in full. Meta's format is one `consolidated.00.pth`, which cannot be written in pieces:
+rank 0 gathers block by block into host memory and writes it with model/save.py. The HF folder's config.json
+and tokenizer files are the ones model/save.py writes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+from torch import nn
+
+from common.io import atomic_write, write_json
+from model.hf_format import hf_config_from, meta_to_hf
+from model.save import FORMATS, save_model
+from model.tokenizer_json import special_ids, write_hf_tokenizer
+from model.transformer import Transformer
+from optim.lora import LoRALinear
+from training.fsdp import full_tensor
+
+
+def gathered_units(model: nn.Module):
+    """Yield (unit index, number of units, full state of the unit) for each block, then the root's rest;
+    a collective: every rank iterates; only rank 0 gets the tensors (on CPU), the others empty dicts."""
+    units = [(f"layers.{i}.", block) for i, block in enumerate(model.layers)]
+    outer = [(name, p) for name, p in model.named_parameters() if not name.startswith("layers.")]
+    main = dist.get_rank() == 0
+    for index, (prefix, block) in enumerate(units):
+        yield index, len(units) + 1, _merged(block, prefix, main)
+    state = {name: full_tensor(p.detach()) for name, p in outer}
+    if model.config.tie_embeddings:  # one parameter under two names, as model.state_dict() has it
+        state["output.weight"] = state["tok_embeddings.weight"]
+    yield len(units), len(units) + 1, {k: v.cpu() for k, v in state.items()} if main else {}
+
+
+def _merged(block: nn.Module, prefix: str, main: bool) -> dict[str, torch.Tensor]:
+    """A block's full parameters under Meta names, LoRA adapters folded into their base weights."""
+    full = {name: full_tensor(p.detach()) for name, p in block.named_parameters()}
+    if not main:
+        return {}
+    for name, module in block.named_modules():
+        if isinstance(module, LoRALinear) and not module.merged:
+            base, a, b = (full.pop(f"{name}.{part}") for part in ("base.weight", "lora_A", "lora_B"))
+            full[f"{name}.base.weight"] = base + (b.float() @ a.float() * module.scaling).to(base.dtype)
+    return {prefix + name.replace(".base.weight", ".weight"): t.cpu() for name, t in full.items()}
+
+
+def export_sharded(model: nn.Module, out_dir: Path, format: str, tokenizer=None) -> None:
+    """Write the sharded `model` as an HF dir (streamed) or a Meta dir; every rank calls this."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown save format {format!r} (meta or hf)")
+    main = dist.get_rank() == 0
+    config = model.config
+    if format == "meta":
+        state = {}
+        for _, _, unit in gathered_units(model):
+            state.update(unit)
+        if main:  # a plain model around the gathered tensors (no copy), written as train.py writes one
+            with torch.device("meta"):
+                plain = Transformer(config)
+            plain.load_state_dict(state, assign=True)
+            save_model(plain, out_dir, format="meta", tokenizer=tokenizer)
+    else:
+        weight_map, total, dtype = {}, 0, None
+        for index, count, unit in gathered_units(model):
+            if not main:
+                continue
+            hf = {k: v.contiguous() for k, v in meta_to_hf(unit, config).items()}
+            name = f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(out_dir / name, lambda tmp, s=hf: save_file(s, tmp, metadata={"format": "pt"}))
+            weight_map.update({k: name for k in hf})
+            total += sum(v.numel() * v.element_size() for v in hf.values())
+            dtype = dtype or next(iter(hf.values())).dtype
+        if main:
+            write_json(out_dir / "model.safetensors.index.json",
+                       {"metadata": {"total_size": total}, "weight_map": weight_map})
+            cfg = hf_config_from(config)
+            cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
+            cfg.update(special_ids(tokenizer) if tokenizer is not None else {})
+            write_json(out_dir / "config.json", cfg)
+            if tokenizer is not None:
+                write_hf_tokenizer(tokenizer, out_dir, config.max_seq_len)
+    dist.barrier()
