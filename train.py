@@ -209,10 +209,8 @@ def main(argv: list[str] | None = None) -> None:
                 saved_args = {k: v for k, v in vars(args).items() if k != "changed_on_resume"}
                 state = dict(step=step + 1, scheduler=scheduler.state_dict(), loader=loader.state_dict(),
                              sampler=sampler.state_dict() if sampler else None, args=saved_args)
-                if args.fsdp:
-                    path = save_sharded_checkpoint(out, step + 1, model, optimizer, state)
-                else:
-                    path = save_checkpoint(out, step + 1, model, optimizer, state, keep=args.keep_checkpoints)
+                save = save_sharded_checkpoint if args.fsdp else save_checkpoint
+                path = save(out, step + 1, model, optimizer, state, keep=args.keep_checkpoints)
                 say(f"checkpoint: {path}")
         if stop.requested:
             say(f"stopped by signal after step {step + 1}; resume with --resume {out}")

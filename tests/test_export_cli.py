@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import train
+from common import cli
 from common.assets import asset_path
 from model import Transformer, get_config, load_model, save_model
 from training.export import main as export_main
@@ -59,11 +60,11 @@ def test_export_peft_loads_in_peft(lora_run):
 
 def test_export_errors_are_one_line(tmp_path, capsys, lora_run):
     with pytest.raises(SystemExit) as err:
-        export_main([str(tmp_path), "--format", "hf"])
+        cli.run(export_main, [str(tmp_path), "--format", "hf"])
     assert str(err.value).startswith("error: ") and "\n" not in str(err.value)
     with pytest.raises(SystemExit, match="error: .*--format peft needs a LoRA run"):
         full = tmp_path / "full"
         train.main(["--model", str(lora_run / "base"), "--data", str(lora_run / "train.json"), "--out", str(full),
                     "--method", "full", "--max-steps", "1", "--batch-size", "2", "--seq-len", "96",
                     "--no-pack", "--save-format", "none"])  # fmt: skip
-        export_main([str(full), "--format", "peft"])
+        cli.run(export_main, [str(full), "--format", "peft"])

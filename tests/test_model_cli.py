@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from common.assets import asset_path
+from common.errors import UserError
 from eval.__main__ import main as eval_main
 from model import Transformer, get_config, save_model
 from model.cli import DTYPES
@@ -13,15 +14,22 @@ from training.args import parse_args
 
 
 @pytest.mark.parametrize("name, canonical", [("fp32", "fp32"), ("float32", "fp32"), ("bfloat16", "bf16"), ("fp16", "fp16")])
-def test_every_cli_takes_the_same_dtype_names(name, canonical):
-    train = parse_args(["--data", "x.json", "--dtype", name, "--tokenizer", "t.model", "--ckpt-dir", "d"])
-    outliers = outliers_parser().parse_args(["--model", "m", "--out", "o", "--dtype", name, "--tokenizer", "t.model",
-                                             "--ckpt-dir", "d"])  # fmt: skip
-    for args in (train, outliers):
+def test_every_cli_takes_the_same_dtype_names(name, canonical, tmp_path):
+    (tmp_path / "x.json").write_text("[]")
+    (tmp_path / "d").mkdir()
+    common = ["--dtype", name, "--tokenizer", "t.model", "--ckpt-dir", str(tmp_path / "d")]
+    outliers = outliers_parser().parse_args(["--model", "m", "--out", "o", *common])
+    parsed = [outliers]
+    if canonical == "fp16":  # the same name, refused for training (fp16 would need loss scaling)
+        with pytest.raises(UserError, match="--dtype fp16"):
+            parse_args(["--data", str(tmp_path / "x.json"), *common])
+    else:
+        parsed.append(parse_args(["--data", str(tmp_path / "x.json"), *common]))
+    for args in parsed:
         assert args.dtype == canonical and DTYPES[args.dtype] is not None
-        assert (args.tokenizer, args.ckpt_dir) == ("t.model", "d")
-    with pytest.raises(SystemExit):
-        parse_args(["--data", "x.json", "--dtype", "int8"])
+        assert (args.tokenizer, args.ckpt_dir) == ("t.model", str(tmp_path / "d"))
+    with pytest.raises(UserError, match="--dtype"):
+        parse_args(["--data", str(tmp_path / "x.json"), "--dtype", "int8"])
 
 
 def test_eval_with_tokenizer_flag(tmp_path, capsys):

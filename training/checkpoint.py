@@ -58,18 +58,30 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
         torch.save(model.state_dict(), staging / "model.pt")
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         torch.save({**trainer_state, "rng": rng_state()}, staging / "trainer.pt")
-        for file in staging.iterdir():  # make the bytes durable before the rename publishes them
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
+        make_durable(staging)
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
         shutil.rmtree(staging, ignore_errors=True)
         free = shutil.disk_usage(run_dir).free
         cause = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{staging}: writing the step-{step} checkpoint failed ({cause}); removed the "
                               f"partial folder; {free / 2**30:.2f} GiB free on that disk") from err
+    return publish(staging, final, keep)
+
+
+def make_durable(staging: Path) -> None:
+    """fsync every file below `staging`, so the rename that publishes it publishes complete bytes."""
+    for file in [f for f in staging.rglob("*") if f.is_file()]:
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def publish(staging: Path, final: Path, keep: int) -> Path:
+    """Rename the complete, durable `staging` folder to `final`; then delete all but the newest `keep`
+    checkpoints of its run folder."""
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
+    run_dir = final.parent
     for older in checkpoints(run_dir)[:-keep]:
         doomed = older.with_name(f".old-{older.name}")
         os.replace(older, doomed)  # never a half-deleted folder that looks like a checkpoint

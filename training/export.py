@@ -10,12 +10,11 @@ dtype they were trained in.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import torch
 
+from common import cli
 from model.cli import DTYPES, add_model_flags
 from model.load import load_model
 from model.peft_format import write_peft_adapter
@@ -62,23 +61,20 @@ def export_checkpoint(checkpoint: Path, format: str, out: Path, model_source: st
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
+    p = cli.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a step-NNNNNN folder, or a run folder (its newest checkpoint)")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", help="output folder (default: the checkpoint folder name + -FORMAT)")
     p.add_argument("--model", help="base model of the run (default: the one in trainer.pt)")
-    p.add_argument("--meta-shards", type=int, default=1, help="Meta model-parallel files (13B: 2, 70B: 8)")
+    p.add_argument("--meta-shards", type=cli.number(int, at_least=1), default=1, help="Meta model-parallel files (13B: 2, 70B: 8)")
     add_model_flags(p, dtype_default=None)
     args = p.parse_args(argv)
-    try:
-        checkpoint = resolve_checkpoint(args.checkpoint)
-        out = Path(args.out) if args.out else checkpoint.with_name(f"{checkpoint.name}-{args.format}")
-        export_checkpoint(checkpoint, args.format, out, args.model, args.ckpt_dir, args.tokenizer, args.meta_shards,
-                          DTYPES[args.dtype] if args.dtype else None)  # fmt: skip
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    out = Path(args.out) if args.out else checkpoint.with_name(f"{checkpoint.name}-{args.format}")
+    export_checkpoint(checkpoint, args.format, out, args.model, args.ckpt_dir, args.tokenizer, args.meta_shards,
+                      DTYPES[args.dtype] if args.dtype else None)  # fmt: skip
     print(f"wrote {args.format} folder {out}")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)  # a bad input is one line, error: <file or flag>: <cause>; --debug shows the traceback

@@ -11,7 +11,6 @@ placement on the current mesh, and lets DCP fill it: the world size may differ f
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor import empty as dtensor_empty
 
 from optim.projector import build_projector
-from training.checkpoint import checkpoints, rng_state, set_rng_state
+from training.checkpoint import make_durable, publish, rng_state, set_rng_state
 
 PLACEMENTS = {"shard0": Shard(0), "replicate": Replicate()}
 
@@ -59,7 +58,7 @@ def optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> tup
 
 
 def save_sharded_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                            trainer_state: dict) -> Path:
+                            trainer_state: dict, keep: int = 2) -> Path:
     """Every rank calls this; ``run_dir/step-NNNNNN`` appears complete or not at all."""
     rank = dist.get_rank()
     final, staging = run_dir / f"step-{step:06d}", run_dir / f".tmp-step-{step:06d}"
@@ -73,14 +72,8 @@ def save_sharded_checkpoint(run_dir: Path, step: int, model: nn.Module, optimize
     dist.barrier()
     if rank == 0:
         torch.save({**trainer_state, "rng": rng_state(), "optimizer": optim_meta}, staging / "trainer.pt")
-        for file in [f for f in staging.rglob("*") if f.is_file()]:
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        for older in checkpoints(run_dir)[:-1]:
-            shutil.rmtree(older)
+        make_durable(staging)
+        publish(staging, final, keep)
     dist.barrier()
     return final
 
