@@ -2,7 +2,7 @@
 # The GPU check of issue 12, one JSON out, at most 8 minutes on an H200:
 #   bench/gpu_check.sh [OUT.json]            (a) 7B-shaped steps, (b) train.py on SmolLM2-135M, (c) ARC-Easy eval
 #   bench/gpu_check.sh --cpu-smoke [OUT.json] the same code on tiny shapes, on the CPU
-# Needs the assets of `python -m data.assets` (SmolLM2 GGUF, tokenizers, validation sets) under $OWLORE_CACHE
+# Needs the assets of `python -m common.assets` (SmolLM2 GGUF, tokenizers, validation sets) under $OWLORE_CACHE
 # (default ~/.cache/owlore). PYTHON overrides the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
