@@ -33,6 +33,9 @@ ASSETS: dict[str, Asset] = {
     "llama3-tokenizer": Asset(
         "llama-models==0.3.0", "llama_models/llama3/tokenizer.model", "tokenizers/llama3/tokenizer.model"
     ),
+    "llama3-model-args": Asset(  # Meta's ModelArgs: what its code reads from params.json (tests/test_meta_export.py)
+        "llama-models==0.3.0", "llama_models/llama3/args.py", "meta/llama3/args.py"
+    ),
     "mistral-v1-tokenizer": Asset(
         "mistral-common==1.13.1", "mistral_common/data/tokenizer.model.v1", "tokenizers/mistral-v1/tokenizer.model"
     ),

@@ -1,4 +1,6 @@
 """Meta export: params.json exactly as Meta's (Mistral's) files, the FFN size through Meta's formula, shards."""
+import dataclasses
+import importlib.util
 import json
 
 import pytest
@@ -28,6 +30,36 @@ MISTRAL_7B_V01 = {"dim": 4096, "n_layers": 32, "head_dim": 128, "hidden_dim": 14
                   "norm_eps": 1e-05, "sliding_window": 4096, "vocab_size": 32000}  # fmt: skip
 META_MODEL_ARGS = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
                    "norm_eps", "rope_theta", "use_scaled_rope", "max_batch_size", "max_seq_len"}  # fmt: skip
+
+
+def metas_model_args():
+    """ModelArgs of Meta's own code (llama-models 0.3.0, llama_models/llama3/args.py), loaded from the asset."""
+    spec = importlib.util.spec_from_file_location("meta_llama3_args", asset_path("llama3-model-args"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ModelArgs
+
+
+@pytest.mark.parametrize("name", list(RELEASED))
+def test_metas_model_args_know_every_key_we_write(name, tmp_path):
+    """Meta's ModelArgs silently ignores keys it does not know: every key we write must be one of its fields."""
+    fields = {f.name for f in dataclasses.fields(metas_model_args())}
+    assert set(params_from_config(CONFIGS[name])) <= fields
+    save_model(Transformer(get_config("tiny")), tmp_path / "m", format="meta")  # the writer's own params.json
+    assert set(json.loads((tmp_path / "m" / "params.json").read_text())) <= fields
+
+
+@pytest.mark.parametrize("name", ["llama3-8b", "llama3.1-8b"])
+def test_metas_llama3_model_args_get_the_configs_values(name):
+    """The values Meta's LLaMA-3 code ends up with are the config's; its FeedForward then gives our FFN size.
+    (LLaMA-2 files carry no rope_theta, as Meta's released ones: Meta's LLaMA-2 code has no such field and
+    uses 10000, while this LLaMA-3 ModelArgs would default to 500000.)"""
+    config = CONFIGS[name]
+    args = metas_model_args()(**params_from_config(config))
+    assert (args.dim, args.n_layers, args.n_heads, args.n_kv_heads, args.norm_eps, args.vocab_size) == (
+        config.dim, config.n_layers, config.n_heads, config.n_kv_heads, config.norm_eps, config.vocab_size)
+    assert args.rope_theta == config.rope_theta and args.use_scaled_rope == (config.rope_scaling is not None)
+    assert meta_ffn_dim(args.dim, args.multiple_of, args.ffn_dim_multiplier) == config.ffn_dim
 
 
 @pytest.mark.parametrize("name", list(RELEASED))
