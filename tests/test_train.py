@@ -95,20 +95,25 @@ def test_keep_inactive_state_keeps_every_visited_block(tiny_dir, data_file, tmp_
     assert len(visited) > 1 and len(state) == 3 + 9 * len(visited)
 
 
+def interrupt_after(steps: int, monkeypatch) -> None:
+    """SIGINT during training step `steps`: the loop finishes that step, saves and stops."""
+    real, calls = train.accumulate_gradients, []
+
+    def interrupted(*a, **k):
+        result = real(*a, **k)
+        calls.append(1)
+        if len(calls) == steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(train, "accumulate_gradients", interrupted)
+
+
 @pytest.mark.parametrize("first", [2, 3])  # at and in the middle of a period
 def test_sigint_then_resume_is_bit_identical(tiny_dir, data_file, tmp_path, first, monkeypatch):
     args = ("--method", "owlore", "--period", "2", "--gamma", "2", "--max-steps", "5")
     run(tiny_dir, data_file, tmp_path / "straight", *args)
-    real, calls = train.accumulate_gradients, []
-
-    def interrupted_after_first_steps(*a):
-        result = real(*a)
-        calls.append(1)
-        if len(calls) == first:
-            os.kill(os.getpid(), signal.SIGINT)  # the loop finishes this step, saves and stops
-        return result
-
-    monkeypatch.setattr(train, "accumulate_gradients", interrupted_after_first_steps)
+    interrupt_after(first, monkeypatch)
     run(tiny_dir, data_file, tmp_path / "split", *args)
     assert [p.name for p in (tmp_path / "split").glob("step-*")] == [f"step-{first:06d}"]
     monkeypatch.undo()

@@ -3,8 +3,6 @@ match the run. Reuses test_train's tiny model (4 blocks, real tokenizer) and dat
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from common.io import write_json
 from sampling.cache import make_record
 from sampling.htsr import block_alphas
 from sampling.policies import POLICIES, observe_alphas, register_policy
-from test_train import data_file, final_weights, run, tiny_dir  # noqa: F401  (fixtures)
+from test_train import data_file, final_weights, interrupt_after, run, tiny_dir  # noqa: F401  (fixtures)
 from training.checkpoint import checkpoints
 
 
@@ -71,16 +69,7 @@ def test_sigint_then_resume_with_a_dynamic_policy_is_bit_identical(tiny_dir, dat
     args = ("--method", "owlore", "--sampling", "test_counted_htsr_dynamic", "--period", "2", "--gamma", "2",
             "--max-steps", "5")
     run(tiny_dir, data_file, tmp_path / "straight", *args)
-    real, calls = train.accumulate_gradients, []
-
-    def interrupted_after_first_steps(*a, **k):
-        result = real(*a, **k)
-        calls.append(1)
-        if len(calls) == first:
-            os.kill(os.getpid(), signal.SIGINT)  # the loop finishes this step, saves and stops
-        return result
-
-    monkeypatch.setattr(train, "accumulate_gradients", interrupted_after_first_steps)
+    interrupt_after(first, monkeypatch)
     run(tiny_dir, data_file, tmp_path / "split", *args)
     monkeypatch.undo()
     OBSERVED.clear()
