@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import train
 from model import load_model
 from common.errors import UserError
 from common.io import write_json
