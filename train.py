@@ -33,10 +33,10 @@ from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibrat
 from sampling.calibration import training_documents
 from training.args import parse_args, resolve_svd, write_config
 from training.checkpoint import checkpoints, clear_run, load_checkpoint, resolve_checkpoint, run_outputs, save_checkpoint
-from training.distributed import close_world, init_world, sum_gradients, sum_scalar
+from training.distributed import close_world, init_world, sum_scalar
 from training.fsdp import shard_model
 from training.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
-from training.sharded_export import export_sharded
+from training.sharded_export import export_peft_sharded, export_sharded
 from training.heldout import HeldOut
 from training.memory import format_report, simulate_memory
 from training.methods import METHODS, active_block_indices
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     world = init_world(device.type, group=args.fsdp)
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
+    distributed = args.fsdp or world.size > 1  # FSDP2 DTensors: sharded (--fsdp) or replicated (data parallel)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     torch.manual_seed(args.seed)
     say = print if world.is_main else (lambda *a, **k: None)
@@ -72,8 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     eval_records = load_records(args.eval_data) if args.eval_data else None
 
     # 1. The pre-trained model.
-    # (--fsdp: into host memory, until fully_shard below moves each rank's shard to the device)
-    model, tokenizer = load_model(args.model, device="cpu" if args.fsdp else device, dtype=dtype,
+    # (distributed: into host memory, until fully_shard below moves each rank's part to the device)
+    model, tokenizer = load_model(args.model, device="cpu" if distributed else device, dtype=dtype,
                                   ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)
     if tokenizer is None:
         raise UserError(f"--model {args.model}: the checkpoint has no tokenizer file; training needs one")
@@ -131,24 +132,22 @@ def main(argv: list[str] | None = None) -> None:
         sampler = LayerSampler(policy, args.gamma, args.period, args.seed, n_layers, **inputs)
 
     # 4. Optimizer: GaLore groups for 2-D block weights (galore, owlore), AdamW for everything else.
-    if args.fused and world.size > 1 and not args.fsdp:
-        raise UserError("--fused: steps each parameter before gradients could be summed across ranks; "
-                        "drop --fused under torchrun")
     shard = None
-    if args.fsdp:  # every block and the root fully sharded; the groups then hold the sharded parameters
+    if distributed:  # every block and the root an FSDP unit; the groups then hold the DTensor parameters
         reduce_dtype = DTYPES[args.reduce_dtype] if args.reduce_dtype else None
-        shard = lambda groups: shard_model(model, groups, device, world.size, reduce_dtype)  # noqa: E731
+        shard = lambda groups: shard_model(model, groups, device, world.size, reduce_dtype,  # noqa: E731
+                                           replicate=not args.fsdp)
     groups, optimizer, fused = build_optimizer(model, args, shard)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
 
     # Resume: weights, optimizer, scheduler, sampler, data position and RNG, exactly where they were.
     step = 0
     if resumed_from:
-        if (resumed_from / "shards").is_dir() != args.fsdp:  # DCP shards (--fsdp) or model.pt/optimizer.pt
-            written = "without" if args.fsdp else "with"
-            raise UserError(f"--resume {resumed_from}: the checkpoint was written {written} --fsdp; "
-                            f"resume it {written} --fsdp")
-        state = (load_sharded_checkpoint if args.fsdp else load_checkpoint)(resumed_from, model, optimizer)
+        if (resumed_from / "shards").is_dir() != distributed:  # DCP shards (several ranks or --fsdp), or model.pt
+            how = ("by one process without --fsdp; resume it so" if distributed else
+                   "by several ranks or with --fsdp; resume it with --fsdp (on any number of processes) or under torchrun")
+            raise UserError(f"--resume {resumed_from}: the checkpoint was written {how}")
+        state = (load_sharded_checkpoint if distributed else load_checkpoint)(resumed_from, model, optimizer)
         step = state["step"]
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     heldout = HeldOut(eval_records, tokenizer, args.eval_limit, template=args.template) if eval_records else None
     metrics = RunLog(out, enabled=world.is_main, wandb=args.wandb, config=vars(args), say=say,  # jsonl, TensorBoard, W&B
                      resume_step=step if resumed_from else None)
-    evaluates = world.is_main or args.fsdp  # a sharded forward needs every rank
+    evaluates = world.is_main or distributed  # an FSDP forward needs every rank
     if heldout and evaluates and step == 0:
         metrics.write(step=0, **heldout.evaluate(model))
 
@@ -182,8 +181,7 @@ def main(argv: list[str] | None = None) -> None:
                                                args.fused)
         if not math.isfinite(loss):  # every rank sees the same summed loss, so every rank stops here
             raise diverged(f"loss is {loss}", step + 1, out)
-        trainable = trainable_with_grad(groups)
-        sum_gradients(trainable, world)
+        trainable = trainable_with_grad(groups)  # (summed over ranks by FSDP in backward)
         grad_norm = gradient_norm(trainable, args.max_grad_norm)  # None with --fused: already stepped
         if grad_norm is not None and not math.isfinite(grad_norm):
             raise diverged(f"gradient norm is {grad_norm}", step + 1, out)
@@ -205,11 +203,11 @@ def main(argv: list[str] | None = None) -> None:
         done = step + 1 == total_steps
         if stop.requested or done or (args.save_every and (step + 1) % args.save_every == 0):
             check_weights(model, step + 1, out)  # on every rank: the weights, and so the verdict, agree
-            if world.is_main or args.fsdp:
+            if world.is_main or distributed:
                 saved_args = {k: v for k, v in vars(args).items() if k != "changed_on_resume"}
                 state = dict(step=step + 1, scheduler=scheduler.state_dict(), loader=loader.state_dict(),
                              sampler=sampler.state_dict() if sampler else None, args=saved_args)
-                save = save_sharded_checkpoint if args.fsdp else save_checkpoint
+                save = save_sharded_checkpoint if distributed else save_checkpoint
                 path = save(out, step + 1, model, optimizer, state, keep=args.keep_checkpoints)
                 say(f"checkpoint: {path}")
         if stop.requested:
@@ -226,7 +224,10 @@ def main(argv: list[str] | None = None) -> None:
         expected = None if sampler.policy.dynamic else sampler.inclusion_probabilities("monte_carlo")
         plot_sampling_counts(out / "sampling_counts.png", sampler.counts, expected,
                              title=f"{args.method}: periods each block was active")
-    if args.fsdp and args.save_format != "none" and not stop.requested:  # gathered and written block by block
+    if distributed and args.save_format != "none" and not stop.requested:  # gathered and written block by block
+        if method.adapters:
+            export_peft_sharded(model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
+            say(f"saved the LoRA adapter (PEFT) to {out / 'final-peft'}")
         for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
             export_sharded(model, out / f"final-{fmt}", fmt, tokenizer)
             say(f"saved {fmt} weights to {out / f'final-{fmt}'}")

@@ -48,7 +48,7 @@ def next_token_loss_sum(model, input_ids: Tensor, labels: Tensor, chunked: bool 
     if n == 0:
         return None
     if chunked:
-        hidden = model.forward_hidden(input_ids)[:, :-1]
+        hidden = model(input_ids, hidden=True)[:, :-1]  # (under FSDP, output.weight is gathered from here on)
         return chunked_cross_entropy(hidden, model.output.weight, targets) * n
     logits = model(input_ids)[:, :-1]
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),

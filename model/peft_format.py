@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch.distributed.tensor import DTensor
 
 from model.hf_format import meta_to_hf_name, permute
 from common.io import atomic_write, write_json
@@ -23,19 +24,22 @@ def lora_modules(model: Transformer) -> dict[str, torch.nn.Module]:
 
 
 def peft_state(model: Transformer) -> dict[str, torch.Tensor]:
-    """PEFT-named adapter tensors of a model wrapped by `optim.apply_lora`."""
+    """PEFT-named adapter tensors of a model wrapped by `optim.apply_lora`. With FSDP (DTensor adapters) a
+    collective: every rank gathers every adapter."""
     config, out = model.config, {}
     for name, module in lora_modules(model).items():
         hf = meta_to_hf_name(f"{name}.weight").removesuffix(".weight")
-        a, b = module.lora_A.detach().cpu(), module.lora_B.detach().cpu()
+        a, b = (_whole(t.detach()).cpu() for t in (module.lora_A, module.lora_B))
         heads = config.n_heads if name.endswith("attention.wq") else config.n_kv_heads if name.endswith("attention.wk") else None
         out[f"base_model.model.{hf}.lora_A.weight"] = a.contiguous()
         out[f"base_model.model.{hf}.lora_B.weight"] = (permute(b, heads) if heads else b).contiguous()
     return out
 
 
-def write_peft_adapter(model: Transformer, out_dir: str | Path, base_model: str, dropout: float = 0.0) -> None:
-    """adapter_config.json + adapter_model.safetensors for the LoRA wrappers of `model` (none: ValueError)."""
+def write_peft_adapter(model: Transformer, out_dir: str | Path, base_model: str, dropout: float = 0.0,
+                       state: dict[str, torch.Tensor] | None = None) -> None:
+    """adapter_config.json + adapter_model.safetensors for the LoRA wrappers of `model` (none: ValueError);
+    `state`: the adapter tensors, when `peft_state(model)` was taken already (FSDP: on every rank)."""
     modules = lora_modules(model)
     if not modules:
         raise ValueError("the model has no LoRA adapters to write (train with --method lora)")
@@ -46,7 +50,7 @@ def write_peft_adapter(model: Transformer, out_dir: str | Path, base_model: str,
     targets = sorted({meta_to_hf_name(f"{n}.weight").split(".")[-2] for n in modules})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = peft_state(model)
+    state = peft_state(model) if state is None else state
     atomic_write(out_dir / "adapter_model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     write_json(out_dir / "adapter_config.json", {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
@@ -54,3 +58,7 @@ def write_peft_adapter(model: Transformer, out_dir: str | Path, base_model: str,
         "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "inference_mode": True,
         "modules_to_save": None, "init_lora_weights": True,
     })  # fmt: skip
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if isinstance(t, DTensor) else t

@@ -206,6 +206,9 @@ class Transformer(nn.Module):
                 x = block(x, rope, input_pos)
         return self.norm(x)
 
-    def forward(self, tokens: Tensor, input_pos: Tensor | None = None) -> Tensor:
-        """Float32 logits [B, T, vocab]."""
+    def forward(self, tokens: Tensor, input_pos: Tensor | None = None, hidden: bool = False) -> Tensor:
+        """Float32 logits [B, T, vocab]; with `hidden`, the hidden states `forward_hidden` returns (through
+        `forward`, so FSDP's hooks gather the root's parameters, the head's included, for a loss on them)."""
+        if hidden:
+            return self.forward_hidden(tokens, input_pos)
         return self.output(self.forward_hidden(tokens, input_pos)).float()

@@ -1,11 +1,13 @@
-"""GaLore on row-sharded gradients (FSDP2 DTensors, `Shard(0)` over a 1-D mesh).
+"""GaLore on row-sharded gradients (FSDP2 DTensors: `Shard(0)` over a 1-D mesh, or HSDP's
+`(Replicate(), Shard(0))` over a 2-D one, which plain data parallelism uses with a shard dimension of size 1).
 
 Each rank holds rows G_i of a gradient G (m x n). With the projector's bases u (m x r) and vh (r x n):
 
   refresh   G is gathered (`full_tensor`, one matrix at a time, only matrices with a gradient, i.e. the active
             blocks', only at refresh steps) and every rank runs the same SVD / seeded draw on the same bits,
             so every rank holds the same bases, equal to the 1-process ones up to the rounding of the
-            gradient reduction. u is then kept as a row shard (the rows of G this rank owns), vh replicated.
+            gradient reduction. u is then kept as a row shard (placed as G: the rows of G this rank owns), vh
+            replicated on every mesh dimension.
   right     R = G vh^T: R_i = G_i vh^T is local; R (m x r) and the moments are row-sharded; back R_i vh local.
   left      R = u^T G = sum_i u_i^T G_i: one all-reduce of r x n; R and the moments replicated (r x n);
             back u_i R local.
@@ -20,7 +22,7 @@ unsharded ones; the "left" ones are replicated (r x n, small against G's shard f
 from __future__ import annotations
 
 from torch import Tensor
-from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+from torch.distributed.tensor import DTensor, Replicate, distribute_tensor
 
 from optim.projector import Projector, State
 
@@ -31,8 +33,8 @@ def make_projection(projector: Projector, grad: Tensor, seed: int) -> State:
         return projector.make(grad, seed)
     state = projector.make(grad.full_tensor(), seed)
     mesh = grad.device_mesh
-    placement = {"u": Shard(0), "vh": Replicate()}
-    return {key: distribute_tensor(value, mesh, [placement[key]], src_data_rank=None)
+    placements = {"u": grad.placements, "vh": replicated(mesh.ndim)}
+    return {key: distribute_tensor(value, mesh, placements[key], src_data_rank=None)
             if isinstance(value, Tensor) else value for key, value in state.items()}
 
 
@@ -40,5 +42,10 @@ def project(projector: Projector, state: State, grad: Tensor) -> Tensor:
     """`projector.project(state, grad)`, with partial sums over ranks reduced (replicated)."""
     low = projector.project(state, grad)
     if isinstance(low, DTensor) and any(p.is_partial() for p in low.placements):
-        low = low.redistribute(placements=[Replicate()])
+        low = low.redistribute(placements=replicated(low.device_mesh.ndim))
     return low
+
+
+def replicated(ndim: int) -> tuple[Replicate, ...]:
+    """The placements of a tensor every rank holds whole, on a mesh of `ndim` dimensions."""
+    return (Replicate(),) * ndim

@@ -34,7 +34,7 @@ WORKER = Path(__file__).with_name("fsdp_worker.py")
 METHODS = {"full": [], "lora": ["--lr", "1e-2", "--lora-dropout", "0"],
            "galore": ["--grad-accum", "2", "--projector", "random"], "lisa": ["--max-grad-norm", "0.01"],
            "owlore": ["--grad-ckpt", "--save-format", "both"], "owlore-fullrank": [],
-           "owlore-fused": ["--fused"]}
+           "owlore-fused": ["--fused", "--chunked-ce"]}
 GALORE = ("galore", "owlore", "owlore-fused")
 
 
@@ -77,28 +77,50 @@ def close(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
 
 
+MODES = {"fsdp": ["--fsdp"], "dp": []}  # fully sharded, and plain data parallelism (FSDP2 replicating)
+
+
 @pytest.fixture(scope="module")
 def sharded(tiny_dir, data_file, tmp_path_factory) -> Path:
-    """Every method, 3 steps, 2 processes, in one launch."""
+    """Every method, 3 steps, 2 processes, sharded (<tmp>/fsdp/<method>) and replicated (<tmp>/dp/<method>),
+    in one launch."""
     tmp = tmp_path_factory.mktemp("sharded")
-    launch(tmp, [common(tiny_dir, data_file, tmp / m, "--method", m.removesuffix("-fused"), "--fsdp",
-                        *extra(m, data_file)) for m in METHODS])
+    launch(tmp, [common(tiny_dir, data_file, tmp / mode / m, "--method", m.removesuffix("-fused"), *flags,
+                        *extra(m, data_file)) for mode, flags in MODES.items() for m in METHODS])
     return tmp
 
 
+@pytest.fixture(scope="module")
+def single(tiny_dir, data_file, tmp_path_factory):
+    """method -> the folder of its 1-process run (made once, for both modes)."""
+    tmp, made = tmp_path_factory.mktemp("single"), {}
+
+    def run(method: str) -> Path:
+        if method not in made:
+            train.main(common(tiny_dir, data_file, tmp / method, "--method", method.removesuffix("-fused"),
+                              *extra(method, data_file)))
+            made[method] = tmp / method
+        return made[method]
+    return run
+
+
 @pytest.mark.parametrize("method", list(METHODS))
-def test_two_processes_fsdp_match_one_process(sharded, tiny_dir, data_file, tmp_path, method):
-    train.main(common(tiny_dir, data_file, tmp_path / "single", "--method", method.removesuffix("-fused"),
-                      *extra(method, data_file)))
-    two, one = losses(sharded / method), losses(tmp_path / "single")
+@pytest.mark.parametrize("mode", list(MODES))
+def test_two_processes_match_one_process(sharded, single, tiny_dir, data_file, tmp_path, mode, method):
+    two_dir, one_dir = sharded / mode / method, single(method)
+    two, one = losses(two_dir), losses(one_dir)
     assert len(two) == len(one) == 3 and all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(two, one))
-    two, one = losses(sharded / method, "heldout_loss"), losses(tmp_path / "single", "heldout_loss")
+    two, one = losses(two_dir, "heldout_loss"), losses(one_dir, "heldout_loss")
     assert len(two) == len(one) == (2 if method == "full" else 0) and two == pytest.approx(one, rel=1e-5)
-    _, streamed = read_hf_dir(sharded / method / "final-hf")  # the streamed export of the sharded run
-    _, unsharded = read_hf_dir(tmp_path / "single" / "final-hf")
+    _, streamed = read_hf_dir(two_dir / "final-hf")  # the streamed export of the 2-process run
+    _, unsharded = read_hf_dir(one_dir / "final-hf")
     assert close(streamed, unsharded)
+    if method == "lora":  # the PEFT adapter, gathered from the ranks
+        from safetensors.torch import load_file
+        assert close(load_file(two_dir / "final-peft" / "adapter_model.safetensors"),
+                     load_file(one_dir / "final-peft" / "adapter_model.safetensors"))
     if method in GALORE:
-        check_optimizer_state(sharded / method / "step-000003", tmp_path / "single" / "step-000003", tmp_path,
+        check_optimizer_state(two_dir / "step-000003", one_dir / "step-000003", tmp_path,
                               common(tiny_dir, data_file, tmp_path, "--method", method.removesuffix("-fused"),
                                      *METHODS[method]))
 
@@ -132,7 +154,7 @@ def test_streamed_export_equals_unsharded_export_of_the_same_weights(sharded, ti
     """The block-by-block HF and Meta exports hold exactly the weights the sharded checkpoint holds, and the
     HF folder's config.json is the one save_model writes."""
     from model import load_model, save_model
-    run = sharded / "owlore"
+    run = sharded / "fsdp" / "owlore"
     state = dcp_state(run / "step-000003", tmp_path)["model"]
     model, tokenizer = load_model(tiny_dir)
     model.load_state_dict(state)
@@ -183,15 +205,6 @@ def test_sigint_resume_under_fsdp_equals_uninterrupted_also_on_one_process(tiny_
 def test_resuming_a_plain_checkpoint_with_fsdp_is_one_line_error(tiny_dir, data_file, tmp_path):
     from common.errors import UserError
     train.main(common(tiny_dir, data_file, tmp_path, "--method", "lisa", "--max-steps", "1", "--save-format", "none"))
-    with pytest.raises(UserError, match="written without --fsdp"):
+    with pytest.raises(UserError, match="written by one process without --fsdp"):
         train.main(common(tiny_dir, data_file, tmp_path, "--method", "lisa", "--max-steps", "1", "--save-format", "none",
                           "--resume", str(tmp_path), "--fsdp", "--allow-changes"))
-
-
-def test_chunked_cross_entropy_is_refused_under_fsdp(data_file):
-    from common.errors import UserError
-    from training.args import parse_args
-    for flag in ("--chunked-ce", "--lean"):
-        with pytest.raises(UserError, match="--chunked-ce"):
-            parse_args(["--data", str(data_file), "--fsdp", flag])
-    assert parse_args(["--data", str(data_file), "--fsdp", "--fused"]).fsdp

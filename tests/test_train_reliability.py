@@ -219,32 +219,46 @@ def test_config_file_values_are_parsed_like_flags(tmp_path, data_file, text, mes
         parse_args(["--config", str(tmp_path / "run.yaml"), "--data", str(data_file)])
 
 
-def test_a_non_finite_loss_on_one_rank_stops_every_rank(tiny_dir, data_file, tmp_path):
-    """Rank 1's loss turns NaN at step 2; both ranks must stop with the error, none waits in an all-reduce."""
-    script = tmp_path / "nan_on_rank1.py"
+def torchrun_with_rank1_loss(tmp_path: Path, replacement: str, *extra: str) -> subprocess.CompletedProcess:
+    """2-process data-parallel `full` training in which rank 1's loss sum of step 2 is `replacement`, a Python
+    expression of `real` (the real function) and `a` (its arguments: model, input ids, labels, chunked)."""
+    script = tmp_path / "patched_loss.py"
     script.write_text(textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(ROOT)!r})
         import train
         from common import cli
+        import torch
         import training.step
         from torch._subclasses.fake_tensor import is_fake
         real, calls = training.step.next_token_loss_sum, []
         def loss_sum(*a):
-            out = real(*a)
-            if is_fake(out):  # train.py's memory simulation, before the real steps
-                return out
+            if is_fake(a[1]):  # train.py's memory simulation, before the real steps
+                return real(*a)
             calls.append(1)
-            return out * float("nan") if os.environ["RANK"] == "1" and len(calls) == 2 else out
+            return {replacement} if os.environ["RANK"] == "1" and len(calls) == 2 else real(*a)
         training.step.next_token_loss_sum = loss_sum
         cli.run(train.main)
     """))
-    args = ["--model", str(tiny_dir), "--data", str(data_file), "--seq-len", "64", "--no-pack", "--batch-size", "8",
-            "--save-format", "none", "--method", "full", "--max-steps", "4", "--save-every", "1",
-            "--out", str(tmp_path / "ddp")]
+    args = ["--seq-len", "64", "--no-pack", "--batch-size", "8", "--save-format", "none", "--method", "full", "--max-steps", "4",
+            "--save-every", "1", "--out", str(tmp_path / "ddp"), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(tiny_dir, data_file, tmp_path):
+    """Rank 1's loss turns NaN at step 2; both ranks must stop with the error, none waits in an all-reduce."""
+    done = torchrun_with_rank1_loss(tmp_path, 'real(*a) * float("nan")', "--model", str(tiny_dir), "--data", str(data_file))
     assert done.returncode != 0
     assert done.stderr.count("error: step 2: loss is nan; stopped without saving") == 2, done.stderr[-3000:]
     assert [p.name for p in checkpoints(tmp_path / "ddp")] == ["step-000001"]
+
+
+@pytest.mark.parametrize("mode", [[], ["--fsdp"]])
+def test_a_micro_batch_without_targets_on_one_rank_does_not_stall_the_others(tiny_dir, data_file, tmp_path, mode):
+    """Rank 1's micro-batch of step 2 has no target token: it still runs the forward and backward whose
+    collectives rank 0 waits in, and the run completes."""
+    done = torchrun_with_rank1_loss(tmp_path, "real(a[0], a[1], torch.full_like(a[2], -100), *a[3:])", "--model", str(tiny_dir), "--data", str(data_file), *mode)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in checkpoints(tmp_path / "ddp")] == ["step-000003", "step-000004"]

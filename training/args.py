@@ -190,7 +190,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def apply_presets(args: argparse.Namespace) -> None:
     if args.lean:
         args.fused = args.chunked_ce = args.grad_ckpt = True
-        args.svd = "randomized"
+        if args.svd == "auto":  # an explicit --svd wins
+            args.svd = "randomized"
     if args.sampling is None:
         args.sampling = METHODS[args.method].default_sampling
     if args.eps is None:
@@ -222,9 +223,6 @@ def check_consistency(args: argparse.Namespace) -> None:
         raise UserError("--fused: cannot clip by global norm (--max-grad-norm): the norm is unknown when a parameter steps")
     if args.fused and METHODS[args.method].adapters:
         raise UserError("--fused: is for full-weight methods; LoRA adapters are small")
-    if args.fsdp and args.chunked_ce:
-        raise UserError("--chunked-ce: reads the head weight outside the model's forward, where --fsdp keeps it "
-                        "sharded; drop --chunked-ce (or --lean) under --fsdp")
     if args.batch_size % args.grad_accum:
         raise UserError(f"--batch-size: {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
     if args.dtype == "fp16":

@@ -1,6 +1,13 @@
-"""Fully sharded training (`--fsdp`): torch FSDP2 (`fully_shard`) over every decoder block and the root.
+"""Training over several ranks with torch FSDP2 (`fully_shard`) over every decoder block and the root.
 
-Each rank keeps a row shard (dim 0, `Shard(0)`) of every parameter, gradient and moment; a block's full
+`--fsdp`: fully sharded over a 1-D mesh of every rank. Plain data parallelism (torchrun without `--fsdp`):
+the same FSDP2 over a 2-D HSDP mesh (ranks x 1), replicate x shard, i.e. nothing sharded: every rank holds
+every parameter whole, and FSDP2 all-reduces each block's gradients as soon as its backward is done (one
+all-reduce per block, overlapping the backward of the blocks below). torch's DDP cannot serve here: its
+reducer fixes the set of parameters with gradients at construction, and layer sampling changes that set
+every period (find_unused_parameters would search the graph every step, and still reduce frozen blocks).
+
+Under `--fsdp` each rank keeps a row shard (dim 0, `Shard(0)`) of every parameter, gradient and moment; a block's full
 weights exist only between its all-gather and its reshard in forward and backward. Parameters stay in the
 training dtype (`--dtype`); gradients are reduce-scattered in `--reduce-dtype` (default: the training dtype).
 The reduction is a sum, not FSDP's default mean: the loss is already divided by the global number of target
@@ -20,14 +27,15 @@ from torch.distributed.tensor import DTensor
 
 
 def shard_model(model: nn.Module, groups: list[dict], device: torch.device, world_size: int,
-                reduce_dtype: torch.dtype | None = None, mesh: DeviceMesh | None = None) -> list[dict]:
+                reduce_dtype: torch.dtype | None = None, mesh: DeviceMesh | None = None,
+                replicate: bool = False) -> list[dict]:
     """Shard `model` (a Transformer with `.layers`) in place over a 1-D mesh of `world_size` ranks on
-    `device`'s type; every block is its own FSDP unit (one all-gather / reduce-scatter each), the root holds
-    the embeddings, final norm and head. Parameters move to `device`. FSDP replaces every parameter by a
-    sharded one: returns the optimizer `groups` with each parameter replaced by its sharded successor.
-    `mesh`: a 1-D mesh made beforehand (default: one over `world_size` ranks)."""
+    `device`'s type (`replicate`: over the 2-D mesh `world_size` x 1, whole on every rank); every block is
+    its own FSDP unit (one all-gather / reduce-scatter or all-reduce each), the root holds the embeddings,
+    final norm and head. Parameters move to `device`. FSDP replaces every parameter by a DTensor: returns
+    the optimizer `groups` with each parameter replaced by its successor. `mesh`: one made beforehand."""
     names = {p: name for name, p in model.named_parameters()}
-    mesh = mesh or init_device_mesh(device.type, (world_size,))
+    mesh = mesh or data_parallel_mesh(device.type, world_size, replicate)
     policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=reduce_dtype)
     for block in model.layers:
         fully_shard(block, mesh=mesh, mp_policy=policy)
@@ -40,6 +48,13 @@ def shard_model(model: nn.Module, groups: list[dict], device: torch.device, worl
         model.rebuild_buffers(device)
     sharded = dict(model.named_parameters())
     return [{**group, "params": [sharded[names[p]] for p in group["params"]]} for group in groups]
+
+
+def data_parallel_mesh(device_type: str, world_size: int, replicate: bool = False) -> DeviceMesh:
+    """The mesh `shard_model` uses: (world_size,) to shard, (world_size, 1) (replicate, shard) to replicate."""
+    if replicate:
+        return init_device_mesh(device_type, (world_size, 1), mesh_dim_names=("replicate", "shard"))
+    return init_device_mesh(device_type, (world_size,))
 
 
 def is_sharded(model: nn.Module) -> bool:

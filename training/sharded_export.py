@@ -1,4 +1,4 @@
-"""The final weights of a sharded (`--fsdp`) run, written one FSDP unit at a time.
+"""The final weights of an FSDP run (`--fsdp` or data parallel), written one FSDP unit at a time.
 
 HF: every rank gathers one decoder block (`full_tensor`), rank 0 converts it (`meta_to_hf`), merges LoRA
 adapters if there are any and writes it as its own safetensors file, then frees it; the embeddings, final
@@ -18,6 +18,7 @@ from torch import nn
 
 from common.io import atomic_write, write_json
 from model.hf_format import hf_config_from, meta_to_hf
+from model.peft_format import peft_state, write_peft_adapter
 from model.save import FORMATS, save_model
 from model.tokenizer_json import special_ids, write_hf_tokenizer
 from model.transformer import Transformer
@@ -87,4 +88,13 @@ def export_sharded(model: nn.Module, out_dir: Path, format: str, tokenizer=None)
             write_json(out_dir / "config.json", cfg)
             if tokenizer is not None:
                 write_hf_tokenizer(tokenizer, out_dir, config.max_seq_len)
+    dist.barrier()
+
+
+def export_peft_sharded(model: nn.Module, out_dir: Path, base_model: str, dropout: float = 0.0) -> None:
+    """The LoRA adapters of an FSDP `model` as a PEFT folder: every rank gathers them (they are small),
+    rank 0 writes; every rank calls this."""
+    state = peft_state(model)
+    if dist.get_rank() == 0:
+        write_peft_adapter(model, out_dir, base_model, dropout, state=state)
     dist.barrier()

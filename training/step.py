@@ -59,17 +59,21 @@ def backward_micro_batches(model: nn.Module, input_ids: torch.Tensor, labels: to
 
     `n_targets` counts the target tokens of the global batch (every rank), so accumulation and data
     parallelism give the gradient of one big batch. Once the sum is not finite no further backward runs;
-    the caller sees it in the returned sum (summed over ranks, so every rank stops together).
+    the caller sees it in the returned sum (summed over ranks, so every rank stops together). Under FSDP
+    every rank runs every forward and backward whatever its own batch holds: they hold collectives that
+    the other ranks wait in.
     """
-    total = 0.0
+    total, sharded = 0.0, is_sharded(model)
     for i, (ids, lab) in enumerate(zip(input_ids.chunk(grad_accum), labels.chunk(grad_accum))):
-        if is_sharded(model):  # reduce-scatter once, after the last (--fused: each, its hooks step/accumulate)
+        if sharded:  # reduce once, after the last micro-batch (--fused: each, its hooks step/accumulate)
             set_gradient_sync(model, fused or i == grad_accum - 1)
         loss_sum = next_token_loss_sum(model, ids, lab, chunked_ce)
         if loss_sum is None:  # every target of this micro-batch is masked: it adds nothing
-            continue
+            if not sharded:
+                continue
+            loss_sum = model(ids).sum() * 0
         total += loss_sum.item()
-        if math.isfinite(total):
+        if math.isfinite(total) or sharded:
             (loss_sum / n_targets).backward()
     return total
 
