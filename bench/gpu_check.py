@@ -8,6 +8,8 @@ so the same code runs in a minute on a CPU.
             a checkpoint at step 25, HF export): the loss must fall, and 25 steps + resume to 50 must give
             the losses and final weights of 50 straight steps (deterministic algorithms on).
 (c) eval    zero-shot ARC-Easy, the first 200 validation rows, on the device.
+(d) fsdp    the run of (b) for 20 steps under torchrun on one device, with --fsdp and without: the losses must
+            agree; the median step time and peak memory of each, side by side (FSDP2's own cost on one GPU).
 
     python -m bench.gpu_check --out gpu_check.json
     python -m bench.gpu_check --cpu-smoke --out smoke.json
@@ -34,6 +36,7 @@ from training.methods import METHODS
 from training.memory import prepare, run_steps, simulate_memory
 
 ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("steps", "train", "eval", "fsdp")
 GIB = 2**30
 DETERMINISTIC_TRAIN = ("import sys, torch; torch.use_deterministic_algorithms(True, warn_only=True); "
                        "import train; train.main(sys.argv[1:])")
@@ -43,9 +46,9 @@ def sizes(smoke: bool) -> dict:
     if smoke:
         return dict(config=dict(name="tiny", dim=64, n_layers=4, n_heads=4, n_kv_heads=4, ffn_dim=160, vocab_size=512),
                     batch=2, seq=32, gamma=1, rank=8, steps=3, dtype="fp32", device="cpu",
-                    train_steps=6, save_at=3, eval_limit=5)
+                    train_steps=6, save_at=3, eval_limit=5, fsdp_steps=4)
     return dict(config=dict(name="llama2-7b"), batch=16, seq=512, gamma=5, rank=128, steps=4, dtype="bf16",
-                device="cuda", train_steps=50, save_at=25, eval_limit=200)
+                device="cuda", train_steps=50, save_at=25, eval_limit=200, fsdp_steps=20)
 
 
 def step_flags(method: str, preset: str, z: dict) -> list[str]:
@@ -150,17 +153,23 @@ def small_model_dir(work: Path) -> Path:
     return build_model_dir(work / "model", dim=64, layers=4, heads=4, ffn=160, seq_len=128)
 
 
-def check_train(z: dict, work: Path, smoke: bool) -> dict:
+def train_flags(z: dict, work: Path, smoke: bool) -> tuple[list[str], Path]:
+    """train.py's flags for (b) and (d), and the held-out file."""
     from data.commonsense import build_commonsense
 
     data, heldout = build_commonsense(work / "data", heldout_per_task=2, max_train_per_task=20 if smoke else 400)
     model = str(small_model_dir(work)) if smoke else "smollm2-135m"
-    common = ["--model", model, "--data", str(data), "--method", "owlore", "--gamma", "2", "--period", "10",
+    return ["--model", model, "--data", str(data), "--method", "owlore", "--gamma", "2", "--period", "10",
               "--rank", "8" if smoke else "64", "--update-proj-gap", "10", "--batch-size", "4" if smoke else "8",
               "--seq-len", "64" if smoke else "256", "--calib-windows", "2" if smoke else "8", "--calib-seq-len",
               "64" if smoke else "256", "--schedule", "constant", "--lr", "1e-3" if smoke else "1e-4",
               "--save-format", "hf", "--train-on-prompt", "--device", z["device"], "--dtype", z["dtype"],
-              *(["--M", "3"] if smoke else [])]  # a random tiny model has no weights above 13x the mean score
+              *(["--M", "3"] if smoke else [])], heldout  # a random tiny model has no weight above 13x the mean score
+
+
+def check_train(z: dict, work: Path, smoke: bool) -> dict:
+    common, heldout = train_flags(z, work, smoke)
+    model = common[1]
     n, half = z["train_steps"], z["save_at"]
     started = time.perf_counter()
     run_train(common + ["--out", str(work / "straight"), "--max-steps", str(n)])
@@ -197,18 +206,41 @@ def check_eval(z: dict, work: Path, smoke: bool) -> dict:
                 results=result.get("results", result))
 
 
+def check_fsdp(z: dict, work: Path, smoke: bool) -> dict:
+    common, _ = train_flags(z, work, smoke)
+    runs = {}
+    for name, extra in (("plain", []), ("fsdp", ["--fsdp"])):
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "train.py",
+                *common, "--out", str(work / name), "--max-steps", str(z["fsdp_steps"]),
+                "--save-format", "none", *extra]
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"train.py {' '.join(extra)} under torchrun failed:\n{done.stderr[-3000:]}")
+        records = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines()]
+        steps = [r for r in records if "step_s" in r]
+        runs[name] = dict(losses=[r["loss"] for r in steps], median_step_s=statistics.median(r["step_s"] for r in steps[2:]),
+                          peak_memory=max(r["peak_memory"] or 0 for r in steps))
+    plain, fsdp = runs["plain"], runs["fsdp"]
+    diff = max(abs(a - b) / abs(b) for a, b in zip(fsdp["losses"], plain["losses"]))
+    tolerance = 1e-5 if z["dtype"] == "fp32" else 2e-2  # bf16: the same math, rounded in another order
+    return dict(steps=z["fsdp_steps"], plain=plain, fsdp=fsdp, loss_max_rel_diff=diff,
+                losses_match=len(fsdp["losses"]) == len(plain["losses"]) == z["fsdp_steps"] and diff <= tolerance,
+                fsdp_over_plain_step_time=fsdp["median_step_s"] / plain["median_step_s"],
+                fsdp_over_plain_peak_memory=fsdp["peak_memory"] / plain["peak_memory"] if plain["peak_memory"] else None)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU: the same code in about a minute")
-    p.add_argument("--parts", type=lambda v: v.split(","), default=["steps", "train", "eval"])
+    p.add_argument("--parts", type=lambda v: v.split(","), default=list(PARTS))
     p.add_argument("--methods", type=lambda v: v.split(","), default=list(METHODS), help="for part (a)")
     p.add_argument("--out", default="gpu_check.json")
     a = p.parse_args(argv)
     if not a.cpu_smoke and not torch.cuda.is_available():
         sys.exit("error: no CUDA device: run on a GPU, or pass --cpu-smoke")
-    unknown = set(a.parts) - {"steps", "train", "eval"}
+    unknown = set(a.parts) - set(PARTS)
     if unknown:
-        sys.exit(f"error: --parts: unknown {sorted(unknown)}; known: steps, train, eval")
+        sys.exit(f"error: --parts: unknown {sorted(unknown)}; known: {', '.join(PARTS)}")
     z = sizes(a.cpu_smoke)
     if a.cpu_smoke:
         torch.set_num_threads(1)
@@ -216,10 +248,11 @@ def main(argv: list[str] | None = None) -> dict:
                   smoke=a.cpu_smoke, sizes=z, failures=[])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if a.cpu_smoke and {"train", "eval"} & set(a.parts):
+        if a.cpu_smoke and {"train", "eval", "fsdp"} & set(a.parts):
             small_model_dir(work)
         for part, check in (("steps", lambda: check_steps(z, a.methods)), ("train", lambda: check_train(z, work / "t", a.cpu_smoke)),
-                            ("eval", lambda: check_eval(z, work, a.cpu_smoke))):
+                            ("eval", lambda: check_eval(z, work, a.cpu_smoke)),
+                            ("fsdp", lambda: check_fsdp(z, work / "f", a.cpu_smoke))):
             if part not in a.parts:
                 continue
             started = time.perf_counter()
@@ -233,6 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
     train = report.get("train", {})
     if "train" in a.parts and "error" not in train and not (train["loss_falls"] and train["resume_exact"]):
         report["failures"].append("train: loss did not fall or resume was not exact")
+    if "fsdp" in a.parts and "error" not in report.get("fsdp", {}) and not report["fsdp"]["losses_match"]:
+        report["failures"].append("fsdp: the --fsdp losses differ from the plain run's")
     Path(a.out).write_text(json.dumps(report, indent=1))
     print(f"wrote {a.out}; failures: {report['failures'] or 'none'}")
     if report["failures"]:

@@ -208,3 +208,16 @@ def test_resuming_a_plain_checkpoint_with_fsdp_is_one_line_error(tiny_dir, data_
     with pytest.raises(UserError, match="written by one process without --fsdp"):
         train.main(common(tiny_dir, data_file, tmp_path, "--method", "lisa", "--max-steps", "1", "--save-format", "none",
                           "--resume", str(tmp_path), "--fsdp", "--allow-changes"))
+
+
+@pytest.mark.parametrize("method, gamma", [("full", 0), ("owlore", 2)])
+def test_simulated_peak_per_rank_replicated_costs_at_most_two_gathered_blocks(method, gamma):
+    """Data parallelism on FSDP2 (the ranks x 1 mesh) holds what one process holds, plus at most the gathered
+    copies of two blocks (the one running and the one prefetched); sharding over 2 ranks holds less."""
+    from bench.fsdp_memory import simulate
+    from model import Transformer, get_config
+    block = sum(p.numel() for p in Transformer(get_config("tiny")).layers[0].parameters()) * 2  # bf16 bytes
+    plain, replicated, sharded = (simulate("tiny", 2, method, gamma, seq_len=64, rank=8, layout=layout)["Total"]
+                                  for layout in ("plain", "replicate", "shard"))
+    assert plain <= replicated <= plain + 2 * block + 16 * 2**10
+    assert sharded < plain

@@ -22,6 +22,9 @@ def test_gpu_check_cpu_smoke_writes_every_part(tmp_path):
     train = report["train"]
     assert train["loss_falls"] and train["resume_exact"] and train["exported_params"] > 0
     assert 0.0 <= report["eval"]["results"]["arc_easy"]["acc"] <= 1.0
+    fsdp = report["fsdp"]  # the 1-device --fsdp run under torchrun against the plain one
+    assert fsdp["losses_match"] and fsdp["loss_max_rel_diff"] <= 1e-5
+    assert fsdp["plain"]["median_step_s"] > 0 and fsdp["fsdp"]["median_step_s"] > 0
 
 
 def test_gpu_check_refuses_to_run_without_a_gpu_unless_smoke(tmp_path):

@@ -1,6 +1,6 @@
-"""Data parallelism under torchrun: every rank holds the whole model, draws the same blocks (the
-sampler is a pure function of (seed, period)) and sums its gradients with the others before the step,
-so GaLore projectors, computed from identical gradients, stay identical across ranks."""
+"""The process group under torchrun, and sums of scalars over its ranks. Every rank draws the same blocks
+(the sampler is a pure function of (seed, period)); FSDP2 (training/fsdp.py) sums the gradients, so GaLore
+projectors, computed from identical gradients, stay identical across ranks."""
 from __future__ import annotations
 
 import os
@@ -8,9 +8,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
-
-BUCKET_BYTES = 25 * 2**20
 
 
 @dataclass(frozen=True)
@@ -52,30 +49,3 @@ def sum_scalar(value: float | int, world: World, device: torch.device) -> float:
     t = torch.tensor(float(value), dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.item()
-
-
-def sum_gradients(params: list[torch.nn.Parameter], world: World) -> None:
-    """All-reduce (sum) the gradients of `params` in flat buckets of about 25 MiB each. Sharded (DTensor)
-    gradients are skipped: FSDP has reduce-scattered them already."""
-    if world.size == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None and not isinstance(p.grad, DTensor)]
-    bucket: list[torch.Tensor] = []
-    size = 0
-    for g in grads:
-        if bucket and (size + g.numel() * g.element_size() > BUCKET_BYTES or g.dtype != bucket[0].dtype):
-            _reduce_bucket(bucket)
-            bucket, size = [], 0
-        bucket.append(g)
-        size += g.numel() * g.element_size()
-    if bucket:
-        _reduce_bucket(bucket)
-
-
-def _reduce_bucket(grads: list[torch.Tensor]) -> None:
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
