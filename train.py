@@ -129,7 +129,11 @@ def main(argv: list[str] | None = None) -> None:
             say("HT-SR alphas: " + " ".join(f"{a:.3f}" for a in inputs["alphas"]))
         if "fixed_layers" in policy.needs:
             inputs["fixed_layers"] = args.fixed_layers
-        sampler = LayerSampler(policy, args.gamma, args.period, args.seed, n_layers, **inputs)
+        try:
+            sampler = LayerSampler(policy, args.gamma, args.period, args.seed, n_layers, **inputs)
+        except ValueError as err:  # e.g. no block has outliers at this M
+            hint = f"; lower --M (now {args.M})" if "ratios" in policy.needs else ""
+            raise UserError(f"--sampling {args.sampling}: {err}{hint}") from None
 
     # 4. Optimizer: GaLore groups for 2-D block weights (galore, owlore), AdamW for everything else.
     shard = None
@@ -157,8 +161,9 @@ def main(argv: list[str] | None = None) -> None:
 
     micro_batch = args.batch_size // (world.size * args.grad_accum)
     estimate = simulate_memory(model.config, args, dtype, world_size=world.size, max_micro_batches=2)
-    say(f"memory of one step of {args.method} ({dtype}, micro-batch {micro_batch}x{args.seq_len}), simulated on "
-        f"fake tensors in {estimate.seconds:.1f} s:\n" + format_report(estimate))
+    unsharded = " of an unsharded rank (per-rank --fsdp numbers: python -m bench.fsdp_memory)" if args.fsdp else ""
+    say(f"memory of one step{unsharded} of {args.method} ({dtype}, micro-batch {micro_batch}x{args.seq_len}), "
+        f"simulated on fake tensors in {estimate.seconds:.1f} s:\n" + format_report(estimate))
 
     heldout = HeldOut(eval_records, tokenizer, args.eval_limit, template=args.template) if eval_records else None
     metrics = RunLog(out, enabled=world.is_main, wandb=args.wandb, config=vars(args), say=say,  # jsonl, TensorBoard, W&B

@@ -182,9 +182,12 @@ def test_frozen_blocks_get_no_gradient_and_no_state_and_switch_together(tiny_dir
     assert switches and all(step % 3 == 0 for step in switches)  # period 3: only at period boundaries
 
 
-def test_sigint_resume_under_fsdp_equals_uninterrupted_also_on_one_process(tiny_dir, data_file, tmp_path):
-    argv = lambda out, *extra: common(tiny_dir, data_file, tmp_path / out, "--method", "owlore", "--fsdp",  # noqa: E731
-                                      "--max-steps", "4", "--save-format", "none", *extra)
+@pytest.mark.parametrize("mode", list(MODES))
+def test_sigint_resume_equals_uninterrupted_also_on_one_process(tiny_dir, data_file, tmp_path, mode):
+    """2 processes, sharded or replicated: SIGINT after step 1, resume on 2 processes, and on 1 (--fsdp: DCP
+    reshards, from the replicated run's ranks x 1 mesh too)."""
+    argv = lambda out, *extra: common(tiny_dir, data_file, tmp_path / out, "--method", "owlore",  # noqa: E731
+                                      *MODES[mode], "--max-steps", "4", "--save-format", "none", *extra)
     launch(tmp_path, [argv("split"), argv("straight")], "interrupt", "1")  # only the first run is interrupted
     assert [p.name for p in (tmp_path / "split").glob("step-*")] == ["step-000001"]
     shutil.copytree(tmp_path / "split", tmp_path / "one")
@@ -196,7 +199,7 @@ def test_sigint_resume_under_fsdp_equals_uninterrupted_also_on_one_process(tiny_
     assert straight["optim"].keys() == split["optim"].keys()
     assert all(torch.equal(straight["optim"][k], split["optim"][k]) for k in straight["optim"])
     # 2 processes -> 1 process: DCP reshards; gradient sums in another order, so to rounding
-    train.main(argv("one", "--resume", str(tmp_path / "one")))
+    train.main([*argv("one", "--resume", str(tmp_path / "one")), "--fsdp"])
     one = dcp_state(tmp_path / "one" / "step-000004", tmp_path / "one")
     assert close(one["model"], straight["model"])
     assert losses(tmp_path / "one")[-3:] == pytest.approx(losses(tmp_path / "straight")[-3:], rel=1e-5)

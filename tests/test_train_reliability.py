@@ -262,3 +262,8 @@ def test_a_micro_batch_without_targets_on_one_rank_does_not_stall_the_others(tin
     done = torchrun_with_rank1_loss(tmp_path, "real(a[0], a[1], torch.full_like(a[2], -100), *a[3:])", "--model", str(tiny_dir), "--data", str(data_file), *mode)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [p.name for p in checkpoints(tmp_path / "ddp")] == ["step-000003", "step-000004"]
+
+
+def test_no_outliers_at_this_M_is_a_one_line_error_naming_M(tiny_dir, data_file, tmp_path):
+    with pytest.raises(UserError, match=r"--sampling owlore: policy 'owlore': all block weights are zero; lower --M \(now 1000"):
+        run(tiny_dir, data_file, tmp_path, "--method", "owlore", "--max-steps", "1", "--M", "1000")

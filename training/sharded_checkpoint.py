@@ -1,13 +1,16 @@
-"""Training checkpoints under `--fsdp`: torch.distributed.checkpoint (DCP), each rank writing its own shards.
+"""Training checkpoints of FSDP runs (`--fsdp` or data parallel): torch.distributed.checkpoint (DCP), each rank
+writing its own shards.
 
 Layout of ``<run>/step-000123/`` (published by one rename, as training/checkpoint.py's): ``shards/`` (DCP:
 model weights and optimizer tensors, each a DTensor keyed by parameter name) and ``trainer.pt`` (rank 0: step,
 scheduler, sampler, data position, RNG, arguments, and the optimizer's non-tensor state: group options,
-per-parameter step counts, which tensors each parameter has and their placements).
+per-parameter step counts, which tensors each parameter has, and whether each is placed as its parameter,
+"shard0", or replicated, "replicate").
 
-Loading reads DCP's metadata for the saved sizes and dtypes, allocates each optimizer tensor with its saved
-placement on the current mesh, and lets DCP fill it: the world size may differ from the one that saved
-(DCP reshards), and loading equals saving bit for bit on the same world size.
+Loading reads DCP's metadata for the saved sizes and dtypes, allocates each optimizer tensor placed as saved
+on the current mesh, and lets DCP fill it: the world size and the mesh may differ from the ones that saved
+(DCP reshards: a data-parallel run resumes under --fsdp and back), and loading equals saving bit for bit on
+the same world size.
 """
 from __future__ import annotations
 
@@ -19,13 +22,12 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
-from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor import DTensor
 from torch.distributed.tensor import empty as dtensor_empty
 
 from optim.projector import build_projector
+from optim.sharded import replicated
 from training.checkpoint import make_durable, publish, rng_state, set_rng_state
-
-PLACEMENTS = {"shard0": Shard(0), "replicate": Replicate()}
 
 
 def optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -47,7 +49,7 @@ def optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> tup
             for key, value in flat.items():
                 if isinstance(value, DTensor):
                     tensors[f"{name}/{key}"] = value
-                    layout[f"{name}/{key}"] = "shard0" if value.placements[0].is_shard() else "replicate"
+                    layout[f"{name}/{key}"] = "shard0" if value.placements == p.placements else "replicate"
                 elif isinstance(value, torch.Tensor):
                     raise TypeError(f"optimizer state {name}/{key} is not sharded (a plain tensor under --fsdp)")
                 else:
@@ -94,8 +96,10 @@ def load_sharded_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim
         if name not in params:
             raise ValueError(f"checkpoint {path}: optimizer state for {name}, which this model does not have")
         info = saved[f"optim.{key}"]
-        template[key] = dtensor_empty(*info.size, dtype=info.properties.dtype,
-                                      device_mesh=params[name].device_mesh, placements=[PLACEMENTS[placement]])
+        param = params[name]
+        placements = param.placements if placement == "shard0" else replicated(param.device_mesh.ndim)
+        template[key] = dtensor_empty(*info.size, dtype=info.properties.dtype, device_mesh=param.device_mesh,
+                                      placements=placements)
     model_state = get_model_state_dict(model)
     dcp.load({"model": model_state, "optim": template}, checkpoint_id=path / "shards")
     set_model_state_dict(model, model_state)
