@@ -224,3 +224,25 @@ def test_simulated_peak_per_rank_replicated_costs_at_most_two_gathered_blocks(me
                                   for layout in ("plain", "replicate", "shard"))
     assert plain <= replicated <= plain + 2 * block + 16 * 2**10
     assert sharded < plain
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_checkpoint_of_two_ranks_exports_in_one_process(sharded, tmp_path, mode):
+    """python -m training.export reads DCP shards whole: the export of the last checkpoint equals the run's
+    own final export (HF), and a LoRA run's adapter equals its final PEFT folder."""
+    from safetensors.torch import load_file
+    from training.export import export_checkpoint
+    run = sharded / mode / "owlore"
+    _, exported = read_hf_dir(export_checkpoint(run / "step-000003", "hf", tmp_path / "hf"))
+    _, final = read_hf_dir(run / "final-hf")
+    assert exported.keys() == final.keys() and all(torch.equal(exported[k], final[k]) for k in final)
+    lora = sharded / mode / "lora"
+    adapter = export_checkpoint(lora / "step-000003", "peft", tmp_path / "peft") / "adapter_model.safetensors"
+    final = load_file(lora / "final-peft" / "adapter_model.safetensors")
+    assert all(torch.equal(load_file(adapter)[k], final[k]) for k in final)
+    from common.assets import asset_path
+    from model import Transformer, get_config, save_model
+    wider = get_config("tiny", n_layers=4, vocab_size=32000, max_seq_len=256, dim=128, n_heads=4, n_kv_heads=4)
+    save_model(Transformer(wider), tmp_path / "wider", format="meta", tokenizer=asset_path("mistral-v1-tokenizer"))
+    with pytest.raises(ValueError, match=r"shards/ does not fit the base model .*tok_embeddings.weight is of shape"):
+        export_checkpoint(run / "step-000003", "hf", tmp_path / "bad", model_source=str(tmp_path / "wider"))

@@ -4,15 +4,18 @@
     python -m training.export runs/x --format meta --meta-shards 2  # the newest checkpoint of a run, Meta layout
     python -m training.export runs/x/step-000500 --format peft    # LoRA runs: the adapter for peft
 
+A checkpoint of several ranks or of --fsdp (DCP shards) is read whole into this one process.
 The base model, tokenizer and method come from the arguments the run was started with (``trainer.pt``);
 ``--model`` / ``--ckpt-dir`` / ``--tokenizer`` replace them when the base has moved. The weights keep the
 dtype they were trained in.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
 
 from common import cli
 from model.cli import DTYPES, add_model_flags
@@ -31,12 +34,17 @@ def export_checkpoint(checkpoint: Path, format: str, out: Path, model_source: st
     """Write `checkpoint` (a step-NNNNNN folder) as `format` into `out` (in `dtype`, default the trained one)."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r} ({', '.join(FORMATS)})")
-    for name in ("model.pt", "trainer.pt"):
+    sharded = (checkpoint / "shards" / ".metadata").is_file()  # DCP, written by several ranks or with --fsdp
+    for name in ("shards/.metadata" if sharded else "model.pt", "trainer.pt"):
         if not (checkpoint / name).is_file():
             raise FileNotFoundError(f"{checkpoint}: not a training checkpoint ({name} is missing)")
     args = torch.load(checkpoint / "trainer.pt", weights_only=True).get("args") or {}
-    state = torch.load(checkpoint / "model.pt", map_location="cpu", mmap=True, weights_only=True)
-    dtype = dtype or next(v.dtype for v in state.values() if v.is_floating_point())
+    if sharded:  # read into this one process below, each tensor whole (DCP reshards)
+        saved = dcp.FileSystemReader(checkpoint / "shards").read_metadata().state_dict_metadata
+        state, dtype = None, dtype or saved["model.tok_embeddings.weight"].properties.dtype
+    else:
+        state = torch.load(checkpoint / "model.pt", map_location="cpu", mmap=True, weights_only=True)
+        dtype = dtype or next(v.dtype for v in state.values() if v.is_floating_point())
     source = model_source or args.get("model")
     if source is None:
         raise ValueError(f"{checkpoint}: trainer.pt does not name the base model; pass --model")
@@ -46,9 +54,21 @@ def export_checkpoint(checkpoint: Path, format: str, out: Path, model_source: st
     if lora:
         apply_lora(model, args["lora_rank"], args["lora_alpha"], args.get("lora_dropout", 0.0))
     try:
-        model.load_state_dict(state, strict=True)
+        if sharded:
+            state = {"model": model.state_dict()}  # the model's own tensors, filled in place
+            for name, t in state["model"].items():
+                found = saved.get(f"model.{name}")
+                if found is None or tuple(found.size) != tuple(t.shape):
+                    got = "missing" if found is None else f"of shape {tuple(found.size)}"
+                    raise RuntimeError(f"tensor {name} is {got}, expected {tuple(t.shape)}")
+            with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+                warnings.simplefilter("ignore", UserWarning)
+                dcp.load(state, checkpoint_id=checkpoint / "shards", no_dist=True)
+        else:
+            model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{checkpoint}: model.pt does not fit the base model {source}: {str(e).splitlines()[0]}") from None
+        what = "shards/" if sharded else "model.pt"
+        raise ValueError(f"{checkpoint}: {what} does not fit the base model {source}: {str(e).splitlines()[0]}") from None
     if format == "peft":
         if not lora:
             raise ValueError(f"{checkpoint}: --format peft needs a LoRA run (this one used --method {args.get('method')})")
