@@ -33,7 +33,7 @@ from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibrat
 from sampling.calibration import training_documents
 from training.args import parse_args, resolve_svd, write_config
 from training.checkpoint import checkpoints, clear_run, load_checkpoint, resolve_checkpoint, run_outputs, save_checkpoint
-from training.distributed import close_world, init_world, sum_scalar
+from training.distributed import close_world, init_world, on_main, sum_scalar
 from training.fsdp import shard_model
 from training.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 from training.sharded_export import export_peft_sharded, export_sharded
@@ -72,10 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     records = load_records(args.data)  # bad data files fail before the model loads
     eval_records = load_records(args.eval_data) if args.eval_data else None
 
-    # 1. The pre-trained model.
-    # (distributed: into host memory, until fully_shard below moves each rank's part to the device)
-    model, tokenizer = load_model(args.model, device="cpu" if distributed else device, dtype=dtype,
-                                  ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)
+    # 1. The pre-trained model. (Distributed: rank 0 alone reads it, into host memory; the other ranks build
+    #    it on the meta device, and sharding below sends every rank its part from rank 0, tensor by tensor.)
+    def load(weights: bool):
+        return load_model(args.model, device="cpu" if distributed else device, dtype=dtype, ckpt_dir=args.ckpt_dir,
+                          tokenizer=args.tokenizer, weights=weights)
+
+    loaded = on_main(lambda: load(True), world, share=False)  # an error on rank 0 stops every rank
+    model, tokenizer = loaded if world.is_main else load(False)
     if tokenizer is None:
         raise UserError(f"--model {args.model}: the checkpoint has no tokenizer file; training needs one")
     model.train()
@@ -118,14 +122,14 @@ def main(argv: list[str] | None = None) -> None:
                                            seed=args.seed).to(model.output.weight.device).split(4)
 
             try:  # a --calib named must match the cache's tokens; a stale default cache is recomputed, a --scores one refused
-                inputs["ratios"] = load_or_compute_ratios(model, args.model, windows() if args.calib else windows,
-                                                          args.M, scores, calibration_source=source,
-                                                          on_stale="error" if args.scores else "recompute")
+                inputs["ratios"] = on_main(lambda: load_or_compute_ratios(  # (rank 0 holds the weights)
+                    model, args.model, windows() if args.calib else windows, args.M, scores, calibration_source=source,
+                    on_stale="error" if args.scores else "recompute"), world)
             except CacheError as err:
                 raise UserError(f"{'--scores ' if args.scores else ''}{err}") from None
             say("outlier ratios D_l (%): " + " ".join(f"{r:.3f}" for r in inputs["ratios"]))
         if "alphas" in policy.needs:
-            inputs["alphas"] = block_alphas(model)[0]
+            inputs["alphas"] = on_main(lambda: block_alphas(model)[0], world)
             say("HT-SR alphas: " + " ".join(f"{a:.3f}" for a in inputs["alphas"]))
         if "fixed_layers" in policy.needs:
             inputs["fixed_layers"] = args.fixed_layers
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     if distributed:  # every block and the root an FSDP unit; the groups then hold the DTensor parameters
         reduce_dtype = DTYPES[args.reduce_dtype] if args.reduce_dtype else None
         shard = lambda groups: shard_model(model, groups, device, world.size, reduce_dtype,  # noqa: E731
-                                           replicate=not args.fsdp)
+                                           replicate=not args.fsdp, from_rank0=True)
     groups, optimizer, fused = build_optimizer(model, args, shard)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
 

@@ -157,10 +157,13 @@ def _safetensors_files(path: Path) -> list[Path]:
     return files
 
 
-def read_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Config and Meta-named state dict of an HF LLaMA/Mistral directory (safetensors, sharded or not)."""
+def read_hf_dir(path: str | Path, weights: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor] | None]:
+    """Config and Meta-named state dict of an HF LLaMA/Mistral directory (safetensors, sharded or not;
+    `weights=False`: the config, and None)."""
     path = Path(path)
     config = config_from_hf(_read_json(path / "config.json"), str(path))
+    if not weights:
+        return config, None
     state = {}
     for f in _safetensors_files(path):
         try:

@@ -73,15 +73,16 @@ def _resolve(source: str | Path, ckpt_dir: str | Path | None) -> tuple[Path, Mod
     return find_checkpoint(name, ckpt_dir), CONFIGS[name]
 
 
-def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer | None]:
-    """Config, Meta-named state dict and tokenizer (None when the checkpoint carries none) of any format."""
+def read_checkpoint(path: Path, weights: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor] | None, Tokenizer | None]:
+    """Config, Meta-named state dict and tokenizer (None when the checkpoint carries none) of any format;
+    `weights=False`: the state dict is None, and only a GGUF file's tensors are read."""
     if path.is_file() and path.suffix == ".gguf":
         config, state, meta = read_gguf(path)
         tokenizer = None
         if "tokenizer.ggml.tokens" in meta:
             tokenizer = tokenizer_from_gguf(path, metadata=meta)
             tokenizer.source = path
-        return config, state, tokenizer
+        return config, state if weights else None, tokenizer
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
     if not path.is_dir():
@@ -90,9 +91,9 @@ def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
     if tokenizer is None and (path / "params.json").is_file():
         tokenizer = _find_tokenizer(path.parent)  # Meta's download: tokenizer.model beside the llama-2-7b/ folder
     if (path / "params.json").is_file():
-        config, state = read_meta_dir(path, tokenizer.vocab_size if tokenizer else None)
+        config, state = read_meta_dir(path, tokenizer.vocab_size if tokenizer else None, weights)
     elif (path / "config.json").is_file():
-        config, state = read_hf_dir(path)
+        config, state = read_hf_dir(path, weights)
     else:
         raise FileNotFoundError(f"{path}: neither params.json (Meta/Mistral) nor config.json (HF) found")
     if Path(getattr(tokenizer, "source", "")).name in MISTRAL_TOKENIZER_FILES:
@@ -104,15 +105,16 @@ def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
 
 
 def load_model(source: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
-               ckpt_dir: str | Path | None = None, tokenizer: str | Path | None = None,
+               ckpt_dir: str | Path | None = None, tokenizer: str | Path | None = None, weights: bool = True,
                ) -> tuple[Transformer, Tokenizer | None]:  # fmt: skip
     """(model, tokenizer) from a Meta/Mistral dir, an HF dir, a .gguf file or a named config.
 
     The tokenizer is None when the checkpoint has no tokenizer file or vocabulary; `tokenizer` (a file
-    or folder) replaces the checkpoint's own.
+    or folder) replaces the checkpoint's own. `weights=False`: the model on the meta device, its weights
+    not read (a Meta or HF folder reads only its config; a GGUF file is read whole).
     """
     path, named = _resolve(source, ckpt_dir)
-    config, state, found = read_checkpoint(path)
+    config, state, found = read_checkpoint(path, weights)
     if tokenizer is not None:
         tokenizer = load_tokenizer(tokenizer)
         if isinstance(tokenizer, SentencePieceTokenizer):
@@ -124,4 +126,9 @@ def load_model(source: str | Path, device="cpu", dtype: torch.dtype = torch.floa
         if diff:
             raise ValueError(f"{path}: checkpoint does not match config {named.name!r} (differs in {diff})")
         config.name = named.name
+    if state is None:
+        with torch.device("meta"):
+            model = Transformer(config)
+        model.tie_weights()
+        return model.to(dtype).eval(), tokenizer
     return build_model(config, state, device, dtype, str(path)), tokenizer

@@ -180,8 +180,10 @@ def _load_pth(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def read_meta_dir(path: str | Path, tokenizer_vocab: int | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Config and merged state dict (mmapped where possible) of a Meta or Mistral checkpoint directory."""
+def read_meta_dir(path: str | Path, tokenizer_vocab: int | None = None,
+                  weights: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor] | None]:
+    """Config and merged state dict (mmapped where possible) of a Meta or Mistral checkpoint directory
+    (`weights=False`: the config, and None)."""
     path = Path(path)
     params_file = path / "params.json"
     if not params_file.is_file():
@@ -191,6 +193,8 @@ def read_meta_dir(path: str | Path, tokenizer_vocab: int | None = None) -> tuple
     except json.JSONDecodeError as err:
         raise ValueError(f"{params_file}: invalid JSON ({err})") from err
     config = config_from_params(params, str(params_file), tokenizer_vocab)
+    if not weights:
+        return config, None
     pth = sorted(path.glob("consolidated.*.pth"))
     safetensors = path / "consolidated.safetensors"
     if pth:

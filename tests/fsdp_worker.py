@@ -3,6 +3,8 @@
   fsdp_worker.py runs RUNS.json            train.main(argv) for each argv in the file, in order
   fsdp_worker.py interrupt K RUNS.json     as `runs`, but every rank SIGINTs itself after its K-th step
   fsdp_worker.py frozen OUT.json MODEL_DIR the sharded model under a layer sampler, checked on every rank
+  fsdp_worker.py reads OUT RUNS.json       as `runs`; each rank writes OUT.<rank>.json: the shapes of the
+                                           checkpoint tensors it turned into a model (model.load.build_model)
 """
 from __future__ import annotations
 
@@ -83,6 +85,21 @@ def frozen(out: str, model_dir: str) -> None:
     close_world(world)
 
 
+def reads(out: str, path: str) -> None:
+    import model.load
+    real, built = model.load.build_model, []
+
+    def build_model(config, state, *a, **k):
+        built.append(sum(t.numel() for t in state.values()))
+        return real(config, state, *a, **k)
+
+    model.load.build_model = build_model
+    try:
+        runs(path)
+    finally:
+        Path(f"{out}.{os.environ['RANK']}.json").write_text(json.dumps(built))
+
+
 if __name__ == "__main__":
     mode, *rest = sys.argv[1:]
-    {"runs": runs, "interrupt": lambda k, p: interrupt(int(k), p), "frozen": frozen}[mode](*rest)
+    {"runs": runs, "interrupt": lambda k, p: interrupt(int(k), p), "frozen": frozen, "reads": reads}[mode](*rest)

@@ -246,3 +246,41 @@ def test_a_checkpoint_of_two_ranks_exports_in_one_process(sharded, tmp_path, mod
     save_model(Transformer(wider), tmp_path / "wider", format="meta", tokenizer=asset_path("mistral-v1-tokenizer"))
     with pytest.raises(ValueError, match=r"shards/ does not fit the base model .*tok_embeddings.weight is of shape"):
         export_checkpoint(run / "step-000003", "hf", tmp_path / "bad", model_source=str(tmp_path / "wider"))
+
+
+def test_only_rank0_reads_the_weights_and_its_load_error_stops_every_rank(tiny_dir, data_file, tmp_path):
+    """Rank 1 builds the model on the meta device and gets its part from rank 0; a checkpoint that rank 0
+    cannot load (a NaN weight) is the same one-line error on both ranks, with no rank left waiting."""
+    launch(tmp_path, [common(tiny_dir, data_file, tmp_path / "run", "--method", "owlore", "--fsdp",
+                             "--max-steps", "1", "--save-format", "none")], "reads", tmp_path / "built")
+    rank0, rank1 = (json.loads((tmp_path / f"built.{r}.json").read_text()) for r in (0, 1))
+    assert rank0 == [sum(p.numel() for p in torch.load(tiny_dir / "consolidated.00.pth").values())] and rank1 == []
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dir, bad)
+    state = torch.load(bad / "consolidated.00.pth")
+    state["layers.1.attention.wq.weight"][0, 0] = float("nan")
+    torch.save(state, bad / "consolidated.00.pth")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(ROOT / "train.py"), *common(bad, data_file, tmp_path / "bad-run", "--fsdp")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.count("tensor layers.1.attention.wq.weight holds NaN or inf") == 2, done.stderr[-3000:]
+
+
+def test_tied_embeddings_stay_one_parameter_sharded_and_replicated(data_file, tmp_path):
+    """A tied model (SmolLM2's layout) built on the meta device on rank 1 and loaded from rank 0 trains as one
+    process does: a tie lost on any rank would all-gather another root and stall or diverge."""
+    from common.assets import asset_path
+    from model import Transformer, get_config, save_model
+    torch.manual_seed(0)
+    tied = tmp_path / "tied"
+    save_model(Transformer(get_config("tiny-tied", n_layers=4, vocab_size=32000, max_seq_len=256)), tied,
+               format="meta", tokenizer=asset_path("mistral-v1-tokenizer"))
+    launch(tmp_path, [common(tied, data_file, tmp_path / mode, "--method", "full", *flags) for mode, flags in MODES.items()])
+    train.main(common(tied, data_file, tmp_path / "single", "--method", "full"))
+    _, one = read_hf_dir(tmp_path / "single" / "final-hf")
+    for mode in MODES:
+        assert losses(tmp_path / mode) == pytest.approx(losses(tmp_path / "single"), rel=1e-5)
+        _, two = read_hf_dir(tmp_path / mode / "final-hf")
+        assert close(two, one)

@@ -4,11 +4,14 @@ projectors, computed from identical gradients, stay identical across ranks."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class World:
@@ -49,3 +52,23 @@ def sum_scalar(value: float | int, world: World, device: torch.device) -> float:
     t = torch.tensor(float(value), dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.item()
+
+
+def on_main(fn: Callable[[], T], world: World, share: bool = True) -> T | None:
+    """`fn()` on rank 0 only; every rank returns its result (`share`: broadcast, so it must pickle; else
+    None on the other ranks). An exception on rank 0 is raised on every rank, so none waits in a
+    collective that rank 0 will never reach."""
+    if world.size == 1:
+        return fn()
+    box: list = [None]
+    if world.is_main:
+        try:
+            result = fn()
+            box = [("ok", result if share else None)]
+        except Exception as err:  # noqa: BLE001 (re-raised below, on every rank)
+            box = [("error", err)]
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value if share else (result if world.is_main else None)

@@ -20,7 +20,9 @@ to the unsharded parameter at every all-gather, so switching blocks every period
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
@@ -28,14 +30,23 @@ from torch.distributed.tensor import DTensor
 
 def shard_model(model: nn.Module, groups: list[dict], device: torch.device, world_size: int,
                 reduce_dtype: torch.dtype | None = None, mesh: DeviceMesh | None = None,
-                replicate: bool = False) -> list[dict]:
+                replicate: bool = False, from_rank0: bool = False) -> list[dict]:
     """Shard `model` (a Transformer with `.layers`) in place over a 1-D mesh of `world_size` ranks on
     `device`'s type (`replicate`: over the 2-D mesh `world_size` x 1, whole on every rank); every block is
     its own FSDP unit (one all-gather / reduce-scatter or all-reduce each), the root holds the embeddings,
     final norm and head. Parameters move to `device`. FSDP replaces every parameter by a DTensor: returns
-    the optimizer `groups` with each parameter replaced by its successor. `mesh`: one made beforehand."""
+    the optimizer `groups` with each parameter replaced by its successor. `mesh`: one made beforehand.
+    `from_rank0`: only rank 0's model holds weights (the others are on the meta device); the model is sharded
+    on the meta device, and torch's `set_model_state_dict` broadcasts rank 0's tensors one at a time, each
+    rank keeping its part, so no rank but 0 ever holds a whole tensor in host memory."""
     names = {p: name for name, p in model.named_parameters()}
     mesh = mesh or data_parallel_mesh(device.type, world_size, replicate)
+    full = None
+    if from_rank0:
+        full = model.state_dict() if dist.get_rank() == 0 else {}  # (keeps rank 0's tensors alive)
+        model.to("meta")  # (new parameter objects: a tie must be made again)
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
     policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=reduce_dtype)
     for block in model.layers:
         fully_shard(block, mesh=mesh, mp_policy=policy)
@@ -44,6 +55,9 @@ def shard_model(model: nn.Module, groups: list[dict], device: torch.device, worl
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)  # sum over ranks (see the module docstring)
             module.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
+    if from_rank0:
+        model.to_empty(device=device)
+        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     if hasattr(model, "rebuild_buffers"):
         model.rebuild_buffers(device)
     sharded = dict(model.named_parameters())
