@@ -36,6 +36,24 @@ def test_tensorboard_events_equal_the_jsonl(tmp_path):
     assert (tmp_path / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_resumed_log_purges_the_tensorboard_steps_past_the_checkpoint(tmp_path):
+    """Killed after logging step 4, resumed from the checkpoint of step 2: steps 3-4 are logged again, and
+    TensorBoard (like metrics.jsonl) keeps each step once, the new value."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    log = RunLog(tmp_path)
+    for step in range(1, 5):
+        log.write(step=step, loss=float(step), lr=0.1)
+    log.tensorboard.flush()  # a kill -9 leaves what was flushed
+    log = RunLog(tmp_path, resume_step=2)
+    for step in (3, 4):
+        log.write(step=step, loss=10.0 * step, lr=0.1)
+    log.close()
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+    assert [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 30, 40]
+
+
 def test_curves_png_draws_loss_lr_and_heldout(tmp_path):
     drawn = plot_curves(tmp_path / "c.png", RECORDS)
     assert drawn["loss"] == ([1, 2], [2.0, 1.5]) and drawn["lr"] == ([1, 2], [3e-4, 1.5e-4])

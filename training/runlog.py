@@ -45,7 +45,9 @@ class RunLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(str(out / "tensorboard"))
+            # resumed: events past the checkpoint (logged before a kill) are purged, as metrics.jsonl is cut back
+            self.tensorboard = SummaryWriter(str(out / "tensorboard"),
+                                             purge_step=None if resume_step is None else resume_step + 1)
         except ImportError:
             say("note: the tensorboard package is not installed, so no TensorBoard event files (pip install tensorboard)")
         if wandb is not None:
