@@ -33,7 +33,7 @@ from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibrat
 from sampling.calibration import training_documents
 from training.args import parse_args, resolve_svd, write_config
 from training.checkpoint import checkpoints, clear_run, load_checkpoint, resolve_checkpoint, run_outputs, save_checkpoint
-from training.distributed import close_world, init_world, on_main, sum_scalar
+from training.distributed import close_world, init_world, on_main, sum_scalar, together
 from training.fsdp import shard_model
 from training.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 from training.sharded_export import export_peft_sharded, export_sharded
@@ -78,8 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         return load_model(args.model, device="cpu" if distributed else device, dtype=dtype, ckpt_dir=args.ckpt_dir,
                           tokenizer=args.tokenizer, weights=weights)
 
-    loaded = on_main(lambda: load(True), world, share=False)  # an error on rank 0 stops every rank
-    model, tokenizer = loaded if world.is_main else load(False)
+    model, tokenizer = together(lambda: load(world.is_main or not distributed), world)  # an error stops every rank
     if tokenizer is None:
         raise UserError(f"--model {args.model}: the checkpoint has no tokenizer file; training needs one")
     model.train()

@@ -284,3 +284,26 @@ def test_tied_embeddings_stay_one_parameter_sharded_and_replicated(data_file, tm
         assert losses(tmp_path / mode) == pytest.approx(losses(tmp_path / "single"), rel=1e-5)
         _, two = read_hf_dir(tmp_path / mode / "final-hf")
         assert close(two, one)
+
+
+def test_a_load_error_on_another_rank_only_stops_every_rank(tiny_dir, data_file, tmp_path):
+    """Rank 1 cannot read its copy of the checkpoint's config (say, a node without the files); rank 0 must not
+    go on to wait for it in a collective: both exit with one line each."""
+    script = tmp_path / "rank1_cannot_read.py"
+    script.write_text(f"""import os, sys
+sys.path.insert(0, {str(ROOT)!r})
+import model.load, train
+from common import cli
+if os.environ["RANK"] == "1":
+    def missing(path, weights=True):
+        raise FileNotFoundError(f"{{path}}/params.json: missing on this node")
+    model.load.read_checkpoint = missing
+cli.run(train.main)
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), *common(tiny_dir, data_file, tmp_path / "run", "--fsdp")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.count("params.json: missing on this node") == 2, done.stderr[-3000:]
+    assert "error: rank 1 stopped: FileNotFoundError:" in done.stderr

@@ -11,6 +11,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from common.errors import UserError
+
 T = TypeVar("T")
 
 @dataclass(frozen=True)
@@ -54,21 +56,32 @@ def sum_scalar(value: float | int, world: World, device: torch.device) -> float:
     return t.item()
 
 
-def on_main(fn: Callable[[], T], world: World, share: bool = True) -> T | None:
-    """`fn()` on rank 0 only; every rank returns its result (`share`: broadcast, so it must pickle; else
-    None on the other ranks). An exception on rank 0 is raised on every rank, so none waits in a
-    collective that rank 0 will never reach."""
+def together(fn: Callable[[], T], world: World) -> T:
+    """`fn()` on every rank; when it raises on any rank, it raises on every rank (its own error there, the
+    failing rank's message elsewhere), so no rank goes on to a collective that another will never reach."""
     if world.size == 1:
         return fn()
-    box: list = [None]
-    if world.is_main:
-        try:
-            result = fn()
-            box = [("ok", result if share else None)]
-        except Exception as err:  # noqa: BLE001 (re-raised below, on every rank)
-            box = [("error", err)]
-    dist.broadcast_object_list(box, src=0)
-    kind, value = box[0]
-    if kind == "error":
-        raise value
-    return value if share else (result if world.is_main else None)
+    result, error = None, None
+    try:
+        result = fn()
+    except Exception as err:  # noqa: BLE001 (raised below, on every rank)
+        error = err
+    messages: list = [None] * world.size
+    dist.all_gather_object(messages, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
+    if failed:
+        rank, message = failed[0]
+        raise UserError(f"rank {rank} stopped: {message}")
+    return result
+
+
+def on_main(fn: Callable[[], T], world: World) -> T:
+    """`fn()` on rank 0 only, its result (it must pickle) on every rank; an error as in `together`."""
+    result = together(lambda: fn() if world.is_main else None, world)
+    if world.size > 1:
+        box = [result]
+        dist.broadcast_object_list(box, src=0)
+        result = box[0]
+    return result
