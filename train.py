@@ -163,10 +163,12 @@ def main(argv: list[str] | None = None) -> None:
         say(f"resumed from {args.resume} at step {step}")
 
     micro_batch = args.batch_size // (world.size * args.grad_accum)
-    estimate = simulate_memory(model.config, args, dtype, world_size=world.size, max_micro_batches=2)
-    unsharded = " of an unsharded rank (per-rank --fsdp numbers: python -m bench.fsdp_memory)" if args.fsdp else ""
-    say(f"memory of one step{unsharded} of {args.method} ({dtype}, micro-batch {micro_batch}x{args.seq_len}), "
-        f"simulated on fake tensors in {estimate.seconds:.1f} s:\n" + format_report(estimate))
+    estimate = None
+    if world.is_main:  # (the other ranks would only repeat it)
+        estimate = simulate_memory(model.config, args, dtype, world_size=world.size, max_micro_batches=2)
+        unsharded = " of an unsharded rank (per-rank --fsdp numbers: python -m bench.fsdp_memory)" if args.fsdp else ""
+        say(f"memory of one step{unsharded} of {args.method} ({dtype}, micro-batch {micro_batch}x{args.seq_len}), "
+            f"simulated on fake tensors in {estimate.seconds:.1f} s:\n" + format_report(estimate))
 
     heldout = HeldOut(eval_records, tokenizer, args.eval_limit, template=args.template) if eval_records else None
     metrics = RunLog(out, enabled=world.is_main, wandb=args.wandb, config=vars(args), say=say,  # jsonl, TensorBoard, W&B
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         active = active_block_indices(model) if sampler else None
         record = dict(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=n_tokens / seconds, step_s=seconds,
                       active_blocks=active, peak_memory=peak_memory_bytes(device), memory=current_memory_bytes(device))
-        if step + 1 == first_step + 2:
+        if step + 1 == first_step + 2 and estimate:
             say("measured after 2 steps:\n" + format_report(estimate, record["peak_memory"]))
         if heldout and args.eval_every and (step + 1) % args.eval_every == 0 and evaluates:
             record.update(heldout.evaluate(model))
@@ -240,7 +242,6 @@ def main(argv: list[str] | None = None) -> None:
             export_sharded(model, out / f"final-{fmt}", fmt, tokenizer)
             say(f"saved {fmt} weights to {out / f'final-{fmt}'}")
     elif world.is_main and args.save_format != "none" and not stop.requested:
-        check_weights(model, total_steps, out)
         if method.adapters:  # the adapter for PEFT, then the merged weights
             write_peft_adapter(model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
             say(f"saved the LoRA adapter (PEFT) to {out / 'final-peft'}")

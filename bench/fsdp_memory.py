@@ -22,12 +22,12 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 from torch.testing._internal.distributed.fake_pg import FakeStore
 
-from model import Transformer, get_config
+from model import get_config
 from optim import GaLoreAdamW
 from optim.projector import RandomProjector
 from sampling import set_trainable
 from training.fsdp import data_parallel_mesh, shard_model
-from training.memory import StepTracker
+from training.memory import StepTracker, build_model
 from training.methods import METHODS, SAMPLED_METHODS, param_groups
 
 GIB = 2**30
@@ -50,12 +50,7 @@ def simulate(model_name: str, world: int, method: str, gamma: int, micro_batch: 
         galore = dict(projector=RandomProjector(rank), update_proj_gap=2, scale=0.25) if METHODS[method].projected else None
         mesh = data_parallel_mesh("cpu", world, layout == "replicate")  # outside fake mode: real rank numbers
         with FakeTensorMode():
-            default = torch.get_default_dtype()
-            torch.set_default_dtype(dtype)  # built in the training dtype (casting fake parameters cannot swap them)
-            try:
-                model = Transformer(config)
-            finally:
-                torch.set_default_dtype(default)
+            model = build_model(config, dtype)
             model.gradient_checkpointing = True
             model.train()
             if method in SAMPLED_METHODS:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -78,6 +79,11 @@ def _fsync_dir(folder: Path) -> None:
 def write_text(path: str | Path, text: str) -> None:
     """Atomically write UTF-8 text."""
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def copy_file(source: str | Path, target: str | Path) -> None:
+    """Atomically copy the file `source` to `target`."""
+    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def write_json(path: str | Path, obj: Any, indent: int = 1, allow_nan: bool = True) -> None:

@@ -101,8 +101,6 @@ def params_from_config(config: ModelConfig) -> dict:
             n_heads=config.n_heads, n_kv_heads=config.n_kv_heads, norm_eps=config.norm_eps,
             vocab_size=config.vocab_size,
         )  # fmt: skip
-        if config.sliding_window is not None:
-            params["sliding_window"] = config.sliding_window
     else:
         multiple_of, multiplier = meta_ffn_args(config.dim, config.ffn_dim)
         params = dict(dim=config.dim, n_layers=config.n_layers, n_heads=config.n_heads)
@@ -112,8 +110,8 @@ def params_from_config(config: ModelConfig) -> dict:
         if multiplier is not None:
             params["ffn_dim_multiplier"] = multiplier
         params["norm_eps"] = config.norm_eps
-        if config.sliding_window is not None:
-            params["sliding_window"] = config.sliding_window
+    if config.sliding_window is not None:
+        params["sliding_window"] = config.sliding_window
     if config.rope_theta != 10000.0:  # LLaMA-2's ModelArgs has no rope_theta; its files and Mistral v0.1's omit it
         params["rope_theta"] = config.rope_theta
     if not mistral and config.rope_scaling == Llama3RopeScaling():

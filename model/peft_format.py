@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 from torch.distributed.tensor import DTensor
 
-from model.hf_format import meta_to_hf_name, permute
+from model.hf_format import _qk_heads, meta_to_hf_name, permute
 from common.io import atomic_write, write_json
 from model.transformer import Transformer
 
@@ -30,7 +30,7 @@ def peft_state(model: Transformer) -> dict[str, torch.Tensor]:
     for name, module in lora_modules(model).items():
         hf = meta_to_hf_name(f"{name}.weight").removesuffix(".weight")
         a, b = (_whole(t.detach()).cpu() for t in (module.lora_A, module.lora_B))
-        heads = config.n_heads if name.endswith("attention.wq") else config.n_kv_heads if name.endswith("attention.wk") else None
+        heads = _qk_heads(f"{name}.weight", config)
         out[f"base_model.model.{hf}.lora_A.weight"] = a.contiguous()
         out[f"base_model.model.{hf}.lora_B.weight"] = (permute(b, heads) if heads else b).contiguous()
     return out

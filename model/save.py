@@ -8,13 +8,12 @@ consolidated.NN.pth, with the tokenizer file beside it as Meta's and Mistral's c
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from model.gguf_format import write_vocab_gguf
 from model.hf_format import write_hf_dir
 from model.load import MISTRAL_TOKENIZER_FILES
-from common.io import atomic_write
+from common.io import atomic_write, copy_file
 from model.meta_format import write_meta_dir
 from model.tokenizer import Tokenizer, load_tokenizer
 from model.tokenizer_json import llama3_ranks_file, special_ids, write_hf_tokenizer
@@ -55,10 +54,6 @@ def _check_shards(config, n: int) -> None:
         raise ValueError(f"cannot write {n} model-parallel shards: {', '.join(bad) or 'need at least 1'} not divisible")
 
 
-def _copy(source: Path, target: Path) -> None:
-    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
-
-
 def _write_meta_tokenizer(tokenizer: Tokenizer, out_dir: Path, max_length: int) -> None:
     """The tokenizer file beside Meta weights: tokenizer.model (Mistral's .v1/.v3 name kept), or the GGUF vocab."""
     source = getattr(tokenizer, "source", None)
@@ -70,7 +65,7 @@ def _write_meta_tokenizer(tokenizer: Tokenizer, out_dir: Path, max_length: int) 
     elif source.name == "tokenizer.json":  # an HF folder: its SentencePiece/tiktoken file if it has one
         for candidate in (source.parent / "tokenizer.model", source.parent / "original" / "tokenizer.model"):
             if candidate.is_file():
-                _copy(candidate, out_dir / "tokenizer.model")
+                copy_file(candidate, out_dir / "tokenizer.model")
                 return
         ranks = llama3_ranks_file(tokenizer)  # LLaMA-3 without original/: Meta's tiktoken file from tokenizer.json
         if ranks is not None:
@@ -81,4 +76,4 @@ def _write_meta_tokenizer(tokenizer: Tokenizer, out_dir: Path, max_length: int) 
         # Mistral's file name survives, so the copy loads with the Mistral chat format again.
         mistral = tokenizer.chat_template == "mistral"
         name = source.name if source.name in MISTRAL_TOKENIZER_FILES else "tokenizer.model" + ".v1" * mistral
-        _copy(source, out_dir / name)
+        copy_file(source, out_dir / name)

@@ -29,7 +29,6 @@ class HFTokenizer(Tokenizer):
         self.source = source
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.special_tokens = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
-        self._special_ids = frozenset(self.special_tokens.values())
         # Whatever `tokenizers` adds around a text (its post-processor) is the model's BOS.
         with_specials = tokenizer.encode("a", add_special_tokens=True).ids
         plain = tokenizer.encode("a", add_special_tokens=False).ids
@@ -50,8 +49,7 @@ class HFTokenizer(Tokenizer):
         self.chat_template = _chat_template(config, source.parent, self.special_tokens)
 
     def _token_id(self, token: str | dict | None, key: str) -> int | None:
-        if isinstance(token, dict):  # older files write an AddedToken as {"content": ..., ...}
-            token = token.get("content")
+        token = _token_text(token)  # older files write an AddedToken as {"content": ..., ...}
         if token is None:
             return None
         i = self.tk.token_to_id(token)

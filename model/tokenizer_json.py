@@ -15,14 +15,13 @@ added by the post-processor, so ``tokenizer(text)`` gives ``encode_special(text,
 from __future__ import annotations
 
 import base64
-import shutil
 from pathlib import Path
 
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 
 from model.chat import template_source
-from common.io import atomic_write, write_json
+from common.io import atomic_write, copy_file, write_json
 from model.tokenizer_base import Tokenizer
 from model.tokenizer_bpe import TiktokenTokenizer, gpt2_byte_decoder
 from model.tokenizer_spm import SentencePieceTokenizer
@@ -169,7 +168,7 @@ def write_hf_tokenizer(tok: Tokenizer, out_dir: Path, max_length: int) -> None:
     if source is not None and Path(source).name == "tokenizer.json":
         for name in HF_TOKENIZER_FILES:
             if (Path(source).parent / name).is_file():
-                atomic_write(out_dir / name, lambda tmp, f=Path(source).parent / name: shutil.copyfile(f, tmp))
+                copy_file(Path(source).parent / name, out_dir / name)
         if not (out_dir / "generation_config.json").is_file():
             write_json(out_dir / "generation_config.json", {**special_ids(tok), "_from_model_config": False})
         return

@@ -8,10 +8,7 @@ Adam's eps is 1e-6: with 1e-8 an element whose gradient is ~0 steps by +-lr on t
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 import train
 from model.hf_format import read_hf_dir
 from model.meta_format import read_meta_dir
-from test_train import data_file, tiny_dir  # noqa: F401 (fixtures)
+from test_train import data_file, tiny_dir, two_processes  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("fsdp_worker.py")
@@ -46,9 +43,7 @@ def common(tiny_dir, data_file, out, *extra) -> list[str]:
 
 
 def torchrun(*worker_args: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(WORKER), *map(str, worker_args)], cwd=ROOT, env=env, capture_output=True, text=True)
+    done = two_processes(WORKER, *worker_args)
     assert done.returncode == 0, done.stderr[-4000:]
 
 
@@ -260,10 +255,7 @@ def test_only_rank0_reads_the_weights_and_its_load_error_stops_every_rank(tiny_d
     state = torch.load(bad / "consolidated.00.pth")
     state["layers.1.attention.wq.weight"][0, 0] = float("nan")
     torch.save(state, bad / "consolidated.00.pth")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(ROOT / "train.py"), *common(bad, data_file, tmp_path / "bad-run", "--fsdp")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = two_processes(ROOT / "train.py", *common(bad, data_file, tmp_path / "bad-run", "--fsdp"), timeout=120)
     assert done.returncode != 0
     assert done.stderr.count("tensor layers.1.attention.wq.weight holds NaN or inf") == 2, done.stderr[-3000:]
 
@@ -300,10 +292,7 @@ if os.environ["RANK"] == "1":
     model.load.read_checkpoint = missing
 cli.run(train.main)
 """)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), *common(tiny_dir, data_file, tmp_path / "run", "--fsdp")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = two_processes(script, *common(tiny_dir, data_file, tmp_path / "run", "--fsdp"), timeout=120)
     assert done.returncode != 0
     assert done.stderr.count("params.json: missing on this node") == 2, done.stderr[-3000:]
     assert "error: rank 1 stopped: FileNotFoundError:" in done.stderr

@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,14 @@ def data_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "train.json"
     path.write_text(json.dumps([{"instruction": q, "input": "", "output": a} for q, a in QA]))
     return path
+
+
+def two_processes(script: Path, *args, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`script args` on 2 processes under torchrun (one thread each), output captured."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def run(tiny_dir: Path, data_file: Path, out: Path, *extra: str) -> list[dict]:

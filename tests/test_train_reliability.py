@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from optim import GaLoreAdamW
 import training.checkpoint
 import training.step
 from common.errors import UserError
-from test_train import ROOT, data_file, final_weights, run, tiny_dir  # noqa: F401 (fixtures)
+from test_train import ROOT, data_file, final_weights, run, tiny_dir, two_processes  # noqa: F401 (fixtures)
 from training.checkpoint import CheckpointError, checkpoints
 
 FULL = ("--method", "full", "--save-every", "1")
@@ -242,9 +240,7 @@ def torchrun_with_rank1_loss(tmp_path: Path, replacement: str, *extra: str) -> s
     """))
     args = ["--seq-len", "64", "--no-pack", "--batch-size", "8", "--save-format", "none", "--method", "full", "--max-steps", "4",
             "--save-every", "1", "--out", str(tmp_path / "ddp"), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    return two_processes(script, *args, timeout=240)
 
 
 def test_a_non_finite_loss_on_one_rank_stops_every_rank(tiny_dir, data_file, tmp_path):

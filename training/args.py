@@ -33,8 +33,8 @@ NOT_RESTORED = {"resume", "config", "out", "overwrite", "allow_changes"}
 HARMLESS_ON_RESUME = {"eval_every", "eval_data", "eval_limit", "save_every", "keep_checkpoints",
                       "save_format", "device", "ckpt_dir", "grad_ckpt", "chunked_ce", "fsdp"}
 
-INT, COUNT, NONNEG = number(int), number(int, at_least=1), number(int, at_least=0)
-FLOAT, POSITIVE, NONNEG_FLOAT = number(float), number(float, above=0), number(float, at_least=0)
+COUNT, NONNEG = number(int, at_least=1), number(int, at_least=0)
+POSITIVE, NONNEG_FLOAT = number(float, above=0), number(float, at_least=0)
 
 
 def int_list(text: str) -> list[int]:

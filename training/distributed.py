@@ -33,7 +33,7 @@ def init_world(device_type: str, group: bool = False) -> World:
     if dist.is_initialized():  # a caller (a test harness running several trainings) set it up already
         return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
-        if group and not dist.is_initialized():
+        if group:
             dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
         return World()
     dist.init_process_group(backend=backend)

@@ -23,7 +23,7 @@ from model.load import load_model
 from model.peft_format import write_peft_adapter
 from model.save import save_model
 from optim.lora import apply_lora, merge_lora
-from training.checkpoint import resolve_checkpoint
+from training.checkpoint import read_trainer_state, resolve_checkpoint
 
 FORMATS = ("hf", "meta", "peft")
 
@@ -38,7 +38,7 @@ def export_checkpoint(checkpoint: Path, format: str, out: Path, model_source: st
     for name in ("shards/.metadata" if sharded else "model.pt", "trainer.pt"):
         if not (checkpoint / name).is_file():
             raise FileNotFoundError(f"{checkpoint}: not a training checkpoint ({name} is missing)")
-    args = torch.load(checkpoint / "trainer.pt", weights_only=True).get("args") or {}
+    args = read_trainer_state(checkpoint).get("args") or {}
     if sharded:  # read into this one process below, each tensor whole (DCP reshards)
         saved = dcp.FileSystemReader(checkpoint / "shards").read_metadata().state_dict_metadata
         state, dtype = None, dtype or saved["model.tok_embeddings.weight"].properties.dtype

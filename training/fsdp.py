@@ -85,8 +85,3 @@ def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor: gathered from every rank for a DTensor (a collective: every rank must call it)."""
     return t.full_tensor() if isinstance(t, DTensor) else t
-
-
-def local_numel(params) -> int:
-    """Elements this rank stores of `params` (its shards, for DTensors)."""
-    return sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in params)

@@ -8,12 +8,11 @@ Closing the log draws ``training_curves.png``: loss, learning rate and the held-
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from common.io import atomic_write
+from common.io import atomic_write, read_objects
 from training.metrics import MetricsLog
 
 SKIPPED = ("step", "active_blocks")  # not scalars to chart
@@ -77,7 +76,7 @@ class RunLog:
             self.tensorboard.close()
         if self.wandb is not None:
             self.wandb.finish()
-        records = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        records = read_objects(self.out / "metrics.jsonl")
         if records:
             plot_curves(self.out / "training_curves.png", records)
 

@@ -27,7 +27,7 @@ from torch.distributed.tensor import empty as dtensor_empty
 
 from optim.projector import build_projector
 from optim.sharded import replicated
-from training.checkpoint import make_durable, publish, rng_state, set_rng_state
+from training.checkpoint import make_durable, publish, read_trainer_state, rng_state, set_rng_state
 
 
 def optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -86,7 +86,7 @@ def load_sharded_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim
     if not (path / "shards" / ".metadata").is_file() or not (path / "trainer.pt").is_file():
         raise FileNotFoundError(f"checkpoint {path} is not a complete --fsdp checkpoint (shards/.metadata and "
                                 "trainer.pt); a checkpoint written without --fsdp resumes without --fsdp")
-    trainer_state = torch.load(path / "trainer.pt", weights_only=True)
+    trainer_state = read_trainer_state(path)
     meta = trainer_state.pop("optimizer")
     saved = dcp.FileSystemReader(path / "shards").read_metadata().state_dict_metadata
     params = dict(model.named_parameters())

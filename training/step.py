@@ -90,7 +90,8 @@ def gradient_norm(params: list[nn.Parameter], max_norm: float | None) -> float |
         return None
     if max_norm:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.linalg.vector_norm(torch.stack([full_tensor(torch.linalg.vector_norm(g, dtype=torch.float32)) for g in grads])))
+    norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])
+    return float(full_tensor(torch.linalg.vector_norm(norms)))  # (sharded: one reduction over ranks, at the end)
 
 
 def apply_gradients(optimizer: GaLoreAdamW) -> None:
