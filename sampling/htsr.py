@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from sampling.outliers import block_linears
+from sampling.blocks import block_linears, decoder_blocks
 
 
 def hill_alpha(eigenvalues: Tensor) -> float:
@@ -45,7 +45,7 @@ def weight_alpha(weight: Tensor) -> float:
 def block_alphas(model: nn.Module) -> tuple[list[float], list[dict[str, float]]]:
     """Per block the mean alpha of its linears, and each linear's alpha."""
     per_matrix = [{name: weight_alpha(lin.weight) for name, lin in block_linears(block).items()}
-                  for block in model.layers]
+                  for block in decoder_blocks(model)]
     return [sum(a.values()) / len(a) for a in per_matrix], per_matrix
 
 

@@ -10,17 +10,13 @@ Command line: `python -m sampling --model SOURCE [--calib FILE] --M 13 --out sco
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-
-def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
-    """The nn.Linear modules of a block by name, leaving out adapters (LoRA A/B)."""
-    return {name: m for name, m in block.named_modules()
-            if isinstance(m, nn.Linear) and not any("lora" in part.lower() for part in name.split("."))}
+from sampling.blocks import block_linears, decoder_blocks
 
 
 def wanda_scores(weight: Tensor, input_sum_sq: Tensor) -> Tensor:
@@ -57,11 +53,11 @@ def _check_batch(tokens: Tensor, vocab_size: int | None) -> None:
 class _Accumulator:
     """Forward pre-hooks that add each linear's per-input-feature sum of squares (fp32)."""
 
-    def __init__(self, model: nn.Module):
-        self.sum_sq: list[dict[str, Tensor]] = [{} for _ in model.layers]
+    def __init__(self, blocks: nn.ModuleList):
+        self.sum_sq: list[dict[str, Tensor]] = [{} for _ in blocks]
         self.handles = [
             linear.register_forward_pre_hook(self._hook(i, name))
-            for i, block in enumerate(model.layers) for name, linear in block_linears(block).items()
+            for i, block in enumerate(blocks) for name, linear in block_linears(block).items()
         ]
 
     def _hook(self, block: int, name: str):
@@ -81,7 +77,10 @@ class _Captured(Exception):
     pass
 
 
-def _block_inputs(model: nn.Module, tokens: Tensor) -> tuple[tuple, dict]:
+Forward = Callable[[Tensor], object]  # runs the model on token ids [batch, seq]; its output is not used
+
+
+def _block_inputs(blocks: nn.ModuleList, forward: Forward, tokens: Tensor) -> tuple[tuple, dict]:
     """The (args, kwargs) the model passes to its first block: embeddings, RoPE table, positions."""
     captured: dict = {}
 
@@ -89,9 +88,9 @@ def _block_inputs(model: nn.Module, tokens: Tensor) -> tuple[tuple, dict]:
         captured["args"], captured["kwargs"] = args, kwargs
         raise _Captured
 
-    handle = model.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    handle = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        model.forward_hidden(tokens)
+        forward(tokens)
     except _Captured:
         pass
     finally:
@@ -111,32 +110,37 @@ def _move(obj, device):
 
 @torch.no_grad()
 def collect_input_sum_sq(model: nn.Module, batches: Iterable[Tensor], blockwise: bool = False,
-                         device: torch.device | str | None = None) -> list[dict[str, Tensor]]:
+                         device: torch.device | str | None = None,
+                         forward: Forward | None = None) -> list[dict[str, Tensor]]:
     """Per block, per linear name: fp32 sum over all calibration tokens of each input feature squared.
 
     `blockwise` keeps the model where it is and moves one block at a time to `device`, running all
     windows through it before the next (the dense model's activations, as one forward would give).
+    `forward` runs the model on a batch (default `model.forward_hidden`; an HF model: `model(input_ids=t,
+    use_cache=False)`); a block must take the hidden states as its first argument and return them.
     """
+    forward = forward or model.forward_hidden
+    blocks = decoder_blocks(model)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     home = next(model.parameters()).device
     device = torch.device(device) if device is not None else home
     was_training = model.training
     model.eval()
-    acc = _Accumulator(model)
+    acc = _Accumulator(blocks)
     n_batches = 0
     try:
         if not blockwise:
             for tokens in batches:
                 _check_batch(tokens, vocab)
-                model.forward_hidden(tokens.to(home))
+                forward(tokens.to(home))
                 n_batches += 1
         else:
             inputs = []
             for tokens in batches:
                 _check_batch(tokens, vocab)
-                inputs.append(_block_inputs(model, tokens.to(home)))
+                inputs.append(_block_inputs(blocks, forward, tokens.to(home)))
             n_batches = len(inputs)
-            for block in model.layers:
+            for block in blocks:
                 block.to(device)
                 for j, (args, kwargs) in enumerate(inputs):
                     out = block(*_move(args, device), **_move(kwargs, device))
@@ -157,7 +161,7 @@ def collect_input_sum_sq(model: nn.Module, batches: Iterable[Tensor], blockwise:
 def outlier_report(model: nn.Module, sum_sq: list[dict[str, Tensor]], M: float) -> dict:
     """Per-block pooled ratios and each matrix's own ratio (against its own mean)."""
     ratios, matrix_ratios = [], []
-    for i, block in enumerate(model.layers):
+    for i, block in enumerate(decoder_blocks(model)):
         linears = block_linears(block)
         missing = sorted(set(linears) - set(sum_sq[i]))
         if missing:
@@ -169,7 +173,7 @@ def outlier_report(model: nn.Module, sum_sq: list[dict[str, Tensor]], M: float) 
 
 
 def outlier_ratios(model: nn.Module, batches: Iterable[Tensor], M: float, blockwise: bool = False,
-                   device: torch.device | str | None = None) -> list[float]:
+                   device: torch.device | str | None = None, forward: Forward | None = None) -> list[float]:
     """D_l (percent) of every decoder block of `model` over calibration `batches` of token ids [batch, seq]."""
     _check_M(M)
-    return outlier_report(model, collect_input_sum_sq(model, batches, blockwise, device), M)["ratios"]
+    return outlier_report(model, collect_input_sum_sq(model, batches, blockwise, device, forward), M)["ratios"]

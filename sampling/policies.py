@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch.nn as nn
 
+from sampling.blocks import decoder_blocks
 from sampling.htsr import block_alphas
 
 RUN_INPUTS = {"ratios": "outlier ratios", "alphas": "HT-SR alphas", "fixed_layers": "fixed_layers"}
@@ -214,7 +215,7 @@ def htsr(alphas: list[float]) -> np.ndarray:
 
 def observe_alphas(model: nn.Module) -> dict[str, list[float]]:
     """The current per-block alphas (SVD of every block matrix; deterministic for given weights)."""
-    return {"alphas": _check_alphas(block_alphas(model)[0], len(model.layers))}
+    return {"alphas": _check_alphas(block_alphas(model)[0], len(decoder_blocks(model)))}
 
 
 @register_policy("htsr_dynamic", observe=observe_alphas)

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import torch.nn as nn
 
+from sampling.blocks import decoder_blocks
 from sampling.policies import Policy, check_inputs, get_policy
 
 MAX_EXACT_STATES = 300_000  # subsets the exact inclusion computation may visit
@@ -195,10 +196,10 @@ class LayerSampler:
 
 def set_trainable(model: nn.Module, active_layers: list[int], train_outer: bool = True) -> None:
     """requires_grad on the active blocks only; embeddings, final norm and head follow `train_outer`."""
-    active = set(active_layers)
-    for i, block in enumerate(model.layers):
+    active, blocks = set(active_layers), decoder_blocks(model)
+    for i, block in enumerate(blocks):
         block.requires_grad_(i in active)
-    layer_params = {id(p) for p in model.layers.parameters()}
+    layer_params = {id(p) for p in blocks.parameters()}
     for p in model.parameters():
         if id(p) not in layer_params:
             p.requires_grad_(train_outer)

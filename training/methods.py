@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from sampling.blocks import decoder_blocks
 from sampling.sampler import set_trainable
 
 TRAINS = ("all", "adapters", "sampled")
@@ -57,7 +58,7 @@ SAMPLED_METHODS = tuple(name for name, m in METHODS.items() if m.sampled)
 
 def block_matrices(model: nn.Module) -> list[torch.nn.Parameter]:
     """The 2-D weights of every decoder block (q, k, v, o, gate, up, down)."""
-    return [p for block in model.layers for p in block.parameters() if p.ndim == 2]
+    return [p for block in decoder_blocks(model) for p in block.parameters() if p.ndim == 2]
 
 
 def param_groups(model: nn.Module, galore: dict | None = None) -> list[dict]:
@@ -82,11 +83,11 @@ def activate_blocks(model: nn.Module, active: list[int], train_outer: bool) -> l
     """
     was_active = active_block_indices(model)
     set_trainable(model, active, train_outer)
-    left = [p for i in was_active if i not in active for p in model.layers[i].parameters()]
+    left = [p for i in was_active if i not in active for p in decoder_blocks(model)[i].parameters()]
     for p in left:
         p.grad = None
     return left
 
 
 def active_block_indices(model: nn.Module) -> list[int]:
-    return [i for i, block in enumerate(model.layers) if next(block.parameters()).requires_grad]
+    return [i for i, block in enumerate(decoder_blocks(model)) if next(block.parameters()).requires_grad]
