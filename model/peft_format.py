@@ -15,6 +15,7 @@ from torch.distributed.tensor import DTensor
 
 from model.hf_format import _qk_heads, meta_to_hf_name, permute
 from common.io import atomic_write, write_json
+from model.discover import KNOWN
 from model.transformer import Transformer
 
 
@@ -36,6 +37,15 @@ def peft_state(model: Transformer) -> dict[str, torch.Tensor]:
     return out
 
 
+def base_model_reference(base_model: str) -> str:
+    """The base as adapter_config.json names it, for `AutoPeftModelForCausalLM`: a named config's hub repo
+    (model/discover.py), an HF folder's absolute path, else `base_model` as given."""
+    if base_model in KNOWN:
+        return KNOWN[base_model].hf_repos[0]
+    path = Path(base_model)
+    return str(path.resolve()) if (path / "config.json").is_file() else base_model
+
+
 def write_peft_adapter(model: Transformer, out_dir: str | Path, base_model: str, dropout: float = 0.0,
                        state: dict[str, torch.Tensor] | None = None) -> None:
     """adapter_config.json + adapter_model.safetensors for the LoRA wrappers of `model` (none: ValueError);
@@ -53,7 +63,7 @@ def write_peft_adapter(model: Transformer, out_dir: str | Path, base_model: str,
     state = peft_state(model) if state is None else state
     atomic_write(out_dir / "adapter_model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     write_json(out_dir / "adapter_config.json", {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_reference(base_model),
         "r": rank, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": targets, "bias": "none",
         "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "inference_mode": True,
         "modules_to_save": None, "init_lora_weights": True,
