@@ -64,8 +64,9 @@ class OwLoreCallback(TrainerCallback):
     """Layerwise sampling (OwLore, LISA and the other policies of sampling/policies.py) for a Trainer.
 
     `inputs`: what the policy needs (`ratios` for owlore, `alphas` for htsr, `fixed_layers` for fixed).
-    `galore=False` trains the drawn blocks with plain AdamW (owlore-fullrank, lisa). The defaults are
-    train.py's (the official OwLore run).
+    `galore=False` trains the drawn blocks with plain AdamW (owlore-fullrank, lisa). rank, update_proj_gap
+    and scale default to train.py's (the official OwLore run); the optimizer state of blocks that leave is
+    freed unless `keep_inactive_state` (train.py, as the official code, keeps it by default).
     """
 
     def __init__(self, model: nn.Module, policy: str = "owlore", gamma: int = 2, period: int = 50, seed: int = 42, *,

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the fine-tuning's shape: train.py runs it, and the memory of one of its steps is simulated with it
+STEP_FLAGS = ["--batch-size", "4", "--seq-len", "128", "--gamma", "5", "--period", "10", "--rank", "128"]
 
 
 def run(command: list[str]) -> None:
@@ -41,25 +43,55 @@ def main() -> None:
          "--M", "13", "--gamma", "5", "--htsr", "--out", str(scores), "--plot", str(out / "outliers.png")])
     run([py, "train.py", "--model", "smollm2-135m", "--method", "owlore", "--scores", str(scores),
          "--data", str(data / "commonsense_train.json"), "--eval-data", str(data / "commonsense_heldout.json"),
-         "--eval-limit", str(args.eval_limit), "--max-steps", str(args.steps), "--batch-size", "4",
-         "--seq-len", "128", "--gamma", "5", "--period", "10", "--rank", "128", "--lr", "1e-4",
+         "--eval-limit", str(args.eval_limit), "--max-steps", str(args.steps), *STEP_FLAGS, "--lr", "1e-4",
          "--save-format", "hf", "--out", str(out / "train"), "--overwrite"])
     summarize(out, time.time() - started)
 
 
-def summarize(out: Path, seconds: float) -> None:
-    records = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+METHOD_NAMES = {"owlore": "OwLore", "full": "full fine-tuning"}
+
+
+def simulated_peaks(methods: tuple[str, ...] = ("owlore", "full")) -> dict[str, int]:
+    """Peak bytes of one training step of each method on SmolLM2-135M (fp32, STEP_FLAGS), simulated on fake
+    tensors (training/memory.py): no real memory is used."""
+    import torch
+
+    from bench.memory import train_args
+    from model import get_config
+    from training.memory import simulate_memory
+
+    config = get_config("smollm2-135m")
+    return {m: simulate_memory(config, train_args(["--method", m, *STEP_FLAGS]), torch.float32).peak.total
+            for m in methods}
+
+
+def summary_lines(records: list[dict], seconds: float, peaks: dict[str, int]) -> list[str]:
+    """What the run did, in aligned columns: held-out answer NLL and accuracy before and after, the training
+    loss, and OwLore's simulated step memory beside full fine-tuning's."""
     evals = [r for r in records if "heldout_loss" in r]
     steps = [r for r in records if "loss" in r]
     before, after = evals[0], evals[-1]
+    rows = [("held-out answer NLL", before["heldout_loss"], after["heldout_loss"])]
+    rows += [(f"held-out acc {task}", before["heldout_acc"][task], after["heldout_acc"][task])
+             for task in before.get("heldout_acc", {})]
+    rows.append((f"training loss (steps 1 and {len(steps)})", steps[0]["loss"], steps[-1]["loss"]))
+    width = max(len(name) for name, _, _ in rows) + 2
+    lines = [f"{'':<{width}}{'before':>8}{'after':>8}"]
+    lines += [f"{name:<{width}}{a:8.3f}{b:8.3f}" for name, a, b in rows]
+    lines.append("")
+    lines.append(f"{'peak memory of one step, simulated (fp32, micro-batch 4x128)':<{width}}")
+    lines += [f"  {METHOD_NAMES.get(method, method):<{width - 2}}{peak / 2**30:8.2f} GiB" for method, peak in peaks.items()]
+    lines.append(f"{'peak memory measured (RSS)':<{width}}{max(r['peak_memory'] for r in steps) / 2**30:8.2f} GiB")
+    lines.append(f"{'wall time':<{width}}{seconds / 60:8.1f} min")
+    return lines
+
+
+def summarize(out: Path, seconds: float) -> None:
+    records = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     print("\n== OwLore demo on SmolLM2-135M ==")
-    print(f"wall time              {seconds / 60:.1f} min")
-    print(f"peak memory (RSS)      {max(r['peak_memory'] for r in steps) / 2**30:.2f} GiB")
-    print(f"train loss             {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f} over {len(steps)} steps")
-    print(f"held-out loss          {before['heldout_loss']:.3f} -> {after['heldout_loss']:.3f}")
-    for task in before.get("heldout_acc", {}):
-        print(f"held-out acc {task:<10}{before['heldout_acc'][task]:.3f} -> {after['heldout_acc'][task]:.3f}")
-    print(f"outputs                {out}/ (outlier_scores.json, outliers.png, train/metrics.jsonl, train/final-hf/)")
+    print("\n".join(summary_lines(records, seconds, simulated_peaks())))
+    print(f"outputs: {out}/ (outlier_scores.json, outliers.png, train/metrics.jsonl, train/training_curves.png, "
+          "train/final-hf/)")
 
 
 if __name__ == "__main__":

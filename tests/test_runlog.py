@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from training.runlog import RunLog, plot_curves, scalars
+from training.runlog import RunLog, plot_curves, scalars, smoothed
 
 RECORDS = [
     {"step": 0, "heldout_loss": 2.5, "heldout_acc": {"boolq": 0.5, "piqa": 0.25}},
@@ -56,9 +56,11 @@ def test_a_resumed_log_purges_the_tensorboard_steps_past_the_checkpoint(tmp_path
 
 def test_curves_png_draws_loss_lr_and_heldout(tmp_path):
     drawn = plot_curves(tmp_path / "c.png", RECORDS)
-    assert drawn["loss"] == ([1, 2], [2.0, 1.5]) and drawn["lr"] == ([1, 2], [3e-4, 1.5e-4])
-    assert drawn["heldout_acc/piqa"] == ([0, 2], [0.25, 0.5])
-    assert "tokens_per_s" not in drawn
+    assert drawn["training loss"] == {"loss": ([1, 2], [2.0, 1.5])}
+    assert drawn["learning rate"] == {"lr": ([1, 2], [3e-4, 1.5e-4])}
+    assert drawn["held-out accuracy"]["heldout_acc/piqa"] == ([0, 2], [0.25, 0.5])
+    assert set(drawn["held-out loss"]) == {"heldout_loss"}  # its own axis, not under the accuracies
+    assert "tokens_per_s" not in {key for panel in drawn.values() for key in panel}
     with pytest.raises(ValueError, match="nothing|no loss"):
         plot_curves(tmp_path / "d.png", [{"step": 1, "tokens_per_s": 3.0}])
 
@@ -82,3 +84,12 @@ def test_wandb_offline_run(tmp_path, monkeypatch):
     log.close()
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+def test_smoothed_loss_is_a_debiased_moving_average():
+    assert smoothed([4.0]) == [4.0]  # debiased: the first value is kept, not pulled towards 0
+    assert smoothed([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+    values = [1.0, 3.0] * 20
+    out = smoothed(values)
+    assert out[1] == pytest.approx((0.09 * 1 + 0.1 * 3) / (1 - 0.81))
+    assert max(out[20:]) - min(out[20:]) < 0.25 * (max(values) - min(values))  # the zig-zag is damped

@@ -4,7 +4,8 @@ Every record goes to ``metrics.jsonl`` (training.metrics.MetricsLog); its number
 (``<out>/tensorboard``, when the ``tensorboard`` package is installed; otherwise one line says so) and,
 with ``wandb`` = "offline" or "online", to a Weights & Biases run (offline needs no network: ``wandb sync``
 uploads it later). Nested values such as ``heldout_acc: {task: acc}`` become ``heldout_acc/task``.
-Closing the log draws ``training_curves.png``: loss, learning rate and the held-out numbers over steps.
+Closing the log draws ``training_curves.png``: training loss (raw and smoothed), learning rate, held-out
+loss and held-out accuracy, one panel each.
 """
 from __future__ import annotations
 
@@ -92,25 +93,47 @@ def curves(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
     return series
 
 
-def plot_curves(path: Path, records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
-    """Training loss, learning rate and held-out loss/accuracy over steps, as one PNG; returns what it drew."""
+PANELS = (  # (title, does a series belong here); one y-axis each
+    ("training loss", lambda key: key == "loss"),
+    ("learning rate", lambda key: key == "lr"),
+    ("held-out loss", lambda key: key.startswith("heldout_") and not key.startswith("heldout_acc")),
+    ("held-out accuracy", lambda key: key.startswith("heldout_acc")),
+)
+
+
+def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
+    """Debiased exponential moving average (TensorBoard's smoothing): s_t = m_t / (1 - weight^t),
+    m_t = weight m_(t-1) + (1 - weight) v_t."""
+    out, m = [], 0.0
+    for t, v in enumerate(values, start=1):
+        m = weight * m + (1 - weight) * v
+        out.append(m / (1 - weight**t))
+    return out
+
+
+def plot_curves(path: Path, records: list[dict]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+    """Training loss (raw, faint, and smoothed), learning rate, held-out loss and held-out accuracy over
+    steps, one panel each, as one PNG; returns what it drew: panel title -> series name -> (steps, values)."""
     series = curves(records)
-    panels = [["loss"], ["lr"], [k for k in series if k.startswith("heldout_")]]
-    panels = [[k for k in keys if k in series] for keys in panels]
-    panels = [keys for keys in panels if keys]
+    panels = [(title, [k for k in series if belongs(k)]) for title, belongs in PANELS]
+    panels = [(title, keys) for title, keys in panels if keys]
     if not panels:
         raise ValueError("no loss, lr or held-out values to plot")
-    fig = Figure(figsize=(7.0, 2.4 * len(panels) + 0.4), layout="constrained")
+    fig = Figure(figsize=(7.5, 2.2 * len(panels) + 0.4), layout="constrained")
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-    drawn = {}
-    for ax, keys in zip(axes, panels):
+    drawn: dict[str, dict] = {}
+    for ax, (title, keys) in zip(axes, panels):
         for key in keys:
-            steps, values = series[key]
-            ax.plot(steps, values, "o-" if len(steps) < 20 else "-", ms=3, label=key)
-            drawn[key] = series[key]
-        ax.set_ylabel(keys[0] if len(keys) == 1 else "held-out")
-        if len(keys) > 1:
-            ax.legend(fontsize="small")
+            steps, values = drawn.setdefault(title, {})[key] = series[key]
+            marker = "o-" if len(steps) < 20 else "-"
+            if key == "loss" and len(steps) > 2:
+                ax.plot(steps, values, "-", lw=0.8, alpha=0.3, color="C0", label="raw")
+                ax.plot(steps, smoothed(values), "-", color="C0", label="smoothed (EMA 0.9)")
+            else:
+                ax.plot(steps, values, marker, ms=3, label=key.removeprefix("heldout_acc/"))
+        ax.set_title(title, fontsize="medium", loc="left")
+        if len(keys) > 1 or keys == ["loss"]:
+            ax.legend(fontsize="small", ncol=2 if len(keys) > 4 else 1, loc="center left", bbox_to_anchor=(1.01, 0.5))
     axes[-1].set_xlabel("step")
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     return drawn
