@@ -35,10 +35,10 @@ SAMPLER_KEY = "owlore_sampler"
 
 
 def outlier_ratios(model: nn.Module, batches: Iterable[Tensor], M: float, blockwise: bool = False,
-                   device: torch.device | str | None = None) -> list[float]:
+                   device: torch.device | str | None = None, progress: bool = True) -> list[float]:
     """D_l (percent) of every decoder block of an HF causal LM over calibration batches of token ids."""
     return _outlier_ratios(model, batches, M, blockwise, device,
-                           forward=lambda tokens: model(input_ids=tokens, use_cache=False))
+                           forward=lambda tokens: model(input_ids=tokens, use_cache=False), progress=progress)
 
 
 class SampledGaLoreAdamW(GaLoreAdamW):

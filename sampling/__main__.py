@@ -61,7 +61,7 @@ def score(model: torch.nn.Module, tokenizer, args: argparse.Namespace, documents
     windows = calibration_windows(documents, tokenizer, args.n_windows, args.seq_len, args.seed)
     calibration = describe(windows, f"file {args.calib}" if args.calib else BOOLQ_SOURCE, args.seed)
 
-    sum_sq = collect_input_sum_sq(model, batches(windows, args.batch_size), args.blockwise, args.device)
+    sum_sq = collect_input_sum_sq(model, batches(windows, args.batch_size), args.blockwise, args.device, progress=True)
     scores = outlier_report(model, sum_sq, args.M)
     ratios = scores["ratios"]
     sampler = LayerSampler("owlore", args.gamma, period=1, seed=0, n_layers=len(ratios), ratios=ratios)
@@ -73,7 +73,7 @@ def score(model: torch.nn.Module, tokenizer, args: argparse.Namespace, documents
         print(f"exact inclusion probabilities skipped: {err}")
 
     if args.htsr:
-        alphas, matrix_alphas = block_alphas(model)
+        alphas, matrix_alphas = block_alphas(model, progress=True)
         extra.update(alphas=alphas, matrix_alphas=matrix_alphas, spearman_rho_ratio_alpha=spearman(ratios, alphas))
     name = getattr(model.config, "name", args.model)
     record = make_record(model, name, args.M, calibration, ratios, **extra)

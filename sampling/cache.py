@@ -98,14 +98,14 @@ def make_record(model: nn.Module, model_name: str, M: float, calibration: dict, 
 def load_or_compute_ratios(model: nn.Module, model_name: str,
                            calibration_batches: Iterable[torch.Tensor] | Callable[[], Iterable[torch.Tensor]] | None,
                            M: float, cache_path: str | Path, calibration_source: str = "batches given in Python",
-                           on_stale: str = "recompute") -> list[float]:
+                           on_stale: str = "recompute", progress: bool = False) -> list[float]:
     """Cached D_l when the cache matches; otherwise compute them and (re)write the cache.
 
     `calibration_batches` given as batches: the cache must have been made with these tokens. Given as a
     function returning them: any calibration in the cache is accepted, and the function is called only
     when the ratios must be (re)computed. None: any calibration is accepted, nothing can be recomputed.
     A stale cache is recomputed with a one-line note on stderr, or with `on_stale="error"` raises
-    StaleCacheError; a corrupt one raises CacheError.
+    StaleCacheError; a corrupt one raises CacheError. `progress`: a progress bar while computing.
     """
     if on_stale not in ("recompute", "error"):
         raise ValueError(f"on_stale must be 'recompute' or 'error', got {on_stale!r}")
@@ -124,7 +124,7 @@ def load_or_compute_ratios(model: nn.Module, model_name: str,
     if lazy:
         windows = _nonempty(calibration_batches())
         calibration = describe(windows, calibration_source, seed=None)
-    ratios = outlier_ratios(model, windows, M)
+    ratios = outlier_ratios(model, windows, M, progress=progress)
     write_json(cache_path, make_record(model, model_name, M, calibration, ratios), allow_nan=False)
     return ratios
 

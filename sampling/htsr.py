@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn as nn
 from torch import Tensor
+from tqdm import tqdm
 
 from sampling.blocks import block_linears, decoder_blocks
 
@@ -42,10 +43,10 @@ def weight_alpha(weight: Tensor) -> float:
     return hill_alpha(torch.linalg.svdvals(weight.detach().float()) ** 2)
 
 
-def block_alphas(model: nn.Module) -> tuple[list[float], list[dict[str, float]]]:
-    """Per block the mean alpha of its linears, and each linear's alpha."""
-    per_matrix = [{name: weight_alpha(lin.weight) for name, lin in block_linears(block).items()}
-                  for block in decoder_blocks(model)]
+def block_alphas(model: nn.Module, progress: bool = False) -> tuple[list[float], list[dict[str, float]]]:
+    """Per block the mean alpha of its linears, and each linear's alpha (`progress`: a bar over the blocks)."""
+    blocks = tqdm(decoder_blocks(model), desc="HT-SR alphas", unit="block", disable=not progress, leave=False)
+    per_matrix = [{name: weight_alpha(lin.weight) for name, lin in block_linears(block).items()} for block in blocks]
     return [sum(a.values()) / len(a) for a in per_matrix], per_matrix
 
 

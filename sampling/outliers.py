@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 from torch import Tensor
+from tqdm import tqdm
 
 from sampling.blocks import block_linears, decoder_blocks
 
@@ -111,13 +112,14 @@ def _move(obj, device):
 @torch.no_grad()
 def collect_input_sum_sq(model: nn.Module, batches: Iterable[Tensor], blockwise: bool = False,
                          device: torch.device | str | None = None,
-                         forward: Forward | None = None) -> list[dict[str, Tensor]]:
+                         forward: Forward | None = None, progress: bool = False) -> list[dict[str, Tensor]]:
     """Per block, per linear name: fp32 sum over all calibration tokens of each input feature squared.
 
     `blockwise` keeps the model where it is and moves one block at a time to `device`, running all
     windows through it before the next (the dense model's activations, as one forward would give).
     `forward` runs the model on a batch (default `model.forward_hidden`; an HF model: `model(input_ids=t,
     use_cache=False)`); a block must take the hidden states as its first argument and return them.
+    `progress`: a progress bar over the batches (blockwise: over the blocks) on stderr.
     """
     forward = forward or model.forward_hidden
     blocks = decoder_blocks(model)
@@ -130,7 +132,7 @@ def collect_input_sum_sq(model: nn.Module, batches: Iterable[Tensor], blockwise:
     n_batches = 0
     try:
         if not blockwise:
-            for tokens in batches:
+            for tokens in tqdm(batches, desc="calibration", unit="batch", disable=not progress, leave=False):
                 _check_batch(tokens, vocab)
                 forward(tokens.to(home))
                 n_batches += 1
@@ -140,7 +142,7 @@ def collect_input_sum_sq(model: nn.Module, batches: Iterable[Tensor], blockwise:
                 _check_batch(tokens, vocab)
                 inputs.append(_block_inputs(blocks, forward, tokens.to(home)))
             n_batches = len(inputs)
-            for block in blocks:
+            for block in tqdm(blocks, desc="calibration", unit="block", disable=not progress, leave=False):
                 block.to(device)
                 for j, (args, kwargs) in enumerate(inputs):
                     out = block(*_move(args, device), **_move(kwargs, device))
@@ -173,7 +175,9 @@ def outlier_report(model: nn.Module, sum_sq: list[dict[str, Tensor]], M: float) 
 
 
 def outlier_ratios(model: nn.Module, batches: Iterable[Tensor], M: float, blockwise: bool = False,
-                   device: torch.device | str | None = None, forward: Forward | None = None) -> list[float]:
+                   device: torch.device | str | None = None, forward: Forward | None = None,
+                   progress: bool = False) -> list[float]:
     """D_l (percent) of every decoder block of `model` over calibration `batches` of token ids [batch, seq]."""
     _check_M(M)
-    return outlier_report(model, collect_input_sum_sq(model, batches, blockwise, device, forward), M)["ratios"]
+    sum_sq = collect_input_sum_sq(model, batches, blockwise, device, forward, progress)
+    return outlier_report(model, sum_sq, M)["ratios"]

@@ -158,3 +158,17 @@ def test_set_trainable_freezes_inactive_blocks_and_follows_the_outer_flag():
     assert not model.output.weight.requires_grad and not model.norm.weight.requires_grad
     assert all(p.requires_grad == (i != 1) for i, b in enumerate(model.layers) for p in b.parameters())
     assert isinstance(model.layers[0].attention.wq, nn.Linear)
+
+
+def test_calibration_and_alphas_show_progress_bars_only_when_asked(capsys):
+    from sampling.htsr import block_alphas
+
+    torch.manual_seed(0)
+    model = Transformer(get_config("tiny")).eval()
+    batches = [torch.randint(0, 256, (1, 8)) for _ in range(3)]
+    quiet = outlier_ratios(model, batches, M=3)
+    assert capsys.readouterr().err == ""
+    assert outlier_ratios(model, batches, M=3, progress=True) == quiet
+    block_alphas(model, progress=True)
+    err = capsys.readouterr().err
+    assert "calibration:" in err and "/3 " in err and "HT-SR alphas:" in err and "/2 " in err  # bars with their totals
