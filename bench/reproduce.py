@@ -466,7 +466,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.smoke:
         a.arms, a.seeds, a.steps, a.batch_size, a.seq_len = ["owlore", "full"], 2, 2, 2, 64
-        a.rows_per_task, a.calib_windows, a.calib_seq_len, a.lr_factors, a.n_boot = 8, 2, 32, [0.5, 1.0], 200
+        a.rows_per_task, a.calib_windows, a.calib_seq_len, a.lr_factors, a.n_boot = 8, 2, 32, [1.0], 200
         a.tasks, a.train_flags = a.tasks[:3], "--M 3"  # a random model has few outliers at the official M 13
     a.dtype = a.dtype or ("bf16" if a.device.startswith("cuda") else "fp32")
     unknown = sorted(set(a.arms) - set(ARMS))
