@@ -154,7 +154,7 @@ def score(model, tokenizer, records: list[dict], batch_size: int, harness: bool)
 def train_flags(job: Job, spec: dict, data: Path, out: Path) -> list[str]:
     flags = ["--config", job.arm, "--model", spec["model"], "--data", str(data), "--out", str(out),
              "--seed", str(job.seed), "--lr", repr(job.lr), "--batch-size", str(spec["batch_size"]),
-             "--seq-len", str(spec["seq_len"]), "--save-format", "hf", "--overwrite",
+             "--seq-len", str(spec["seq_len"]), "--save-format", "hf", "--overwrite", "--no-memory-report",
              "--device", spec["device"], "--dtype", spec["dtype"]]
     windows, length = spec["calib"]
     flags += ["--calib-windows", str(windows)] if windows else []

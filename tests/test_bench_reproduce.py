@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench import reproduce, stage
@@ -80,7 +81,7 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch):
 def test_stage_parts_join_to_the_cache_and_a_corrupt_part_is_named(tmp_path):
     cache = tmp_path / "cache"
     (cache / "models").mkdir(parents=True)
-    (cache / "models" / "m.gguf").write_bytes(bytes(range(256)) * 4000)
+    (cache / "models" / "m.gguf").write_bytes(np.random.default_rng(0).bytes(1_000_000))  # incompressible
     (cache / "wheels").mkdir()
     (cache / "wheels" / "skipped.whl").write_bytes(b"not carried")
     manifest = stage.pack(cache, tmp_path / "parts", part_bytes=300_000, wheels=())
