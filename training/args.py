@@ -32,7 +32,7 @@ OFFICIAL_MAX_GRAD_NORM = 1.0  # HF Trainer's max_grad_norm, which LMFlow's scrip
 # resume without changing what is trained: evaluation, checkpoint cadence and output formats, memory tricks.
 NOT_RESTORED = {"resume", "config", "out", "overwrite", "allow_changes"}
 HARMLESS_ON_RESUME = {"eval_every", "eval_data", "eval_limit", "save_every", "keep_checkpoints",
-                      "save_format", "device", "ckpt_dir", "grad_ckpt", "chunked_ce", "fsdp"}
+                      "save_format", "device", "ckpt_dir", "grad_ckpt", "chunked_ce", "fsdp", "memory_report"}
 
 COUNT, NONNEG = number(int, at_least=1), number(int, at_least=0)
 POSITIVE, NONNEG_FLOAT = number(float, above=0), number(float, at_least=0)
@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--grad-ckpt", action="store_true", help="activation checkpointing per block")
     a("--fsdp", action="store_true", help="shard weights, gradients and optimizer state over the ranks (FSDP2)")
     a("--reduce-dtype", choices=("fp32", "bf16", "fp16"), help="--fsdp gradient reduction dtype (default: --dtype)")
+    a("--memory-report", action=argparse.BooleanOptionalAction, default=True,
+      help="simulate the step's memory on fake tensors before training and report it beside the measured peak")
     a("--lean", action="store_true", help="lean-memory preset: fused, chunked CE, grad ckpt, randomized SVD")
     a("--seed", type=NONNEG, default=111)
     # output
