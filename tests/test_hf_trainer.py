@@ -168,3 +168,20 @@ def test_trl_sft_trainer_trains_the_drawn_blocks(hf_dir, tmp_path):
     changed = {i for i, b in enumerate(decoder_blocks(model)) if not torch.equal(before[i], b.mlp.down_proj.weight)}
     assert [s for s, _ in owlore.history] == [0, 2] and changed == ever, (owlore.history, changed,
                                                                           f"trl {trl.__version__}, {VERSIONS}")
+
+
+@pytest.mark.parametrize("family", ["Mistral", "Gemma", "Phi3", "Qwen2"])
+def test_blocks_and_outlier_ratios_of_other_hf_decoders(family):
+    config = getattr(transformers, f"{family}Config")(
+        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, head_dim=16, pad_token_id=0)
+    torch.manual_seed(0)
+    model = getattr(transformers, f"{family}ForCausalLM")(config).float()
+    assert decoder_blocks(model) is model.model.layers, VERSIONS
+    batches = torch.randint(0, 256, (2, 2, 16), generator=torch.Generator().manual_seed(2))
+    ratios = outlier_ratios(model, batches, M=3, progress=False)
+    blockwise = outlier_ratios(model, batches, M=3, blockwise=True, progress=False)  # one block at a time agrees
+    pooled = sum(lin.weight.numel() for lin in block_linears(model.model.layers[0]).values())
+    assert len(ratios) == 3 and min(ratios) > 0, (ratios, VERSIONS)
+    assert max(abs(a - b) for a, b in zip(ratios, blockwise)) <= 100 / pooled + 1e-9, (ratios, blockwise, VERSIONS)
+    assert len(block_alphas(model)[0]) == 3

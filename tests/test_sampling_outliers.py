@@ -172,3 +172,26 @@ def test_calibration_and_alphas_show_progress_bars_only_when_asked(capsys):
     block_alphas(model, progress=True)
     err = capsys.readouterr().err
     assert "calibration:" in err and "/3 " in err and "HT-SR alphas:" in err and "/2 " in err  # bars with their totals
+
+
+def test_decoder_blocks_is_the_largest_module_list_of_any_model():
+    from sampling.blocks import decoder_blocks
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.experts = nn.ModuleList(nn.Linear(8, 8) for _ in range(2))  # nested: smaller than the stack
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.heads = nn.ModuleList([nn.Linear(8, 2)])
+            self.decoder = nn.Module()
+            self.decoder.stack = nn.ModuleList(Block() for _ in range(3))
+
+    model = Wrapped()
+    assert decoder_blocks(model) is model.decoder.stack
+    ours = Transformer(get_config("tiny"))
+    assert decoder_blocks(ours) is ours.layers
+    with pytest.raises(ValueError, match="no nn.ModuleList"):
+        decoder_blocks(nn.Linear(2, 2))
