@@ -128,7 +128,8 @@ def test_draws_equal_train_py_for_the_same_seed_and_policy(hf_dir, tmp_path):
                                 for i in range(8)]))
     train.main(["--model", str(hf_dir), "--data", str(data), "--out", str(tmp_path / "run"), "--seq-len", "64",
                 "--no-pack", "--batch-size", "4", "--save-format", "none", "--method", "owlore", "--sampling", "htsr",
-                "--gamma", "2", "--period", "2", "--seed", "5", "--max-steps", "6", "--rank", "4"])
+                "--gamma", "2", "--period", "2", "--seed", "5", "--max-steps", "6", "--rank", "4",
+                "--no-memory-report"])
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     theirs = [m["active_blocks"] for m in metrics if "active_blocks" in m]
     model = hf_llama(hf_dir)
