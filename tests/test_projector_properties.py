@@ -141,7 +141,11 @@ def test_rank_deficient_gradient_is_reconstructed_exactly(m, n, rank, seed, proj
 @given(dims, dims, st.integers(1, 12), proj_types, svds, st.sampled_from(sorted(PROJECTORS)))
 def test_zero_gradient_gives_zero_update_and_finite_projection(m, n, rank, proj_type, svd, name):
     g = torch.zeros(m, n)
-    projector = build_projector(name, rank=rank, proj_type=proj_type, svd=svd)
+    try:
+        projector = build_projector(name, rank=rank, proj_type=proj_type, svd=svd)
+    except ValueError as err:  # APOLLO projects one side, never "full"
+        assert proj_type == "full" and "proj_type must be one of" in str(err)
+        return
     state = projector.make(g, seed=0)
     assert all(torch.isfinite(value).all() for value in state.values() if isinstance(value, torch.Tensor))
     assert torch.equal(_roundtrip(projector, state, g), torch.zeros(m, n))
