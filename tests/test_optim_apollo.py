@@ -11,6 +11,7 @@ import torch
 from optim import ApolloMiniProjector, ApolloProjector, GaLoreAdamW, attach_fused_step, measured_state_bytes, state_bytes
 from optim.apollo import _Apollo
 from optim.projector import check_state
+from test_galore_adamw import weights_only_round_trip
 
 SHAPES = [(12, 5), (5, 12)]  # tall: P (r x n) on the right; wide: P (m x r) on the left
 
@@ -118,3 +119,30 @@ def test_options_are_checked():
     with pytest.raises(ValueError, match="rank must be a positive int"):
         ApolloProjector(rank=0)
     assert ApolloMiniProjector().spec() == {"name": "apollo-mini", "proj_type": "std", "scale": 128.0}
+
+
+@pytest.mark.parametrize("projector", [ApolloProjector(rank=3), ApolloMiniProjector()])
+def test_resume_from_a_weights_only_checkpoint_is_exact(projector):
+    """The limiter's norm and the projection travel in the optimizer's state_dict; a resumed optimizer draws
+    the same P at the next refresh (its seed is a function of parameter and step)."""
+    def build():
+        params = _params(torch.float32)
+        return params, GaLoreAdamW([{"params": params, "projector": projector, "update_proj_gap": 3}], lr=1e-2)
+
+    def step(params, opt, k):
+        for i, w in enumerate(params):
+            w.grad = _grad(w, k, i)
+        opt.step()
+
+    params, opt = build()
+    for k in range(5):
+        step(params, opt, k)
+    resumed, opt2 = build()
+    for a, b in zip(resumed, params):
+        a.data.copy_(b.detach())
+    opt2.load_state_dict(weights_only_round_trip(opt.state_dict()))
+    assert opt2.param_groups[0]["projector"] == projector
+    for k in range(5, 9):  # crosses the refresh at step 6
+        step(params, opt, k)
+        step(resumed, opt2, k)
+        assert all(torch.equal(a, b) for a, b in zip(params, resumed))
