@@ -26,7 +26,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from optim.projector import PROJ_TYPES, Projector, State, StateSpec, projection_side, register_projector
+from optim.projector import (PROJ_TYPES, REPLICATED, ROWS, Projector, State, StateSpec, projection_side,
+                              register_projector)
 
 SCALE_TYPES = ("channel", "tensor")
 
@@ -76,7 +77,7 @@ class _Apollo(Projector):
         return (m, self.rank) if self._side(shape) == "right" else (self.rank, n)
 
     def state_specs(self, shape: tuple[int, int]) -> dict[str, StateSpec]:
-        placement = "replicated" if self._side(shape) == "right" else "rows"
+        placement = REPLICATED if self._side(shape) == "right" else ROWS
         return {"p": StateSpec(self._p_shape(shape), placement=placement),
                 "last_norm": StateSpec((), kept=True)}  # ||G s|| of the step before, for the limiter
 
@@ -84,7 +85,7 @@ class _Apollo(Projector):
         if grad is None:
             raise RuntimeError("APOLLO scales the full gradient: it cannot step from projected accumulated gradients")
         if self.scale_type == "channel":
-            dim = 1 if state["right"] else 0  # the projected-away dimension of R
+            dim = 1 if state["right"] else 0  # along R's rank dimension: one norm per row (right) or column of G
             norms = lambda t: torch.linalg.vector_norm(t, dim=dim, keepdim=True)  # noqa: E731
         else:
             norms = torch.linalg.vector_norm
