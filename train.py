@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
 
     micro_batch = args.batch_size // (world.size * args.grad_accum)
     estimate = None
-    if world.is_main:  # (the other ranks would only repeat it)
+    if world.is_main and args.memory_report:  # (the other ranks would only repeat it)
         estimate = simulate_memory(model.config, args, dtype, world_size=world.size, max_micro_batches=2)
         unsharded = " of an unsharded rank (per-rank --fsdp numbers: python -m bench.fsdp_memory)" if args.fsdp else ""
         say(f"memory of one step{unsharded} of {args.method} ({dtype}, micro-batch {micro_batch}x{args.seq_len}), "
