@@ -112,7 +112,8 @@ class LayerSampler:
 
     @property
     def probabilities(self) -> list[float]:
-        """Per-draw probabilities p_l (sum 1); for a dynamic policy those of its latest observation."""
+        """Per-draw probabilities p_l (sum 1); for a dynamic policy those of its latest observation, for a
+        per-period policy those of period 0 (`draw` computes each period's)."""
         return self._current().tolist()
 
     def _current(self) -> np.ndarray:
