@@ -1,7 +1,10 @@
-"""Model hyper-parameters and the one table of named configs (docs/method.md, "Models and checkpoint formats")."""
+"""Model hyper-parameters and the one table of named configs (docs/method.md, "Models and checkpoint formats");
+what differs between model families is declared in model/families/."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+
+from model.families import FAMILIES
 
 
 @dataclass(frozen=True)
@@ -12,29 +15,6 @@ class Llama3RopeScaling:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_seq_len: int = 8192
-
-
-@dataclass(frozen=True)
-class Family:
-    """What one model family is called in each checkpoint format, and what differs between families.
-
-    Adding a family is one row in `FAMILIES` (plus tensor-name maps in the formats if its tensors differ).
-    """
-
-    name: str  # ModelConfig.family; also the HF config.json "model_type"
-    hf_architecture: str  # HF config.json "architectures"[0]
-    gguf_architecture: str  # GGUF general.architecture (llama.cpp converts Mistral as "llama")
-    chat_template: str  # built-in chat format (model.chat) for a SentencePiece tokenizer of this family
-    sliding_window: bool = False  # attention may be limited to the last ModelConfig.sliding_window keys
-
-
-FAMILIES: dict[str, Family] = {
-    f.name: f
-    for f in [
-        Family("llama", "LlamaForCausalLM", "llama", "llama2"),
-        Family("mistral", "MistralForCausalLM", "llama", "mistral", sliding_window=True),
-    ]
-}
 
 
 @dataclass
@@ -79,6 +59,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
+
+    @property
+    def qkv_bias(self) -> bool:
+        """q, k and v projections have a bias (the family's declaration)."""
+        return FAMILIES[self.family].qkv_bias
 
 
 def rope_scaling_from(values: dict, source: str, length_key: str) -> Llama3RopeScaling:

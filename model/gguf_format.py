@@ -1,10 +1,10 @@
 """llama.cpp GGUF files -> (ModelConfig, Meta-named fp32 state dict), dequantized with the `gguf` package.
 
-GGUF q/k rows are already in Meta's interleaved RoPE layout, so no permutation is needed.
+Tensor names and the q/k row order (interleaved for "llama", rotate_half for "qwen2") come from the family
+(model/families/) that general.architecture names.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -13,31 +13,19 @@ from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
 from common.io import atomic_write
-from model.config import FAMILIES, Llama3RopeScaling, ModelConfig
-from model.meta_format import rename
+from model.config import Llama3RopeScaling, ModelConfig
+from model.families import FAMILIES
+from model.tensor_names import to_ours
 from model.transformer import rope_frequencies
 
 SUPPORTED_TYPES = {
     GGMLQuantizationType[t]
     for t in ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 }
-_TOP_NAMES = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight", "output.weight": "output.weight"}
-_BLOCK_NAMES = {
-    "attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv", "attn_output": "attention.wo",
-    "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2", "ffn_up": "feed_forward.w3",
-    "attn_norm": "attention_norm", "ffn_norm": "ffn_norm",
-}  # fmt: skip
-_BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
-
 
 def gguf_metadata(reader: GGUFReader) -> dict:
     """Key/value fields of a GGUF file, `tokenizer.*` included (so the tokenizer needs no second read)."""
     return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
-
-
-def meta_name(gguf_name: str) -> str | None:
-    """Meta tensor name of a GGUF tensor name (None if unknown)."""
-    return rename(gguf_name, _TOP_NAMES, _BLOCK_RE, _BLOCK_NAMES, "layers.{}.{}.weight")
 
 
 def _scaling_from_factors(factors: np.ndarray, head_dim: int, theta: float, path: Path) -> Llama3RopeScaling:
@@ -111,11 +99,8 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], d
             factors = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(-1)
             config.rope_scaling = _scaling_from_factors(factors, config.head_dim, config.rope_theta, path)
             continue
-        name = meta_name(tensor.name)
-        if name is None:
-            raise ValueError(f"{path}: unknown GGUF tensor name {tensor.name!r}")
-        state[name] = _to_torch(tensor, path)
-    return config, state, meta
+        state[tensor.name] = _to_torch(tensor, path)
+    return config, to_ours(state, config, "gguf", str(path)), meta
 
 
 def write_vocab_gguf(source: str | Path, out_path: str | Path) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from model.gguf_format import write_vocab_gguf
 from model.hf_format import write_hf_dir
-from model.load import MISTRAL_TOKENIZER_FILES
+from model.families import FAMILIES
+from model.load import family_tokenizer_files
 from common.io import atomic_write, copy_file
 from model.meta_format import write_meta_dir
 from model.tokenizer import Tokenizer, load_tokenizer
@@ -73,7 +74,7 @@ def _write_meta_tokenizer(tokenizer: Tokenizer, out_dir: Path, max_length: int) 
         else:
             write_hf_tokenizer(tokenizer, out_dir, max_length)
     else:
-        # Mistral's file name survives, so the copy loads with the Mistral chat format again.
-        mistral = tokenizer.chat_template == "mistral"
-        name = source.name if source.name in MISTRAL_TOKENIZER_FILES else "tokenizer.model" + ".v1" * mistral
+        # A family's own file name (Mistral's .v1) survives, so the copy loads with its chat format again.
+        named = [f.tokenizer_files[0] for f in FAMILIES.values() if f.tokenizer_files and f.chat_template == tokenizer.chat_template]
+        name = source.name if source.name in family_tokenizer_files() else (named or ["tokenizer.model"])[0]
         copy_file(source, out_dir / name)
