@@ -3,7 +3,7 @@
 HF: every rank gathers one decoder block (`full_tensor`), rank 0 converts it (`tensor_names.from_ours`), merges LoRA
 adapters if there are any and writes it as its own safetensors file, then frees it; the embeddings, final
 norm and head are the last file, then the index and config.json. No rank ever holds more than one block
-(or the embeddings) in full. Meta's format is one `consolidated.00.pth`, which cannot be written in pieces:
+(or the embeddings) in full. Meta's `consolidated.00.pth` (and a GGUF file) cannot be written in pieces:
 rank 0 gathers block by block into host memory and writes it with model/save.py. The HF folder's config.json
 and tokenizer files are the ones model/save.py writes.
 """
@@ -61,12 +61,12 @@ def _unwrapped(name: str) -> str:
 
 
 def export_sharded(model: nn.Module, out_dir: Path, format: str, tokenizer=None) -> None:
-    """Write the sharded `model` as an HF dir (streamed) or a Meta dir; every rank calls this."""
+    """Write the sharded `model` as an HF dir (streamed), a Meta dir or a GGUF file; every rank calls this."""
     if format not in FORMATS:
-        raise ValueError(f"unknown save format {format!r} (meta or hf)")
+        raise ValueError(f"unknown save format {format!r} ({', '.join(FORMATS)})")
     main = dist.get_rank() == 0
     config = model.config
-    if format == "meta":
+    if format != "hf":  # one file: gathered into rank 0's host memory, written by model/save.py
         state = {}
         for _, _, unit in gathered_units(model):
             state.update(unit)
@@ -74,7 +74,7 @@ def export_sharded(model: nn.Module, out_dir: Path, format: str, tokenizer=None)
             with torch.device("meta"):
                 plain = Transformer(config)
             plain.load_state_dict(state, assign=True)
-            save_model(plain, out_dir, format="meta", tokenizer=tokenizer)
+            save_model(plain, out_dir, format=format, tokenizer=tokenizer)
     else:
         weight_map, total, dtype = {}, 0, None
         for index, count, unit in gathered_units(model):
