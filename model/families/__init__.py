@@ -3,6 +3,6 @@
 A researcher's family is one more module calling `register_family(Family(...))`; see docs/design.md.
 """
 from model.families import llama, mistral, qwen2  # noqa: F401 (each registers its family)
-from model.families.family import FAMILIES, FORMATS, Family, register_family
+from model.families.family import FAMILIES, TENSOR_FORMATS, Family, register_family
 
-__all__ = ["FAMILIES", "FORMATS", "Family", "register_family"]
+__all__ = ["FAMILIES", "TENSOR_FORMATS", "Family", "register_family"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FORMATS = ("meta", "hf", "gguf")  # checkpoint formats with their own tensor names; PEFT uses the HF names
+TENSOR_FORMATS = ("meta", "hf", "gguf")  # checkpoint formats with their own tensor names; PEFT uses the HF names
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,12 @@ class Family:
     tokenizer_files: tuple[str, ...] = ()  # tokenizer file names that name this family (first: the one written)
 
     def __post_init__(self) -> None:
-        missing = [f for f in FORMATS if f not in self.names]
+        missing = [f for f in TENSOR_FORMATS if f not in self.names]
         if missing:
             raise ValueError(f"family {self.name!r}: no tensor names for {missing}")
         if self.meta_params not in ("meta", "mistral"):
             raise ValueError(f"family {self.name!r}: meta_params must be 'meta' or 'mistral', got {self.meta_params!r}")
-        if not self.rotate_half <= set(FORMATS) - {"meta"}:
+        if not self.rotate_half <= set(TENSOR_FORMATS) - {"meta"}:
             raise ValueError(f"family {self.name!r}: rotate_half {sorted(self.rotate_half)} names unknown formats")
 
 
