@@ -105,6 +105,8 @@ CONFIGS: dict[str, ModelConfig] = {
         ModelConfig("llama3.1-8b", **_LLAMA3, max_seq_len=131072, rope_scaling=Llama3RopeScaling()),
         ModelConfig("mistral-7b", 4096, 32, 32, 8, 32000, 14336, max_seq_len=32768, sliding_window=4096,
                     family="mistral"),
+        ModelConfig("qwen2.5-0.5b", 896, 24, 14, 2, 151936, 4864, norm_eps=1e-6, rope_theta=1e6, max_seq_len=32768,
+                    tie_embeddings=True, family="qwen2"),
         ModelConfig("smollm2-135m", 576, 30, 9, 3, 49152, 1536, rope_theta=100000.0, max_seq_len=8192,
                     tie_embeddings=True),
         ModelConfig("tiny", **_TINY),

@@ -229,3 +229,25 @@ def test_family_declaration():
     qwen2 = FAMILIES["qwen2"]
     assert qwen2.qkv_bias and qwen2.rotate_half == {"hf", "gguf"} and qwen2.chat_template == "chatml"
     assert not FAMILIES["llama"].qkv_bias and FAMILIES["llama"].rotate_half == {"hf"}
+
+
+def test_named_config_is_qwen25_05b_and_found_in_the_hub_cache(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from model import Transformer, get_config
+    from model.config import CONFIGS
+
+    with torch.device("meta"):
+        real = Transformer(get_config("qwen2.5-0.5b"))
+    assert sum(p.numel() for p in real.parameters()) == 494_032_768  # Qwen2.5-0.5B's published count
+    tiny = replace(get_config("tiny", family="qwen2"), name="qwen2.5-0.5b")
+    monkeypatch.setitem(CONFIGS, "qwen2.5-0.5b", tiny)
+    torch.manual_seed(0)
+    model = Transformer(tiny).eval()
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen2.5-0.5B-Instruct" / "snapshots" / "abc123"
+    save_model(model, snapshot, format="hf")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("OWLORE_MODELS", raising=False)
+    loaded, _ = load_model("qwen2.5-0.5b")
+    tokens = torch.randint(0, 256, (1, 12))
+    assert loaded.config.family == "qwen2" and torch.equal(our_logits(loaded, tokens), our_logits(model, tokens))
