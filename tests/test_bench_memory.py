@@ -15,6 +15,8 @@ from model import get_config
 from optim import measured_state_bytes
 from training.memory import prepare, run_steps, simulate_memory
 
+pytestmark = pytest.mark.slow
+
 TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=160, vocab_size=512)
 
 

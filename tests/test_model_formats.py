@@ -14,6 +14,8 @@ from model.config import meta_ffn_dim
 from model.hf_format import config_from_hf, meta_to_hf
 from model.meta_format import config_from_params, params_from_config, write_meta_dir
 
+pytestmark = pytest.mark.interop
+
 TOKENS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
 
 

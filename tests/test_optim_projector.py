@@ -9,7 +9,7 @@ import torch
 
 from optim import PROJECTORS, GaLoreAdamW, Projector, measured_state_bytes, state_bytes
 from test_galore_adamw import weights_only_round_trip
-from test_train import data_file, run, tiny_dir  # noqa: F401  (fixtures)
+from helpers import run
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,7 @@ def test_unregistered_projector_cannot_be_saved():
         opt.state_dict()
 
 
+@pytest.mark.slow
 def test_new_projector_is_selectable_from_train_py(registered, tiny_dir, data_file, tmp_path):
     metrics = run(tiny_dir, data_file, tmp_path, "--method", "galore", "--max-steps", "4", "--schedule", "constant",
                   "--projector", "sketch")
