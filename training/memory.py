@@ -10,6 +10,10 @@ workspaces, which no tensor holds). A 7B step takes seconds on a CPU; train.py p
 Data-dependent reads (`int(count)`, `bool(isfinite)`, `.item()`) have no value on fake tensors: the tracker
 answers them (counts 1, conditions true, losses 0), which steers every `if` down the training path.
 
+Categories at a peak: parameters (and buffers), gradients, optimizer state (the tensors in
+`optimizer.state`), activations (made in a forward pass, the recompute of a checkpointed block included)
+and temporaries (the rest: gradients of activations, logits' gradients, SVD scratch, updates in flight).
+
 Composed (the default): blocks that are trainable (or frozen) in the same simulated steps do the same work, so
 each run of such neighbours is simulated as one block that stands for all n of them (the model's first block
 alone, since its input is the embeddings'). That block's work in one stretch of the timeline (its forward, its
@@ -21,7 +25,6 @@ sampled block; the peaks equal the full simulation's (`composed=False`, tests/te
 """
 from __future__ import annotations
 
-import argparse
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -36,8 +39,8 @@ from model.transformer import Transformer
 from sampling import POLICIES, LayerSampler
 from training.args import resolve_svd
 from training.methods import SAMPLED_METHODS
-from training.step import (apply_gradients, backward_micro_batches, build_optimizer, gradient_norm, start_period,
-                           trainable_with_grad)
+from training.step import (StepConfig, apply_gradients, backward_micro_batches, build_optimizer, gradient_norm,
+                           start_period, trainable_with_grad)
 
 GIB = 2**30
 CATEGORIES = ("parameters", "gradients", "optimizer", "activations", "temporaries")
@@ -315,7 +318,7 @@ def build_model(config: ModelConfig, dtype: torch.dtype) -> Transformer:
         torch.set_default_dtype(previous)
 
 
-def active_sets(config: ModelConfig, args: argparse.Namespace, steps: int) -> list[list[int] | None]:
+def active_sets(config: ModelConfig, args: StepConfig, steps: int) -> list[list[int] | None]:
     """Blocks made trainable before each simulated step (None: no change). With --keep-inactive-state the
     draws cover every block once, so the last step holds the state of all of them (its steady state)."""
     if args.method not in SAMPLED_METHODS:
@@ -338,10 +341,10 @@ class Session:
     fused: object
     scheduler: object
     tokens: torch.Tensor
-    args: argparse.Namespace
+    args: StepConfig
 
 
-def prepare(config: ModelConfig, args: argparse.Namespace, dtype: torch.dtype, world_size: int = 1,
+def prepare(config: ModelConfig, args: StepConfig, dtype: torch.dtype, world_size: int = 1,
             max_micro_batches: int | None = None, device: str = "cpu", n_params: int | None = None) -> Session:
     """Build what train.py builds before its loop, under whatever tensor mode is active (fake or real).
 
@@ -351,12 +354,12 @@ def prepare(config: ModelConfig, args: argparse.Namespace, dtype: torch.dtype, w
     """
     grad_accum = min(args.grad_accum, max_micro_batches or args.grad_accum)
     rows = args.batch_size // world_size // args.grad_accum * grad_accum
-    args = argparse.Namespace(**{**vars(args), "grad_accum": grad_accum})
+    args = replace(args, grad_accum=grad_accum)
     with torch.device(device):
         model = build_model(config, dtype)
     model.train()
     model.gradient_checkpointing = args.grad_ckpt
-    resolve_svd(args, n_params or sum(p.numel() for p in model.parameters()))
+    args = replace(args, svd=resolve_svd(args.svd, n_params or sum(p.numel() for p in model.parameters())))
     groups, optimizer, fused = build_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     tokens = torch.randint(0, config.vocab_size, (rows, args.seq_len), device=device)
@@ -377,13 +380,13 @@ def run_steps(s: Session, steps: int, on_step=lambda k: None, sets: list[list[in
         s.scheduler.step()
 
 
-def simulate_memory(config: ModelConfig, args: argparse.Namespace, dtype: torch.dtype, steps: int = 2,
+def simulate_memory(config: ModelConfig, args: StepConfig, dtype: torch.dtype, steps: int = 2,
                     world_size: int = 1, max_micro_batches: int | None = None, composed: bool = True) -> MemoryReport:
-    """Peak live memory of `steps` training steps of train.py with `args` (its parsed flags) on `config`.
+    """Peak live memory of `steps` training steps of train.py with `args` (its step's flags) on `config`.
 
     Step 1 creates the optimizer state and computes every projector; later steps are the steady state.
-    `composed`: simulate 3 blocks of each run of identical ones and compose the rest (module doc); False runs
-    every block.
+    `composed`: simulate one block of each run of identical ones and compose the rest (module doc); False
+    runs every block.
     """
     started = time.perf_counter()
     outer_trained = not (args.method in SAMPLED_METHODS and args.freeze_embeddings)
