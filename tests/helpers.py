@@ -24,11 +24,14 @@ def two_processes(script: Path, *args, timeout: float = 600) -> subprocess.Compl
                           timeout=timeout)
 
 
-def run(tiny_dir: Path, data_file: Path, out: Path, *extra: str) -> list[dict]:
+def run(tiny_dir: Path, data_file: Path, out: Path, *extra: str, memory_report: bool = False) -> list[dict]:
+    """train.py on the tiny model; its memory report (the simulation, tested in test_memory_composed.py and
+    test_bench_memory.py) only when asked, as it costs a few seconds of each run."""
     train.main(["--model", str(tiny_dir), "--data", str(data_file), "--out", str(out), "--seq-len", "64", "--no-pack",
                 "--batch-size", "8", "--lr", "3e-3", "--save-format", "none", "--seed", "1", "--rank", "8",
                 "--update-proj-gap", "2", "--gamma", "2", "--period", "2", "--calib-windows", "2",
-                "--calib-seq-len", "16", "--M", "3", *extra])
+                "--calib-seq-len", "16", "--M", "3", "--memory-report" if memory_report else "--no-memory-report",
+                *extra])
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 

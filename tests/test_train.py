@@ -24,10 +24,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "galore", "lisa", "owlore", "owlore-fullrank"])
-def test_every_method_lowers_the_loss(tiny_dir, data_file, tmp_path, method):
+def test_every_method_lowers_the_loss(tiny_dir, data_file, tmp_path, method, capsys):
     extra = ["--lr", "1e-2"] if method == "lora" else []
     metrics = run(tiny_dir, data_file, tmp_path, "--method", method, "--max-steps", "8", "--period", "4",
-                  "--gamma", "4", "--schedule", "constant", *extra)
+                  "--gamma", "4", "--schedule", "constant", *extra, memory_report=True)
+    printed = "".join(capsys.readouterr())
+    assert f"memory of one step of {method}" in printed and "measured peak" in printed  # before step 1, after step 2
     losses = [m["loss"] for m in metrics]
     assert len(losses) == 8 and all(map(torch.isfinite, torch.tensor(losses)))
     assert losses[-1] < losses[0] - 0.5, losses
