@@ -17,6 +17,7 @@ from sampling import LayerSampler, block_alphas  # noqa: E402
 from sampling import outlier_ratios as our_outlier_ratios  # noqa: E402
 from sampling.blocks import block_linears, decoder_blocks  # noqa: E402
 
+pytestmark = pytest.mark.interop
 VERSIONS = f"transformers {transformers.__version__}, torch {torch.__version__}"
 N_LAYERS = 4
 
@@ -122,11 +123,8 @@ def test_a_default_trainer_optimizer_is_refused(hf_dir, tmp_path):
         trainer.train()
 
 
-def test_draws_equal_train_py_for_the_same_seed_and_policy(hf_dir, tmp_path):
-    data = tmp_path / "train.json"
-    data.write_text(json.dumps([{"instruction": f"Question {i}?", "input": "", "output": f"Answer {i}."}
-                                for i in range(8)]))
-    train.main(["--model", str(hf_dir), "--data", str(data), "--out", str(tmp_path / "run"), "--seq-len", "64",
+def test_draws_equal_train_py_for_the_same_seed_and_policy(hf_dir, data_file, tmp_path):
+    train.main(["--model", str(hf_dir), "--data", str(data_file), "--out", str(tmp_path / "run"), "--seq-len", "64",
                 "--no-pack", "--batch-size", "4", "--save-format", "none", "--method", "owlore", "--sampling", "htsr",
                 "--gamma", "2", "--period", "2", "--seed", "5", "--max-steps", "6", "--rank", "4",
                 "--no-memory-report"])

@@ -18,14 +18,14 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from common.assets import asset_path  # noqa: E402
 from eval.docs import load_docs  # noqa: E402
 from eval.harness import evaluate  # noqa: E402
 from eval.tasks import resolve_tasks  # noqa: E402
 from integrations.lm_eval_model import OwLoreLM  # noqa: E402
-from model import Transformer, get_config, load_model, save_model  # noqa: E402
+from model import load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.interop
 VERSIONS = f"lm-eval {lm_eval.__version__}, torch {torch.__version__}"
 ROWS = 20
 
@@ -43,15 +43,6 @@ def arc_task(tmp_path_factory) -> Path:
         f"dataset_kwargs:\n  data_files:\n    test: {rows}\n"
         "training_split: null\nvalidation_split: null\ntest_split: test\n")
     return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny")
-    save_model(Transformer(get_config("tiny", vocab_size=32000)), out, format="hf",
-               tokenizer=asset_path("mistral-v1-tokenizer"))
-    return out
 
 
 def test_lm_eval_accuracy_equals_python_m_eval(arc_task, tiny_dir):

@@ -18,6 +18,7 @@ from model import Transformer, get_config, save_model  # noqa: E402
 from model.peft_format import write_peft_adapter  # noqa: E402
 from optim import apply_lora, merge_lora  # noqa: E402
 
+pytestmark = pytest.mark.interop
 VERSIONS = f"peft {peft.__version__}, transformers {transformers.__version__}"
 TOKENS = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(1))
 
