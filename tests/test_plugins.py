@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,22 +13,22 @@ import yaml
 
 import train
 from common import cli
-from common.plugins import PluginError
+from common.assets import asset_path
+from common.plugins import PluginError, import_plugin
+from model import Transformer, get_config, save_model
+from model.families import FAMILIES
 from optim.projector import PROJECTORS
 from sampling.policies import POLICIES
 from test_train import data_file, interrupt_after, run, tiny_dir  # noqa: F401  (fixtures)
 from training.args import build_parser
 from training.checkpoint import checkpoints
+from training.export import main as export_main
 from training.inputs import INPUT_PROVIDERS
 
 PLUGIN = '''
-"""A researcher's own policies, run input and projector."""
-from dataclasses import dataclass
-
+"""A researcher's own policies and run input."""
 import numpy as np
-import torch
 
-from optim.projector import Projector, register_projector
 from sampling.policies import register_policy
 from training.inputs import register_input
 
@@ -56,22 +57,14 @@ def shallow_output(depth: list[int]) -> np.ndarray:
 def needs_nothing_provided(width: list[int]) -> np.ndarray:
     return np.asarray(width, dtype=float)
 
-
-@register_projector("plugin_sketch")
-@dataclass(frozen=True)
-class SketchProjector(Projector):
-    rank: int
-
-    def _sketch(self, state, like):
-        gen = torch.Generator(device=like.device).manual_seed(state["seed"])
-        return torch.randn(state["cols"], self.rank, generator=gen, dtype=like.dtype) / self.rank**0.5
-
-    def make(self, grad, seed):         return {"seed": seed, "cols": grad.shape[1]}
-    def project(self, state, grad):     return grad @ self._sketch(state, grad)
-    def project_back(self, state, low): return low @ self._sketch(state, low).mT
-    def low_shape(self, shape):         return (shape[0], self.rank)
-    def state_specs(self, shape):       return {}
 '''
+# The toy projector of docs/design.md, as a second plugin file (registered under another name than the tests' own)
+SKETCH = (Path(__file__).parent / "sketch_projector.py").read_text().replace('("sketch")', '("plugin_sketch")')
+FAMILY = """from model.families.family import Family, register_family
+from model.families.llama import NAMES
+
+register_family(Family("plugin_llama", "plugin_llama", "PluginLlamaForCausalLM", "plugin_llama", "llama2", NAMES))
+"""
 REGISTERED = {"policies": ("middle_first", "shallow_output", "needs_nothing_provided"), "inputs": ("depth",),
               "projectors": ("plugin_sketch",)}
 
@@ -79,6 +72,9 @@ REGISTERED = {"policies": ("middle_first", "shallow_output", "needs_nothing_prov
 def forget_plugin() -> None:
     """As a new process would be: the module not imported, nothing of it registered."""
     sys.modules.pop("my_research", None)
+    sys.modules.pop("my_sketch", None)
+    sys.modules.pop("my_family", None)
+    FAMILIES.pop("plugin_llama", None)
     for name in REGISTERED["policies"]:
         POLICIES.pop(name, None)
     for name in REGISTERED["inputs"]:
@@ -93,6 +89,8 @@ def plugin(tmp_path_factory, monkeypatch):
     folder = tmp_path_factory.mktemp("research")
     path = folder / "my_research.py"
     path.write_text(PLUGIN)
+    (folder / "my_sketch.py").write_text(SKETCH)
+    (folder / "my_family.py").write_text(FAMILY)
     monkeypatch.setattr(sys, "path", list(sys.path))  # (a plugin named by module may add the current folder)
     forget_plugin()
     yield path
@@ -142,7 +140,9 @@ def test_a_plugin_in_a_config_file_by_module_name_from_the_current_folder(tiny_d
 
 
 def test_a_projector_of_a_plugin_is_a_projector_choice_and_trains(tiny_dir, data_file, tmp_path, plugin):
-    metrics = run(tiny_dir, data_file, tmp_path, "--plugin", str(plugin), "--method", "galore",
+    assert "plugin_sketch" not in build_parser()._option_string_actions["--projector"].choices
+    sketch = plugin.parent / "my_sketch.py"
+    metrics = run(tiny_dir, data_file, tmp_path, "--plugin", str(plugin), "--plugin", str(sketch), "--method", "galore",
                   "--projector", "plugin_sketch", "--max-steps", "2")
     assert len(metrics) == 2 and all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
     state = torch.load(checkpoints(tmp_path)[-1] / "optimizer.pt", weights_only=True)
@@ -177,3 +177,19 @@ def test_an_exception_in_the_plugins_own_code_keeps_its_traceback(tmp_path):
         cli.run(train.main, ["--plugin", str(broken)])
     assert isinstance(err.value.__cause__, ValueError) and "already registered" in str(err.value.__cause__)
     assert "broken_research" not in sys.modules
+
+
+def test_a_family_of_a_plugin_trains_and_its_checkpoint_exports_with_the_plugin_imported_again(data_file, tmp_path,
+                                                                                            plugin):
+    family = plugin.parent / "my_family.py"
+    import_plugin(str(family))  # to write the base model of the family
+    torch.manual_seed(0)
+    config = get_config("tiny", n_layers=4, vocab_size=32000, max_seq_len=256, family="plugin_llama")
+    save_model(Transformer(config), tmp_path / "base", format="meta", tokenizer=asset_path("mistral-v1-tokenizer"))
+    assert json.loads((tmp_path / "base" / "params.json").read_text())["family"] == "plugin_llama"
+    forget_plugin()
+    run(tmp_path / "base", data_file, tmp_path / "run", "--plugin", str(family), "--method", "lisa", "--max-steps", "1")
+    forget_plugin()
+    export_main([str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")])  # the run's plugin again
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (config["model_type"], config["architectures"]) == ("plugin_llama", ["PluginLlamaForCausalLM"])
