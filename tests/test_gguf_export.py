@@ -135,3 +135,26 @@ def test_other_tokenizers_and_types_are_refused(tmp_path):
     with pytest.raises(ValueError, match="a GGUF export takes a GGUF or SentencePiece tokenizer"):
         save_model(model, tmp_path, format="gguf", tokenizer=tiktoken)
     assert not (tmp_path / "model.gguf").exists()
+
+
+def test_train_py_writes_its_final_weights_as_gguf(tmp_path):
+    import json
+
+    import train
+    from training.checkpoint import checkpoints
+
+    torch.manual_seed(0)
+    save_model(Transformer(get_config("tiny", n_layers=2, vocab_size=32000, max_seq_len=128)), tmp_path / "m",
+               format="meta", tokenizer=asset_path("mistral-v1-tokenizer"))
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"instruction": f"Say {w}", "input": "", "output": w} for w in ("hi", "yes", "no", "ok")]))
+    train.main(["--model", str(tmp_path / "m"), "--data", str(data), "--out", str(tmp_path / "run"), "--method", "full",
+                "--max-steps", "1", "--batch-size", "2", "--seq-len", "32", "--save-format", "gguf",
+                "--no-memory-report", "--lr", "1e-2"])
+    trained = torch.load(checkpoints(tmp_path / "run")[-1] / "model.pt", weights_only=True)
+    model, tokenizer = load_model(tmp_path / "run" / "final-gguf" / "model.gguf")
+    assert tokenizer is not None and tokenizer.encode("Say hi") == load_tokenizer(asset_path("mistral-v1-tokenizer")).encode("Say hi")
+    compared = [name for name in model.state_dict() if name in trained]
+    assert len(compared) == len(trained)  # every trained tensor is in the file
+    for name in compared:
+        assert torch.allclose(model.state_dict()[name].float(), trained[name].float(), atol=2e-3, rtol=2e-3), name  # F16
