@@ -1,5 +1,5 @@
 """train.py with sampling policies beyond the built-in table, and with outlier-score caches that do not
-match the run. Reuses test_train's tiny model (4 blocks, real tokenizer) and data."""
+match the run. Uses the shared tiny model (4 blocks, real tokenizer) and data (conftest.py)."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,10 @@ from common.io import write_json
 from sampling.cache import make_record
 from sampling.htsr import block_alphas
 from sampling.policies import POLICIES, observe_alphas, register_policy
-from test_train import data_file, final_weights, interrupt_after, run, tiny_dir  # noqa: F401  (fixtures)
+from helpers import final_weights, interrupt_after, run
 from training.checkpoint import checkpoints
+
+pytestmark = pytest.mark.slow
 
 
 @register_policy("test_last_two_by_ratio")
