@@ -19,7 +19,7 @@ from model import Transformer, get_config, save_model
 from model.families import FAMILIES
 from optim.projector import PROJECTORS
 from sampling.policies import POLICIES
-from test_train import data_file, interrupt_after, run, tiny_dir  # noqa: F401  (fixtures)
+from helpers import interrupt_after, run
 from training.args import build_parser
 from training.checkpoint import checkpoints
 from training.export import main as export_main
@@ -101,6 +101,7 @@ def trainer_state(out):
     return torch.load(checkpoints(out)[-1] / "trainer.pt", weights_only=True)
 
 
+@pytest.mark.slow  # train.py runs
 def test_a_policy_of_a_plugin_file_is_a_sampling_choice_and_trains(tiny_dir, data_file, tmp_path, plugin):
     assert "middle_first" not in build_parser()._option_string_actions["--sampling"].choices
     metrics = run(tiny_dir, data_file, tmp_path, "--plugin", str(plugin), "--method", "owlore",
@@ -112,6 +113,7 @@ def test_a_policy_of_a_plugin_file_is_a_sampling_choice_and_trains(tiny_dir, dat
     assert not (tmp_path / "outlier_scores.json").exists()  # the policy needs no ratios: none were computed
 
 
+@pytest.mark.slow  # train.py runs
 def test_a_policy_gets_a_run_input_of_the_plugin_and_a_resume_imports_the_plugin_again(
         tiny_dir, data_file, tmp_path, plugin, monkeypatch):
     interrupt_after(2, monkeypatch)
@@ -129,6 +131,7 @@ def test_a_policy_gets_a_run_input_of_the_plugin_and_a_resume_imports_the_plugin
     assert trainer_state(tmp_path)["step"] == 4
 
 
+@pytest.mark.slow  # train.py runs
 def test_a_plugin_in_a_config_file_by_module_name_from_the_current_folder(tiny_dir, data_file, tmp_path, plugin,
                                                                          monkeypatch):
     monkeypatch.chdir(plugin.parent)
@@ -139,6 +142,7 @@ def test_a_plugin_in_a_config_file_by_module_name_from_the_current_folder(tiny_d
     assert trainer_state(tmp_path / "out")["args"]["plugin"] == ["my_research"]
 
 
+@pytest.mark.slow  # train.py runs
 def test_a_projector_of_a_plugin_is_a_projector_choice_and_trains(tiny_dir, data_file, tmp_path, plugin):
     assert "plugin_sketch" not in build_parser()._option_string_actions["--projector"].choices
     sketch = plugin.parent / "my_sketch.py"
@@ -179,6 +183,7 @@ def test_an_exception_in_the_plugins_own_code_keeps_its_traceback(tmp_path):
     assert "broken_research" not in sys.modules
 
 
+@pytest.mark.slow  # train.py runs
 def test_a_family_of_a_plugin_trains_and_its_checkpoint_exports_with_the_plugin_imported_again(data_file, tmp_path,
                                                                                             plugin):
     family = plugin.parent / "my_family.py"
