@@ -174,7 +174,8 @@ def prepare(c: Context) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
     step = resume(c, optimizer, scheduler, loader, sampler) if c.resumed_from else 0
     estimate = estimate_memory(c) if c.world.is_main and c.args.memory_report else None  # (the other ranks would only repeat it)
-    heldout = HeldOut(c.eval_records, c.tokenizer, args.eval_limit, template=args.template) if c.eval_records else None
+    heldout = (HeldOut(c.eval_records, c.tokenizer, args.eval_limit, template=args.template, progress=c.world.is_main)
+               if c.eval_records else None)
     metrics = RunLog(c.out, enabled=c.world.is_main, wandb=args.wandb, config=c.resolved_args(), say=c.say,
                      resume_step=step if c.resumed_from else None)  # jsonl, TensorBoard, W&B
     run = Run(c, loader, total_steps, sampler, groups, optimizer, fused, scheduler, step, estimate, heldout, metrics)
@@ -232,7 +233,8 @@ def outlier_ratios(c: Context) -> list[float]:
     try:  # a --calib named must match the cache's tokens; a stale default cache is recomputed, a --scores one refused
         ratios = on_main(lambda: load_or_compute_ratios(  # (rank 0 holds the weights)
             c.model, args.model, windows() if args.calib else windows, args.M, scores,
-            calibration_source=args.calib or c.data, on_stale="error" if args.scores else "recompute"), c.world)
+            calibration_source=args.calib or c.data, on_stale="error" if args.scores else "recompute",
+            progress=True), c.world)
     except CacheError as err:
         raise UserError(f"{'--scores ' if args.scores else ''}{err}") from None
     c.say("outlier ratios D_l (%): " + " ".join(f"{r:.3f}" for r in ratios))
@@ -241,7 +243,7 @@ def outlier_ratios(c: Context) -> list[float]:
 
 @register_input("alphas")
 def htsr_alphas(c: Context) -> list[float]:
-    alphas = on_main(lambda: block_alphas(c.model)[0], c.world)
+    alphas = on_main(lambda: block_alphas(c.model, progress=True)[0], c.world)
     c.say("HT-SR alphas: " + " ".join(f"{a:.3f}" for a in alphas))
     return alphas
 
