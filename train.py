@@ -37,6 +37,7 @@ from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibrat
 from sampling.calibration import training_documents
 from training.args import parse_args, resolve_svd, step_config, write_config
 from training.checkpoint import checkpoints, clear_run, load_checkpoint, resolve_checkpoint, run_outputs, save_checkpoint
+from training.compile import compile_blocks, use_compile
 from training.distributed import World, close_world, init_world, on_main, sum_scalar, together
 from training.fsdp import shard_model
 from training.heldout import HeldOut
@@ -172,6 +173,8 @@ def prepare(c: Context) -> Run:
     sampler = build_sampler(c) if METHODS[args.method].sampled else None
     groups, optimizer, fused = build_optimizer(c.model, c.step, shard_units(c) if c.distributed else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
+    if use_compile(args.compile, c.device, c.distributed):  # (after LoRA wrapped the linears)
+        compile_blocks(c.model)
     step = resume(c, optimizer, scheduler, loader, sampler) if c.resumed_from else 0
     estimate = estimate_memory(c) if c.world.is_main and c.args.memory_report else None  # (the other ranks would only repeat it)
     heldout = (HeldOut(c.eval_records, c.tokenizer, args.eval_limit, template=args.template, progress=c.world.is_main)

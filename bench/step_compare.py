@@ -12,6 +12,7 @@ extra time over the median, spread over a period of 50 steps, is the refresh sha
     python -m bench.step_compare --dim 4096 --layers 32 --ffn 11008 --heads 32 --batch-size 16 --seq-len 512 \
         --gamma 5 --rank 128 --dtype bf16 --grad-ckpt      # GPU: the llama2-7b shape, random weights
     python -m bench.step_compare --tiny                        # seconds-long smoke run
+    python -m bench.step_compare --compile --methods full,owlore   # each method eager and compiled (inductor)
 """
 from __future__ import annotations
 
@@ -54,8 +55,9 @@ def build_model_dir(out: Path, dim: int, layers: int, heads: int, ffn: int, seq_
     return out
 
 
-def train_args(model_dir: Path, data: Path, out: Path, method: str, a: argparse.Namespace, lean: bool) -> list[str]:
-    args = ["--model", str(model_dir), "--data", str(data), "--out", str(out), "--method", method,
+def train_args(model_dir: Path, data: Path, out: Path, method: str, a: argparse.Namespace, lean: bool,
+               compiled: bool = False) -> list[str]:
+    args = ["--compile" if compiled else "--no-compile","--model", str(model_dir), "--data", str(data), "--out", str(out), "--method", method,
             "--max-steps", str(a.steps), "--period", str(a.period), "--gamma", str(a.gamma), "--rank", str(a.rank),
             "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len), "--dtype", a.dtype,
             "--save-format", "none", "--svd", "randomized", "--calib-windows", "2", "--calib-seq-len", "64",
@@ -69,13 +71,16 @@ def train_args(model_dir: Path, data: Path, out: Path, method: str, a: argparse.
     return args
 
 
-def run_method(args: list[str], device: str) -> list[dict]:
-    code = f"import train; train.main({args + ['--device', device]!r})"
+def run_method(args: list[str], device: str) -> tuple[list[dict], int]:
+    """train.py's step records, and the number of graphs Dynamo compiled (0 eager)."""
+    code = (f"import json, train, torch._dynamo.utils as u; train.main({args + ['--device', device]!r}); "
+            "print('graphs', u.counters['stats']['unique_graphs'])")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"train.py {' '.join(args)} failed:\n{done.stderr[-2000:]}")
     out = Path(args[args.index("--out") + 1])
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"step_s"' in line]
+    graphs = int(done.stdout.rsplit("graphs ", 1)[1])
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"step_s"' in line], graphs
 
 
 def runtime_baseline(device: str, model_dir: Path, data: Path, seq_len: int) -> int:
@@ -93,7 +98,7 @@ def summarize(metrics: list[dict], period: int) -> dict:
     steady = [m["step_s"] for m in metrics if m["step"] > 1 and (m["step"] - 1) % period]
     redraw = [m["step_s"] for m in metrics if m["step"] > 1 and (m["step"] - 1) % period == 0]
     median = statistics.median(steady)
-    return dict(step_s=median, redraw_s=max(redraw) if redraw else None, peak=max(m["peak_memory"] for m in metrics),
+    return dict(step_s=median, first_s=metrics[0]["step_s"], redraw_s=max(redraw) if redraw else None, peak=max(m["peak_memory"] for m in metrics),
                 loss=metrics[-1]["loss"])
 
 
@@ -110,28 +115,34 @@ def compare(a: argparse.Namespace, work: Path) -> list[dict]:
     data, _ = build_commonsense(work / "data", heldout_per_task=1, max_train_per_task=a.records_per_task)
     runtime = runtime_baseline(a.device, model_dir, data, a.seq_len)
     rows = []
-    for method, lean in [(m, False) for m in a.methods] + ([("owlore", True)] if "owlore" in a.methods else []):
-        name = method + (" --lean" if lean else "")
-        metrics = run_method(train_args(model_dir, data, work / name.replace(" --", "-"), method, a, lean), a.device)
-        row = dict(method=name, **summarize(metrics, a.period))
+    runs = [(m, False) for m in a.methods] + ([("owlore", True)] if "owlore" in a.methods and not a.compile else [])
+    for (method, lean), compiled in [(run, c) for run in runs for c in ((False, True) if a.compile else (False,))]:
+        name = method + (" --lean" if lean else "") + (" --compile" if compiled else "")
+        metrics, graphs = run_method(train_args(model_dir, data, work / name.replace(" --", "-"), method, a, lean,
+                                                compiled), a.device)
+        row = dict(method=name, graphs=graphs, **summarize(metrics, a.period))
         row["estimate"] = estimate_for(model_dir, data, method, a, lean, runtime)
         row["estimate_error"] = row["estimate"] / row["peak"] - 1
         rows.append(row)
         print(f"{name:<16} step {row['step_s']:.3f} s  peak {row['peak'] / GIB:.3f} GiB  "
-              f"estimate {row['estimate'] / GIB:.3f} GiB ({row['estimate_error']:+.1%})", flush=True)
+              f"estimate {row['estimate'] / GIB:.3f} GiB ({row['estimate_error']:+.1%})  first step {row['first_s']:.1f} s  "
+              f"graphs {graphs}", flush=True)
     full = next((r for r in rows if r["method"] == "full"), None)
     for row in rows:
         row["time_vs_full"] = row["step_s"] / full["step_s"] if full else float("nan")
     for row in rows:
         row["runtime_baseline"] = runtime
+        eager = next((r for r in rows if r["method"] == row["method"].removesuffix(" --compile")), row)
+        row["time_vs_eager"] = row["step_s"] / eager["step_s"]
     return rows
 
 
 def report(rows: list[dict], a: argparse.Namespace) -> str:
-    lines = ["| method | median step s | vs full | peak GiB (measured) | estimate GiB | estimate error |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| method | median step s | vs full | vs eager | first step s | graphs compiled | peak GiB (measured) "
+             "| estimate GiB | estimate error |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['step_s']:.3f} | {r['time_vs_full']:.2f} | {r['peak'] / GIB:.3f} | "
+        lines.append(f"| {r['method']} | {r['step_s']:.3f} | {r['time_vs_full']:.2f} | {r['time_vs_eager']:.2f} | "
+                     f"{r['first_s']:.2f} | {r['graphs']} | {r['peak'] / GIB:.3f} | "
                      f"{r['estimate'] / GIB:.3f} | {r['estimate_error']:+.1%} |")
     owlore = next((r for r in rows if r["method"] == "owlore"), None)
     if owlore and owlore["redraw_s"] is not None:
@@ -158,6 +169,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--grad-ckpt", action="store_true")
+    p.add_argument("--compile", action="store_true", help="run each method eager and with --compile, side by side")
     p.add_argument("--records-per-task", type=int, default=40)
     p.add_argument("--methods", type=lambda v: v.split(","), default=list(METHODS),
                    help="comma-separated subset (owlore also runs with --lean)")

@@ -36,7 +36,7 @@ OFFICIAL_MAX_GRAD_NORM = 1.0  # HF Trainer's max_grad_norm, which LMFlow's scrip
 NOT_RESTORED = {"resume", "config", "out", "overwrite", "allow_changes"}
 HARMLESS_ON_RESUME = {"eval_every", "eval_data", "eval_limit", "save_every", "keep_checkpoints",
                       "save_format", "device", "ckpt_dir", "grad_ckpt", "chunked_ce", "fsdp", "memory_report",
-                      "plugin"}  # (a resumed run imports its plugins again; one added only registers more choices)
+                      "compile", "plugin"}  # (a resumed run imports its plugins again; one added only registers more choices)
 
 COUNT, NONNEG = number(int, at_least=1), number(int, at_least=0)
 POSITIVE, NONNEG_FLOAT = number(float, above=0), number(float, at_least=0)
@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(p, dtype_default=None)  # --ckpt-dir, --tokenizer, --dtype
     a("--device", help="default: cuda if available, else cpu")
     a("--grad-ckpt", action="store_true", help="activation checkpointing per block")
+    a("--compile", action=argparse.BooleanOptionalAction,
+      help="torch.compile each decoder block (default: on for CUDA, off on CPU, where it did not win; "
+      "BENCHMARKS.md; not with --fsdp)")
     a("--fsdp", action="store_true", help="shard weights, gradients and optimizer state over the ranks (FSDP2)")
     a("--reduce-dtype", choices=("fp32", "bf16", "fp16"), help="--fsdp gradient reduction dtype (default: --dtype)")
     a("--memory-report", action=argparse.BooleanOptionalAction, default=True,
@@ -284,6 +287,8 @@ def check_consistency(args: argparse.Namespace) -> None:
         raise UserError("--fused: cannot clip by global norm (--max-grad-norm): the norm is unknown when a parameter steps")
     if args.fused and METHODS[args.method].adapters:
         raise UserError("--fused: is for full-weight methods; LoRA adapters are small")
+    if args.compile and args.fsdp:
+        raise UserError("--compile: not with --fsdp or several ranks; pass --no-compile")
     if args.batch_size % args.grad_accum:
         raise UserError(f"--batch-size: {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
     if args.dtype == "fp16":
