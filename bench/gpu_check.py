@@ -10,8 +10,12 @@ so the same code runs in a minute on a CPU.
 (c) eval    zero-shot ARC-Easy, the first 200 validation rows, on the device.
 (d) fsdp    the run of (b) for 20 steps under torchrun on one device, with --fsdp and without: the losses must
             agree; the median step time and peak memory of each, side by side (FSDP2's own cost on one GPU).
+(e) compile only when named (--parts compile): the step of (a), paper preset, of each --methods eager and with
+            compiled blocks (train.py --compile; inductor, aot_eager in --cpu-smoke), side by side: the median
+            step times, their ratio, the first (compiling) step and the graphs Dynamo compiled.
 
     python -m bench.gpu_check --out gpu_check.json
+    python -m bench.gpu_check --parts compile --methods full,owlore --out compile.json
     python -m bench.gpu_check --cpu-smoke --out smoke.json
 """
 from __future__ import annotations
@@ -33,10 +37,12 @@ import torch
 from bench.memory import DTYPES, measure_memory, preset_flags, train_args
 from model.config import get_config
 from training.methods import METHODS
+from training.compile import compile_blocks
 from training.memory import prepare, run_steps, simulate_memory
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("steps", "train", "eval", "fsdp")
+PARTS = ("steps", "train", "eval", "fsdp", "compile")
+DEFAULT_PARTS = PARTS[:4]
 GIB = 2**30
 DETERMINISTIC_TRAIN = ("import sys, torch; torch.use_deterministic_algorithms(True, warn_only=True); "
                        "import train; train.main(sys.argv[1:])")
@@ -68,10 +74,11 @@ def simulate_row(z: dict, flags: list[str]) -> int:
     return simulate_memory(config_of(z), train_args(flags), DTYPES[z["dtype"]], steps=2).peak.total
 
 
-def measure_row(z: dict, flags: list[str]) -> dict:
-    """Peak and median step time of `z['steps']` steps (step 1 builds state and projectors: not in the median)."""
+def measure_row(z: dict, flags: list[str], compiled: bool = False) -> dict:
+    """Peak and median step time of `z['steps']` steps (step 1 builds state and projectors: not in the median);
+    `compiled`: with compiled blocks, and the graphs compiled instead of the peak on the CPU."""
     config, args, dtype, device = config_of(z), train_args(flags), DTYPES[z["dtype"]], z["device"]
-    if device == "cpu":
+    if device == "cpu" and not compiled:
         peak = measure_memory(config, args, dtype, steps=z["steps"])
     stamps = []
 
@@ -87,6 +94,10 @@ def measure_row(z: dict, flags: list[str]) -> dict:
         before = torch.cuda.memory_allocated()
     torch.manual_seed(0)
     session = prepare(config, args, dtype, device=device)
+    if compiled:
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        compile_blocks(session.model, backend="inductor" if device == "cuda" else "aot_eager")
     run_steps(session, z["steps"], stamp)
     stamp(z["steps"])
     if device == "cuda":
@@ -95,7 +106,26 @@ def measure_row(z: dict, flags: list[str]) -> dict:
         session.fused.remove()
     del session
     steps = [b - a for a, b in zip(stamps, stamps[1:])]
-    return dict(peak=peak, median_step_s=statistics.median(steps[1:]), first_step_s=steps[0])
+    out = dict(median_step_s=statistics.median(steps[1:]), first_step_s=steps[0])
+    if compiled:
+        out["graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    if device == "cuda" or not compiled:
+        out["peak"] = peak
+    return out
+
+
+def check_compile(z: dict, methods: list[str]) -> list[dict]:
+    """(e) Each method's paper-preset step eager, then with compiled blocks."""
+    rows = []
+    for method in methods:
+        flags = step_flags(method, "paper", z)
+        eager, compiled = measure_row(z, flags), measure_row(z, flags, compiled=True)
+        rows.append(dict(method=method, flags=" ".join(flags), eager=eager, compiled=compiled,
+                         compiled_over_eager=compiled["median_step_s"] / eager["median_step_s"]))
+        print(f"{method:<16} step eager {eager['median_step_s']:.3f} s  compiled {compiled['median_step_s']:.3f} s "
+              f"({rows[-1]['compiled_over_eager']:.2f}x the time)  first compiled step {compiled['first_step_s']:.1f} s  "
+              f"graphs {compiled['graphs']}", flush=True)
+    return rows
 
 
 def _one_thread() -> None:
@@ -232,8 +262,9 @@ def check_fsdp(z: dict, work: Path, smoke: bool) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU: the same code in about a minute")
-    p.add_argument("--parts", type=lambda v: v.split(","), default=list(PARTS))
-    p.add_argument("--methods", type=lambda v: v.split(","), default=list(METHODS), help="for part (a)")
+    p.add_argument("--parts", type=lambda v: v.split(","), default=list(DEFAULT_PARTS),
+                   help=f"comma-separated, of {','.join(PARTS)} (default: {','.join(DEFAULT_PARTS)})")
+    p.add_argument("--methods", type=lambda v: v.split(","), default=list(METHODS), help="for parts (a) and (e)")
     p.add_argument("--out", default="gpu_check.json")
     a = p.parse_args(argv)
     if not a.cpu_smoke and not torch.cuda.is_available():
@@ -252,7 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
             small_model_dir(work)
         for part, check in (("steps", lambda: check_steps(z, a.methods)), ("train", lambda: check_train(z, work / "t", a.cpu_smoke)),
                             ("eval", lambda: check_eval(z, work, a.cpu_smoke)),
-                            ("fsdp", lambda: check_fsdp(z, work / "f", a.cpu_smoke))):
+                            ("fsdp", lambda: check_fsdp(z, work / "f", a.cpu_smoke)),
+                            ("compile", lambda: check_compile(z, a.methods))):
             if part not in a.parts:
                 continue
             started = time.perf_counter()

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_gpu_check_cpu_smoke_writes_every_part(tmp_path):
     out = tmp_path / "check.json"
-    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_ARGS": "--methods owlore"}
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_ARGS": "--methods owlore --parts steps,train,eval,fsdp,compile"}
     done = subprocess.run([str(ROOT / "bench" / "gpu_check.sh"), "--cpu-smoke", str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -28,6 +28,8 @@ def test_gpu_check_cpu_smoke_writes_every_part(tmp_path):
     fsdp = report["fsdp"]  # the 1-device --fsdp run under torchrun against the plain one
     assert fsdp["losses_match"] and fsdp["loss_max_rel_diff"] <= 1e-5
     assert fsdp["plain"]["median_step_s"] > 0 and fsdp["fsdp"]["median_step_s"] > 0
+    (compiled,) = report["compile"]  # owlore eager and with compiled blocks: trainable and frozen, once each
+    assert compiled["method"] == "owlore" and compiled["compiled"]["graphs"] == 2 and compiled["compiled_over_eager"] > 0
 
 
 def test_gpu_check_refuses_to_run_without_a_gpu_unless_smoke(tmp_path):
