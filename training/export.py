@@ -24,6 +24,7 @@ from model.peft_format import write_peft_adapter
 from model.save import save_model
 from optim.lora import apply_lora, merge_lora
 from training.checkpoint import read_trainer_state, resolve_checkpoint
+from training.dcp_reader import SafeReader, read_metadata
 
 FORMATS = ("hf", "meta", "peft")
 
@@ -40,7 +41,7 @@ def export_checkpoint(checkpoint: Path, format: str, out: Path, model_source: st
             raise FileNotFoundError(f"{checkpoint}: not a training checkpoint ({name} is missing)")
     args = read_trainer_state(checkpoint).get("args") or {}
     if sharded:  # read into this one process below, each tensor whole (DCP reshards)
-        saved = dcp.FileSystemReader(checkpoint / "shards").read_metadata().state_dict_metadata
+        saved = read_metadata(checkpoint / "shards" / ".metadata").state_dict_metadata  # never plain pickle
         state, dtype = None, dtype or saved["model.tok_embeddings.weight"].properties.dtype
     else:
         state = torch.load(checkpoint / "model.pt", map_location="cpu", mmap=True, weights_only=True)
@@ -63,7 +64,7 @@ def export_checkpoint(checkpoint: Path, format: str, out: Path, model_source: st
                     raise RuntimeError(f"tensor {name} is {got}, expected {tuple(t.shape)}")
             with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
                 warnings.simplefilter("ignore", UserWarning)
-                dcp.load(state, checkpoint_id=checkpoint / "shards", no_dist=True)
+                dcp.load(state, storage_reader=SafeReader(checkpoint / "shards"), no_dist=True)
         else:
             model.load_state_dict(state, strict=True)
     except RuntimeError as e:
