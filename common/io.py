@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -60,6 +61,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def is_temporary(name: str) -> bool:
+    """Whether `name` is an `atomic_write` temporary file (only a killed process leaves one behind)."""
+    return re.fullmatch(r"\.[0-9a-f]{8}\..+", name) is not None
 
 
 def _fsync_dir(folder: Path) -> None:

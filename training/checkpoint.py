@@ -123,7 +123,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
-def _read(file: Path, **kwargs):
+def read_file(file: Path, **kwargs):
+    """A checkpoint file, loaded with weights_only=True; missing or unreadable: CheckpointError naming it."""
     if not file.is_file():
         raise CheckpointError(f"{file}: missing; the checkpoint is incomplete")
     try:
@@ -135,7 +136,7 @@ def _read(file: Path, **kwargs):
 
 def read_trainer_state(path: Path) -> dict:
     """trainer.pt of a checkpoint folder (step, scheduler, sampler, loader, RNG, arguments)."""
-    return _read(path / "trainer.pt")
+    return read_file(path / "trainer.pt")
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -145,7 +146,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
             raise CheckpointError(f"{path / name}: missing; the checkpoint is incomplete")
     device = next(model.parameters()).device
     trainer_state = read_trainer_state(path)
-    weights, optim_state = _read(path / "model.pt", map_location=device), _read(path / "optimizer.pt", map_location=device)
+    weights, optim_state = read_file(path / "model.pt", map_location=device), read_file(path / "optimizer.pt", map_location=device)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:
