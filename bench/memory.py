@@ -7,9 +7,10 @@ measured on real CPU tensors beside the simulation.
     python -m bench.memory --measure --model llama2-7b --dim 512 --layers 12 --heads 8 --ffn 1376 \\
         --batch-size 2 --seq-len 128 --gamma 2 --dtype fp32          # the 71M shape: real CPU peak vs simulated
 
-Presets are train.py flags: paper = `--grad-ckpt --svd exact` (embeddings and head trained every step, the state of
-inactive blocks freed, exact SVD), lean = `--lean` (fused steps, chunked cross-entropy, checkpointing,
-randomized SVD; LoRA cannot fuse, so it gets the rest). `--flags` appends any other train.py flags.
+Presets are train.py flags: official = `--grad-ckpt` on the defaults, the official OwLore run (rank 256, the state
+of every block ever drawn kept, exact SVD, clipping); paper = `--grad-ckpt` with GaLore paper's rank and this project's memory-relevant
+differences (rank 128, the state of deactivated blocks freed, no clipping); lean = paper with `--lean` (fused steps,
+chunked cross-entropy, checkpointing, randomized SVD; LoRA cannot fuse, so it gets the rest). `--flags` appends any other train.py flags.
 The measured peak is the largest sum of live tensor bytes: the bytes alive before the steps (parameters,
 buffers, optimizer state) plus the running sum of the allocations and frees the torch profiler records.
 """
@@ -31,8 +32,12 @@ from training.args import apply_presets, build_parser, check_consistency
 from training.methods import METHODS
 from training.memory import CATEGORIES, GIB, Session, format_report, prepare, run_steps, simulate_memory
 
-PRESETS = {"paper": ["--grad-ckpt", "--svd", "exact"], "lean": ["--lean"]}
-LORA_LEAN = ["--grad-ckpt", "--chunked-ce", "--svd", "randomized"]  # --fused refuses LoRA
+# This project's differences from the official run that change memory (docs/method.md): GaLore's paper
+# rank, state of deactivated blocks freed, no clipping.
+OURS = ["--rank", "128", "--update-proj-gap", "200", "--galore-scale", "0.25", "--no-keep-inactive-state",
+        "--max-grad-norm", "0"]
+PRESETS = {"official": ["--grad-ckpt"], "paper": ["--grad-ckpt", *OURS], "lean": ["--lean", *OURS]}
+LORA_LEAN = ["--grad-ckpt", "--chunked-ce", "--svd", "randomized", *OURS]  # --fused refuses LoRA
 
 
 def preset_flags(method: str, preset: str) -> list[str]:
@@ -83,7 +88,7 @@ def command(a: argparse.Namespace, method: str, preset: str) -> str:
 
 def row_flags(a: argparse.Namespace, method: str, preset: str) -> list[str]:
     flags = ["--method", method, "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len),
-             "--gamma", str(a.gamma), "--rank", str(a.rank), *preset_flags(method, preset)]
+             "--gamma", str(a.gamma), *preset_flags(method, preset), *(["--rank", str(a.rank)] if a.rank else [])]
     return flags + shlex.split(a.flags or "")
 
 
@@ -115,11 +120,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in ("dim", "layers", "heads", "kv-heads", "ffn", "vocab"):
         p.add_argument(f"--{name}", type=cli.number(int, at_least=1), help=f"override the config's {name}")
     p.add_argument("--methods", type=lambda v: v.split(","), default=list(METHODS), help="comma-separated")
-    p.add_argument("--presets", type=lambda v: v.split(","), default=list(PRESETS), help="paper,lean")
+    p.add_argument("--presets", type=lambda v: v.split(","), default=list(PRESETS), help="official,paper,lean")
     p.add_argument("--batch-size", type=cli.number(int, at_least=1), default=16, help="global batch (sequences per optimizer step)")
     p.add_argument("--seq-len", type=cli.number(int, at_least=1), default=512)
     p.add_argument("--gamma", type=cli.number(int, at_least=1), default=5)
-    p.add_argument("--rank", type=cli.number(int, at_least=1), default=128)
+    p.add_argument("--rank", type=cli.number(int, at_least=1), help="GaLore rank (default: the preset's)")
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     p.add_argument("--steps", type=cli.number(int, at_least=1), default=2, help="steps simulated (step 1 builds the state and projectors)")
     p.add_argument("--max-micro-batches", type=cli.number(int, at_least=1), default=2,

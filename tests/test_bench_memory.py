@@ -80,10 +80,12 @@ def test_bench_memory_json_holds_every_row_and_its_command(tmp_path, capsys):
     rows = bench.memory.main(["--model", "tiny", "--dtype", "fp32", "--batch-size", "2", "--seq-len", "16",
                               "--gamma", "1", "--rank", "8", "--methods", "lisa,owlore", "--json", str(out)])
     saved = json.loads(out.read_text())
-    assert [(r["method"], r["preset"]) for r in saved] == [("lisa", "paper"), ("lisa", "lean"), ("owlore", "paper"),
-                                                           ("owlore", "lean")]
+    assert [(r["method"], r["preset"]) for r in saved] == [(m, p) for m in ("lisa", "owlore")
+                                                           for p in ("official", "paper", "lean")]
     assert saved[0]["report"]["peak"]["total"] == rows[0]["report"]["peak"]["total"] > 0
-    assert "--methods lisa --presets paper" in saved[0]["command"]
+    assert "--methods lisa --presets official" in saved[0]["command"]
+    official, paper = (r["report"]["peak"]["total"] for r in saved[3:5])
+    assert official > paper  # rank 256 and the state of every block ever drawn kept, against rank 128, state freed
     assert "| owlore | lean |" in capsys.readouterr().out
 
 

@@ -27,6 +27,7 @@ from training.methods import METHODS, SAMPLED_METHODS
 # Adam's eps of the official runs: galore-torch's GaLoreAdamW (1e-6) for GaLore; HF Trainer's AdamW otherwise.
 DEFAULT_EPS = {"galore": 1e-6, "owlore": 1e-6}
 HF_ADAMW_EPS = 1e-8
+OFFICIAL_MAX_GRAD_NORM = 1.0  # HF Trainer's max_grad_norm, which LMFlow's scripts leave as it is
 # Not restored from the resumed run (they say where and how to resume), and flags that may change on
 # resume without changing what is trained: evaluation, checkpoint cadence and output formats, memory tricks.
 NOT_RESTORED = {"resume", "config", "out", "overwrite", "allow_changes"}
@@ -47,35 +48,42 @@ def int_list(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="train.py", description="Fine-tune a LLaMA-family model with OwLore or a baseline.")
     a = p.add_argument
-    a("--config", help="YAML or JSON file with the same keys as the flags (flags override it)")
+    a("--config", help="a recipe name (recipes/NAME.yaml: " + ", ".join(recipe_names()) + ") or a YAML/JSON file "
+      "with the same keys as the flags; flags override it")
     # model and data
     a("--model", default="smollm2-135m", help="named config, Meta/Mistral/HF dir or .gguf file")
     a("--data", help="training data (Alpaca/LLM-Adapters JSON(L), LMFlow JSON, chat JSONL, .txt); "
                "default: the commonsense set of data/commonsense.py, built into --out")
     a("--template", default="alpaca", choices=TEMPLATES)
-    a("--train-on-prompt", action="store_true", help="no loss masking of the prompt (the official run)")
+    a("--train-on-prompt", action=argparse.BooleanOptionalAction, default=True,
+      help="train on every token, prompt included, as the official run (--no-train-on-prompt masks the prompt)")
     a("--no-pack", action="store_true", help="pad/truncate each record instead of packing")
     a("--seq-len", type=number(int, at_least=2), default=512)
     # method
     a("--method", default="owlore", choices=METHODS)
-    a("--gamma", type=COUNT, default=5, help="blocks trained at a time (LISA / OwLore)")
-    a("--period", type=COUNT, default=50, help="steps between block draws (K)")
+    a("--gamma", type=COUNT, help="blocks trained at a time (default: 2 for lisa as the official LISA baseline, "
+                                   "5 otherwise as the official OwLore script)")
+    a("--period", type=COUNT, help="steps between block draws, K (default: 3 for lisa, 50 otherwise; same sources)")
     a("--sampling", choices=POLICIES, help="block sampling policy (sampling/policies.py); "
       "default: uniform for lisa, owlore otherwise")
     a("--fixed-layers", type=int_list, help="blocks for --sampling fixed")
     a("--freeze-embeddings", action="store_true", help="keep embeddings, final norm and head frozen")
-    a("--keep-inactive-state", action="store_true", help="keep optimizer state of deactivated blocks (official)")
+    a("--keep-inactive-state", action=argparse.BooleanOptionalAction, default=True,
+      help="keep the optimizer state of deactivated blocks, as the official code (--no-keep-inactive-state frees it: "
+           "memory bounded by gamma blocks)")
     a("--M", type=POSITIVE, default=13.0, help="outlier threshold multiple of the mean Wanda score")
     a("--scores", help="outlier-ratio cache (JSON); computed and written when missing")
     a("--calib-windows", type=COUNT, default=128)
     a("--calib-seq-len", type=number(int, at_least=2), default=2048)
     a("--calib", help="calibration text file (default: the training data)")
-    a("--rank", type=COUNT, default=128, help="GaLore rank (the official script: 256)")
-    a("--update-proj-gap", type=COUNT, default=200, help="steps between projector updates (official script: 100)")
-    a("--galore-scale", type=POSITIVE, default=0.25, help="GaLore update scale (official script: 1.0)")
+    a("--rank", type=COUNT, default=256, help="GaLore rank, as the official script (GaLore's paper: 128)")
+    a("--update-proj-gap", type=COUNT, default=100,
+      help="steps between projector updates, as the official script (GaLore's paper: 200)")
+    a("--galore-scale", type=POSITIVE, default=1.0, help="GaLore update scale, as the official script (GaLore's paper: 0.25)")
     a("--proj-type", default="std", choices=PROJ_TYPES)
-    a("--svd", default="auto", choices=("auto", *SVD_METHODS),
-      help="projector SVD; auto: randomized for models of >= 1B parameters, exact below")
+    a("--svd", choices=("auto", *SVD_METHODS),
+      help="projector SVD (default: exact, as the official code; randomized with --lean); "
+           "auto: randomized for models of >= 1B parameters, exact below")
     a("--projector", default="svd", choices=tuple(PROJECTORS), help="GaLore subspace: SVD of the gradient, or random")
     a("--svd-oversample", type=NONNEG, default=8, help="randomized SVD: extra sketch columns")
     a("--svd-power-iters", type=NONNEG, default=2, help="randomized SVD: power iterations (raise for flat spectra)")
@@ -95,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--epochs", type=POSITIVE, default=1.0)
     a("--batch-size", type=COUNT, default=16, help="global batch per optimizer step")
     a("--grad-accum", type=COUNT, default=1)
-    a("--max-grad-norm", type=POSITIVE, help="global-norm clipping (off by default, as the official run)")
+    a("--max-grad-norm", type=NONNEG_FLOAT, help="global-norm clipping (default: 1.0, the HF Trainer default the "
+      "official run inherits; 0 turns it off; off by default with --fused, which cannot clip)")
     a("--fused", action="store_true", help="step each parameter in its grad hook and free the grad")
     a("--chunked-ce", action="store_true", help="cross-entropy in chunks, never the full fp32 logits")
     add_model_flags(p, dtype_default=None)  # --ckpt-dir, --tokenizer, --dtype
@@ -121,10 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def config_path(name: str) -> Path:
+    """--config: a file, or the name of a recipe shipped in recipes/."""
+    file = Path(name)
+    if not file.exists() and file.suffix == "" and "/" not in name and (RECIPES / f"{name}.yaml").is_file():
+        return RECIPES / f"{name}.yaml"
+    return file
+
+
 def load_config_file(path: str) -> dict:
-    file = Path(path)
+    file = config_path(path)
     if not file.is_file():
-        raise UserError(f"{file}: config file does not exist")
+        raise UserError(f"--config: {path}: neither a file nor a recipe ({', '.join(recipe_names())})")
     text = file.read_text()
     try:
         values = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
@@ -144,10 +168,14 @@ def as_tokens(parser: argparse.ArgumentParser, values: dict, source: str) -> lis
     tokens = []
     for key, value in values.items():
         flag = actions[key].option_strings[0]
-        if isinstance(actions[key], argparse._StoreTrueAction):
+        switch = actions[key]
+        if isinstance(switch, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
             if not isinstance(value, bool) and value is not None:
                 raise UserError(f"{source}: {key}: expected true or false, got {value!r}")
-            tokens += [flag] * bool(value)
+            if value:
+                tokens.append(flag)
+            elif value is False and isinstance(switch, argparse.BooleanOptionalAction):
+                tokens.append(switch.option_strings[1])  # --no-...
         elif value is not None:
             text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
             tokens += [flag, text]
@@ -188,12 +216,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def apply_presets(args: argparse.Namespace) -> None:
+    """Fill the defaults that depend on other flags (an explicit flag always wins)."""
+    method = METHODS[args.method]
     if args.lean:
         args.fused = args.chunked_ce = args.grad_ckpt = True
-        if args.svd == "auto":  # an explicit --svd wins
-            args.svd = "randomized"
+    if args.svd is None:
+        args.svd = "randomized" if args.lean else "exact"
+    if args.max_grad_norm is None:
+        args.max_grad_norm = 0.0 if args.fused else OFFICIAL_MAX_GRAD_NORM
+    if args.gamma is None:
+        args.gamma = method.default_gamma
+    if args.period is None:
+        args.period = method.default_period
     if args.sampling is None:
-        args.sampling = METHODS[args.method].default_sampling
+        args.sampling = method.default_sampling
     if args.eps is None:
         args.eps = DEFAULT_EPS.get(args.method, HF_ADAMW_EPS)
 

@@ -23,6 +23,8 @@ class Method:
     projected: bool  # the decoder blocks' 2-D weights step through GaLore's low-rank projection
     default_sampling: str | None  # sampling policy (sampling/policies.py) when --sampling is not given
     summary: str
+    default_gamma: int = 5  # blocks per draw and steps per draw when --gamma/--period are not given:
+    default_period: int = 50  # the official OwLore script's, and the official LISA baseline's for lisa
 
     def __post_init__(self):
         if self.trains not in TRAINS:
@@ -45,7 +47,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("full", "all", False, None, "every parameter, AdamW"),
     Method("lora", "adapters", False, None, "low-rank adapters of the block linears, AdamW"),
     Method("galore", "all", True, None, "every parameter; block matrices through GaLore, the rest AdamW"),
-    Method("lisa", "sampled", False, "uniform", "gamma uniformly drawn blocks + embeddings/norm/head, AdamW"),
+    Method("lisa", "sampled", False, "uniform", "gamma uniformly drawn blocks + embeddings/norm/head, AdamW",
+           default_gamma=2, default_period=3),
     Method("owlore-fullrank", "sampled", False, "owlore", "gamma outlier-weighted blocks + embeddings/norm/head, AdamW"),
     Method("owlore", "sampled", True, "owlore", "as owlore-fullrank, the active blocks' matrices through GaLore"),
 )}
