@@ -191,6 +191,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
     saved_tokens, config_tokens, saved = [], [], None
+    if first.config:  # a value from the file means what its flag means: `resume:` too
+        values = load_config_file(first.config)
+        if values.get("config") is not None:
+            raise UserError(f"{first.config}: config: a config file cannot name another one")
+        config_tokens = as_tokens(parser, values, first.config)
+    first, _ = parser.parse_known_args([*config_tokens, *argv])
     if first.resume:
         checkpoint = resolve_checkpoint(first.resume)
         saved = {k: v for k, v in (read_trainer_state(checkpoint).get("args") or {}).items() if k not in NOT_RESTORED}
@@ -198,8 +204,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         saved = {k: v for k, v in saved.items() if k in known}  # a flag this version no longer has
         saved_tokens = as_tokens(parser, saved, f"{checkpoint / 'trainer.pt'} (saved arguments)")
         parser.set_defaults(out=str(checkpoint.parent))
-    if first.config:
-        config_tokens = as_tokens(parser, load_config_file(first.config), first.config)
     args = parser.parse_args([*saved_tokens, *config_tokens, *argv])
     apply_presets(args)
     check_consistency(args)
