@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError
 
-class RecordError(ValueError):
+
+class RecordError(UserError):
     """A data file that cannot be read or holds a malformed record; CLIs print ``error: <message>``."""
 
     def __init__(self, path: str | Path, cause: str, line: int | None = None, record: int | None = None):

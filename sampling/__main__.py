@@ -8,6 +8,7 @@ import time
 import torch
 
 from common import cli
+from common.errors import UserError
 from common.io import write_json
 from model.cli import DTYPES, add_model_flags
 from sampling.cache import make_record
@@ -48,7 +49,10 @@ def run(args: argparse.Namespace) -> dict:
     model, tokenizer = load_model(args.model, device="cpu" if args.blockwise else args.device, dtype=DTYPES[args.dtype],
                                   ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)  # fmt: skip
     if tokenizer is None:
-        raise ValueError(f"{args.model}: the checkpoint has no tokenizer, so calibration text cannot be tokenized")
+        raise UserError(f"{args.model}: the checkpoint has no tokenizer, so calibration text cannot be tokenized")
+    if args.gamma > model.config.n_layers:  # before the calibration, not after it
+        raise UserError(f"--gamma: {args.gamma} exceeds the {model.config.n_layers} blocks of {args.model}; "
+                        f"pass --gamma {model.config.n_layers} or less")
     return score(model, tokenizer, args, documents, start)
 
 

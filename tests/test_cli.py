@@ -95,3 +95,38 @@ def test_the_real_entry_points_print_one_line(command, tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() in (["error: --data: nope.json: no such file"],
                                                 ["error: --limit: must be >= 1, got 0"]), done.stderr
+
+
+def test_a_bug_keeps_its_traceback_and_only_typed_errors_are_one_line():
+    """A KeyError / ValueError from library code is a bug, not a user's mistake: it is not turned into a line."""
+    def buggy(argv):
+        return {}["missing state key"]
+
+    with pytest.raises(KeyError, match="missing state key"):
+        cli.run(buggy, [])
+    with pytest.raises(ValueError, match="not a user error"):
+        cli.run(lambda argv: int("not a user error"), [])
+    with pytest.raises(SystemExit, match=r"^error: x.json: No such file or directory$"):
+        cli.run(lambda argv: open("x.json"), [])
+
+
+def test_ctrl_c_is_one_line_and_exit_status_130(tmp_path):
+    """SIGINT at any moment: `stopped: ...`, status 130, never a KeyboardInterrupt traceback."""
+    import signal
+
+    script = ("import sys, time; sys.path.insert(0, '.'); from common import cli; "
+              "cli.run(lambda argv: (print('ready', flush=True), time.sleep(60)))")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err, out) == (130, "stopped: interrupted (Ctrl-C)\n", "")
+
+
+def test_sampling_gamma_beyond_the_model_is_refused_before_calibration(tiny_dir, tmp_path, capsys, monkeypatch):
+    import sampling.__main__ as sampling_main
+
+    monkeypatch.setattr(sampling_main, "score", lambda *a, **k: pytest.fail("calibrated before checking --gamma"))
+    assert one_line(sampling_cli.main, ["--model", str(tiny_dir), "--out", str(tmp_path / "s.json"), "--gamma", "5"],
+                    capsys) == f"error: --gamma: 5 exceeds the 4 blocks of {tiny_dir}; pass --gamma 4 or less"
