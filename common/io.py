@@ -9,6 +9,7 @@ line it starts on) or a ``.jsonl`` file (one value per non-blank line); every ma
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -59,10 +60,29 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        failed = _write_failure(err, path)
+        if failed is not None:
+            raise failed from err
         raise
     _fsync_dir(path.parent)
+
+
+def _write_failure(err: BaseException, path: Path) -> OSError | None:
+    """A writer library's report of a failed write (a full disk) as the OSError it is, naming `path`:
+    safetensors reports Rust's ``(os error N)``, torch.save its stream writer's position check."""
+    if isinstance(err, OSError) or not isinstance(err, Exception):
+        return None
+    text = str(err)
+    code = re.search(r"\(os error (\d+)\)", text)
+    if code:
+        return OSError(int(code[1]), os.strerror(int(code[1])), str(path))
+    if "PytorchStreamWriter" in text or "inline_container" in text:
+        free = shutil.disk_usage(path.parent).free
+        return OSError(errno.EIO, f"the write failed ({text.splitlines()[0].strip()}); {free / 2**20:.0f} MiB free on "
+                                  "that disk", str(path))
+    return None
 
 
 def is_temporary(name: str) -> bool:
@@ -110,7 +130,7 @@ def read_text(path: str | Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a UTF-8 byte-order mark is not text
     except UnicodeDecodeError as err:
         raise RecordError(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
     except OSError as err:

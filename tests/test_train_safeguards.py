@@ -42,3 +42,9 @@ def test_a_config_file_cannot_name_another(tmp_path, data_file):
     config.write_text(yaml.safe_dump({"config": "b.yaml", "data": str(data_file)}))
     with pytest.raises(UserError, match=rf"^{config}: config: a config file cannot name another one$"):
         train.main(["--config", str(config)])
+
+
+def test_warmup_beyond_max_steps_is_one_line(tiny_dir, data_file, tmp_path):
+    with pytest.raises(UserError, match=r"^--warmup: 10 steps exceed --max-steps 5$"):
+        run(tiny_dir, data_file, tmp_path, "--max-steps", "5", "--warmup", "10")
+    assert not tmp_path.joinpath("config.yaml").exists()

@@ -149,7 +149,7 @@ def load_config_file(path: str) -> dict:
     file = config_path(path)
     if not file.is_file():
         raise UserError(f"--config: {path}: neither a file nor a recipe ({', '.join(recipe_names())})")
-    text = file.read_text()
+    text = file.read_text(encoding="utf-8-sig")  # a byte-order mark is not YAML or JSON
     try:
         values = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
@@ -263,6 +263,8 @@ def check_consistency(args: argparse.Namespace) -> None:
         raise UserError("--fused: cannot clip by global norm (--max-grad-norm): the norm is unknown when a parameter steps")
     if args.fused and METHODS[args.method].adapters:
         raise UserError("--fused: is for full-weight methods; LoRA adapters are small")
+    if args.max_steps and args.warmup > args.max_steps:
+        raise UserError(f"--warmup: {args.warmup} steps exceed --max-steps {args.max_steps}")
     if args.batch_size % args.grad_accum:
         raise UserError(f"--batch-size: {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
     if args.dtype == "fp16":
