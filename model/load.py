@@ -124,6 +124,9 @@ def load_model(source: str | Path, device="cpu", dtype: torch.dtype = torch.floa
         raise UserError(str(err)) from err
     if tokenizer is not found and isinstance(tokenizer, SentencePieceTokenizer):
         tokenizer.chat_template = FAMILIES[config.family].chat_template
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:  # its ids would index past the embedding
+        raise UserError(f"{getattr(tokenizer, 'source', None) or 'the tokenizer'}: its vocabulary of "
+                        f"{tokenizer.vocab_size} tokens does not fit the {config.vocab_size} embedding rows of {path}")
     if named is not None:
         diff = [f for f in _SHAPE_FIELDS if getattr(config, f) != getattr(named, f)]
         if diff:
