@@ -24,11 +24,13 @@ from model.cli import DTYPES, add_model_flags
 
 def _load(args):
     from model import load_model
+    from model.load import check_tokenizer_fits
 
     model, tokenizer = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype], ckpt_dir=args.ckpt_dir,
                                   tokenizer=args.tokenizer)  # fmt: skip
     if tokenizer is None:
         raise UserError(f"--model {args.model}: the checkpoint has no tokenizer; evaluation needs one")
+    check_tokenizer_fits(tokenizer, model.config, args.model)
     return model, tokenizer
 
 

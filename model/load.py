@@ -105,6 +105,13 @@ def read_checkpoint(path: Path, weights: bool = True) -> tuple[ModelConfig, dict
     return config, state, tokenizer
 
 
+def check_tokenizer_fits(tokenizer: Tokenizer, config: ModelConfig, model: str | Path) -> None:
+    """A command that runs the model on the tokenizer's ids: every id must have an embedding row."""
+    if tokenizer.vocab_size > config.vocab_size:
+        raise UserError(f"{getattr(tokenizer, 'source', None) or 'the tokenizer'}: its vocabulary of "
+                        f"{tokenizer.vocab_size} tokens does not fit the {config.vocab_size} embedding rows of {model}")
+
+
 def load_model(source: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
                ckpt_dir: str | Path | None = None, tokenizer: str | Path | None = None, weights: bool = True,
                ) -> tuple[Transformer, Tokenizer | None]:  # fmt: skip
@@ -124,9 +131,6 @@ def load_model(source: str | Path, device="cpu", dtype: torch.dtype = torch.floa
         raise UserError(str(err)) from err
     if tokenizer is not found and isinstance(tokenizer, SentencePieceTokenizer):
         tokenizer.chat_template = FAMILIES[config.family].chat_template
-    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:  # its ids would index past the embedding
-        raise UserError(f"{getattr(tokenizer, 'source', None) or 'the tokenizer'}: its vocabulary of "
-                        f"{tokenizer.vocab_size} tokens does not fit the {config.vocab_size} embedding rows of {path}")
     if named is not None:
         diff = [f for f in _SHAPE_FIELDS if getattr(config, f) != getattr(named, f)]
         if diff:

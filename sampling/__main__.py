@@ -43,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     """Read the calibration text, load the model named by the arguments and score it."""
     from model import load_model
+    from model.load import check_tokenizer_fits
 
     start = time.perf_counter()
     documents = read_documents(args.calib) if args.calib else None  # a bad file fails before the model loads
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> dict:
                                   ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)  # fmt: skip
     if tokenizer is None:
         raise UserError(f"{args.model}: the checkpoint has no tokenizer, so calibration text cannot be tokenized")
+    check_tokenizer_fits(tokenizer, model.config, args.model)
     if args.gamma > model.config.n_layers:  # before the calibration, not after it
         raise UserError(f"--gamma: {args.gamma} exceeds the {model.config.n_layers} blocks of {args.model}; "
                         f"pass --gamma {model.config.n_layers} or less")

@@ -130,3 +130,14 @@ def test_sampling_gamma_beyond_the_model_is_refused_before_calibration(tiny_dir,
     monkeypatch.setattr(sampling_main, "score", lambda *a, **k: pytest.fail("calibrated before checking --gamma"))
     assert one_line(sampling_cli.main, ["--model", str(tiny_dir), "--out", str(tmp_path / "s.json"), "--gamma", "5"],
                     capsys) == f"error: --gamma: 5 exceeds the 4 blocks of {tiny_dir}; pass --gamma 4 or less"
+
+
+def test_eval_with_a_tokenizer_larger_than_the_embedding_is_one_line(tmp_path, capsys):
+    from common.assets import asset_path
+    from model import Transformer, get_config, save_model
+
+    save_model(Transformer(get_config("tiny", vocab_size=1000)), tmp_path, format="meta")
+    tokenizer = asset_path("mistral-v1-tokenizer")
+    assert one_line(eval.__main__.main, ["--model", str(tmp_path), "--tokenizer", str(tokenizer), "--tasks", "boolq",
+                                         "--limit", "1"], capsys) == (
+        f"error: {tokenizer}: its vocabulary of 32000 tokens does not fit the 1000 embedding rows of {tmp_path}")

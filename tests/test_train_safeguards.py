@@ -49,15 +49,3 @@ def test_warmup_beyond_max_steps_is_one_line(tiny_dir, data_file, tmp_path):
         run(tiny_dir, data_file, tmp_path, "--max-steps", "5", "--warmup", "10")
     assert not tmp_path.joinpath("config.yaml").exists()
 
-
-def test_a_tokenizer_larger_than_the_embedding_is_one_line(data_file, tmp_path):
-    """Its ids would index past the embedding: an IndexError in the first forward, in train.py and eval."""
-    from common.assets import asset_path
-    from model import Transformer, get_config, save_model
-
-    small = tmp_path / "small"
-    save_model(Transformer(get_config("tiny", vocab_size=1000)), small, format="meta")
-    tokenizer = asset_path("mistral-v1-tokenizer")
-    with pytest.raises(UserError, match=rf"^{tokenizer}: its vocabulary of 32000 tokens does not fit the 1000 "
-                                        rf"embedding rows of {small}$"):
-        run(small, data_file, tmp_path / "out", "--tokenizer", str(tokenizer), "--method", "full")
