@@ -10,6 +10,7 @@ import torch
 from common import cli
 from common.errors import UserError
 from common.io import write_json
+from common.outputs import check_output_file
 from model.cli import DTYPES, add_model_flags
 from sampling.cache import make_record
 from sampling.calibration import batches, boolq_passages, calibration_windows, describe, read_documents
@@ -47,6 +48,9 @@ def run(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     documents = read_documents(args.calib) if args.calib else None  # a bad file fails before the model loads
+    for flag, path in (("--out", args.out), ("--plot", args.plot)):
+        if path:
+            check_output_file(path, flag)
     model, tokenizer = load_model(args.model, device="cpu" if args.blockwise else args.device, dtype=DTYPES[args.dtype],
                                   ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)  # fmt: skip
     if tokenizer is None:

@@ -141,3 +141,15 @@ def test_eval_with_a_tokenizer_larger_than_the_embedding_is_one_line(tmp_path, c
     assert one_line(eval.__main__.main, ["--model", str(tmp_path), "--tokenizer", str(tokenizer), "--tasks", "boolq",
                                          "--limit", "1"], capsys) == (
         f"error: {tokenizer}: its vocabulary of 32000 tokens does not fit the 1000 embedding rows of {tmp_path}")
+
+
+@pytest.mark.parametrize("where", ["folder", "under a file"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(where, tmp_path, capsys, monkeypatch):
+    """Before the model loads (the model named does not exist: a check after loading would name it)."""
+    (tmp_path / "file").write_text("x")
+    output = tmp_path if where == "folder" else tmp_path / "file" / "results.json"
+    cause = "is a folder; name a file" if where == "folder" else f"{tmp_path / 'file'} is a file, not a folder"
+    assert one_line(eval.__main__.main, ["--model", NO_MODEL, "--tasks", "boolq", "--output", str(output)],
+                    capsys) == f"error: --output {output}: {cause}"
+    assert one_line(sampling_cli.main, ["--model", NO_MODEL, "--out", str(output)], capsys) == (
+        f"error: --out {output}: {cause}")

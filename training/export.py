@@ -20,7 +20,7 @@ import torch.distributed.checkpoint as dcp
 from common import cli
 from common.errors import UserError
 from common.lock import FolderLock
-from common.output_folder import check_output_folder, clear_output_folder
+from common.outputs import check_output_folder, clear_output_folder
 from model.cli import DTYPES, add_model_flags
 from model.load import load_model
 from model.peft_format import write_peft_adapter

@@ -1,8 +1,9 @@
-"""An output folder that receives a whole set of files (a model export): it must be empty, or the user says
-`--overwrite`, which clears it first; never a folder the command reads from. Files of another set left beside
-the new one would make a mixed set (a stale shard index, an extra consolidated.NN.pth).
+"""Where a command writes, checked before its work (so a wrong path never costs the work).
 
-Call both under the folder's lock (common/lock.py): check before the work, clear just before writing.
+An output file must not be a folder nor lie under a file. An output folder that receives a whole set of files
+(a model export) must be empty, or the user says `--overwrite`, which clears it first; never a folder the
+command reads from. Files of another set left beside the new one would make a mixed set (a stale shard
+index, an extra consolidated.NN.pth). Check and clear a folder under its lock (common/lock.py).
 """
 from __future__ import annotations
 
@@ -13,6 +14,16 @@ from pathlib import Path
 from common.errors import UserError
 from common.io import is_temporary
 from common.lock import LOCK_FILE
+
+
+def check_output_file(path: str | Path, flag: str) -> None:
+    """Refuse an output file path that is a folder or lies under a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; name a file")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
 
 
 def check_output_folder(folder: Path, flag: str, overwrite: bool, reads: Iterable[Path] = ()) -> list[Path]:
