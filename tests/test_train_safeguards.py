@@ -49,3 +49,15 @@ def test_warmup_beyond_max_steps_is_one_line(tiny_dir, data_file, tmp_path):
         run(tiny_dir, data_file, tmp_path, "--max-steps", "5", "--warmup", "10")
     assert not tmp_path.joinpath("config.yaml").exists()
 
+
+
+def test_resume_through_a_symlink_to_a_checkpoint_continues_its_real_run(tiny_dir, data_file, tmp_path, monkeypatch):
+    """`--resume link` (link -> run/step-000001): the run folder is the real one, with its newer checkpoints
+    refused as for the real path, never the link's folder (here the working directory)."""
+    run(tiny_dir, data_file, tmp_path / "run", *FULL, "--max-steps", "2", "--keep-checkpoints", "2")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    (tmp_path / "cwd" / "link").symlink_to(tmp_path / "run" / "step-000001")
+    with pytest.raises(UserError, match=r"holds newer checkpoints \(step-000002\); resume the newest"):
+        train.main(["--resume", "link"])
+    assert sorted(p.name for p in (tmp_path / "cwd").iterdir()) == ["link"]

@@ -113,8 +113,9 @@ def clear_run(run_dir: Path) -> None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder itself, or the newest complete one inside a run folder."""
-    path = Path(path)
+    """A checkpoint folder itself, or the newest complete one inside a run folder; symbolic links resolved, so
+    the run folder is the checkpoint's real parent (not the link's)."""
+    path = Path(path).resolve()
     if (path / "trainer.pt").is_file():
         return path
     found = checkpoints(path)
