@@ -12,9 +12,12 @@
 """
 from __future__ import annotations
 
+import argparse
 import math
 import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,53 +30,125 @@ from data.commonsense import TRAIN_FILE, build_commonsense
 from model import load_model, save_model
 from model.cli import DTYPES
 from model.peft_format import write_peft_adapter
-from optim import lr_lambda, merge_lora
+from optim import GaLoreAdamW, lr_lambda, merge_lora
+from optim.fused import FusedStepHandle
 from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibration_windows, load_or_compute_ratios,
                       plot_sampling_counts, read_documents)
 from sampling.calibration import training_documents
-from training.args import parse_args, resolve_svd, write_config
+from training.args import parse_args, resolve_svd, step_config, write_config
 from training.checkpoint import checkpoints, clear_run, load_checkpoint, resolve_checkpoint, run_outputs, save_checkpoint
-from training.distributed import close_world, init_world, on_main, sum_scalar, together
+from training.distributed import World, close_world, init_world, on_main, sum_scalar, together
 from training.fsdp import shard_model
-from training.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
-from training.sharded_export import export_peft_sharded, export_sharded
 from training.heldout import HeldOut
-from training.memory import format_report, simulate_memory
+from training.inputs import provide_inputs, register_input
+from training.memory import MemoryReport, format_report, simulate_memory
 from training.methods import METHODS, active_block_indices
 from training.metrics import current_memory_bytes, peak_memory_bytes
 from training.runlog import RunLog
-from training.step import (apply_gradients, backward_micro_batches, build_optimizer, gradient_norm, start_period,
-                           trainable_with_grad)
+from training.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
+from training.sharded_export import export_peft_sharded, export_sharded
+from training.step import (StepConfig, apply_gradients, backward_micro_batches, build_optimizer, gradient_norm,
+                           start_period, trainable_with_grad)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)  # flags, config file, the resumed run's arguments: all checked here
-    method = METHODS[args.method]
+    context = start(args)  # 1. the out folder, the process group, the data records, the pre-trained model
+    run = prepare(context)  # 2-4. batches, the block sampler, the optimizer; the resumed state; the logs
+    with StopFlag() as stop:  # SIGINT/SIGTERM: finish the step, save, exit; the handlers restored on any exit
+        train(run, stop)  # 5.
+        finish(run, stopped=stop.requested)  # 6.
+    run.metrics.close()
+    close_world(context.world)
+
+
+@dataclass(frozen=True)
+class Context:
+    """The run's settings, process group and pre-trained model: what every later phase builds on."""
+
+    args: argparse.Namespace  # as parsed; the values resolved since are the fields below
+    out: Path
+    resumed_from: Path | None
+    data: str  # --data, or the commonsense set built into --out
+    step: StepConfig  # --svd resolved for this model
+    world: World
+    distributed: bool  # FSDP2 DTensors: sharded (--fsdp) or replicated (data parallel)
+    device: torch.device
+    dtype: torch.dtype
+    say: Callable[..., None]
+    records: list[dict]
+    eval_records: list[dict] | None
+    model: torch.nn.Module
+    tokenizer: object
+
+    def resolved_args(self) -> dict:
+        return {**vars(self.args), "data": self.data, "svd": self.step.svd}
+
+
+@dataclass
+class Run:
+    """What the loop and the export work on."""
+
+    context: Context
+    loader: BatchLoader
+    total_steps: int
+    sampler: LayerSampler | None
+    groups: list[dict]
+    optimizer: GaLoreAdamW
+    fused: FusedStepHandle | None
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    first_step: int
+    estimate: MemoryReport | None
+    heldout: HeldOut | None
+    metrics: RunLog
+
+
+def start(args: argparse.Namespace) -> Context:
+    """The out folder (checked on every rank before any rank writes), the process group, the data, the model."""
     out = Path(args.out)
     resumed_from = resolve_checkpoint(args.resume) if args.resume else None
-    replace_run = check_out_folder(out, resumed_from, args.overwrite)  # every rank, before any rank writes
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    world = init_world(device.type, group=args.fsdp)
-    if world.size > 1 and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-    distributed = args.fsdp or world.size > 1  # FSDP2 DTensors: sharded (--fsdp) or replicated (data parallel)
+    replace_run = check_out_folder(out, resumed_from, args.overwrite)
+    world, device = open_world(args.device, args.fsdp)
+    distributed = args.fsdp or world.size > 1
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     torch.manual_seed(args.seed)
     say = print if world.is_main else (lambda *a, **k: None)
     if world.is_main and replace_run:
         clear_run(out)
-    if not args.data:  # the embedded commonsense set: the real train splits of its 8 tasks, held-out rows kept out
-        args.data = str(out / "commonsense" / TRAIN_FILE)
-        if not Path(args.data).is_file():
-            build_commonsense(out / "commonsense")
-        say(f"data: no --data given; training on the commonsense set built in {args.data} (python -m data.commonsense)")
+    data = args.data or default_data(out, say)
     if world.is_main:
-        write_config(args, out, resumed_from)
-    records = load_records(args.data)  # bad data files fail before the model loads
+        write_config(args, out, resumed_from, resolved={"data": data})
+    records = load_records(data)  # bad data files fail before the model loads
     eval_records = load_records(args.eval_data) if args.eval_data else None
+    model, tokenizer = load_pretrained(args, world, device, dtype, distributed)
+    step = step_config(args)
+    step = replace(step, svd=resolve_svd(step.svd, sum(p.numel() for p in model.parameters())))
+    return Context(args, out, resumed_from, data, step, world, distributed, device, dtype, say, records, eval_records,
+                   model, tokenizer)
 
-    # 1. The pre-trained model. (Distributed: rank 0 alone reads it, into host memory; the other ranks build
-    #    it on the meta device, and sharding below sends every rank its part from rank 0, tensor by tensor.)
+
+def open_world(device_flag: str | None, fsdp: bool) -> tuple[World, torch.device]:
+    device = torch.device(device_flag or ("cuda" if torch.cuda.is_available() else "cpu"))
+    world = init_world(device.type, group=fsdp)
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    return world, device
+
+
+def default_data(out: Path, say: Callable[..., None]) -> str:
+    """The embedded commonsense set: the real train splits of its 8 tasks, held-out rows kept out."""
+    data = out / "commonsense" / TRAIN_FILE
+    if not data.is_file():
+        build_commonsense(out / "commonsense")
+    say(f"data: no --data given; training on the commonsense set built in {data} (python -m data.commonsense)")
+    return str(data)
+
+
+def load_pretrained(args: argparse.Namespace, world: World, device: torch.device, dtype: torch.dtype,
+                    distributed: bool) -> tuple[torch.nn.Module, object]:
+    """1. The pre-trained model. (Distributed: rank 0 alone reads it, into host memory; the other ranks build
+    it on the meta device, and sharding sends every rank its part from rank 0, tensor by tensor.)"""
+
     def load(weights: bool):
         return load_model(args.model, device="cpu" if distributed else device, dtype=dtype, ckpt_dir=args.ckpt_dir,
                           tokenizer=args.tokenizer, weights=weights)
@@ -83,175 +158,223 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--model {args.model}: the checkpoint has no tokenizer file; training needs one")
     model.train()
     model.gradient_checkpointing = args.grad_ckpt
-    resolve_svd(args, sum(p.numel() for p in model.parameters()))
-    n_layers = model.config.n_layers
-    if args.gamma > n_layers and method.sampled:
-        raise UserError(f"--gamma: {args.gamma} exceeds the model's {n_layers} blocks")
+    if args.gamma > model.config.n_layers and METHODS[args.method].sampled:
+        raise UserError(f"--gamma: {args.gamma} exceeds the model's {model.config.n_layers} blocks")
+    return model, tokenizer
 
-    # 2. Training data: fixed-length blocks, a seeded order every rank agrees on.
+
+def prepare(c: Context) -> Run:
+    """2-4. Batches, the block sampler and the optimizer; where a resumed run was; the memory estimate; logs."""
+    args = c.args
+    loader, total_steps = batches(c)
+    sampler = build_sampler(c) if METHODS[args.method].sampled else None
+    groups, optimizer, fused = build_optimizer(c.model, c.step, shard_units(c) if c.distributed else None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
+    step = resume(c, optimizer, scheduler, loader, sampler) if c.resumed_from else 0
+    estimate = estimate_memory(c) if c.world.is_main and c.args.memory_report else None  # (the other ranks would only repeat it)
+    heldout = HeldOut(c.eval_records, c.tokenizer, args.eval_limit, template=args.template) if c.eval_records else None
+    metrics = RunLog(c.out, enabled=c.world.is_main, wandb=args.wandb, config=c.resolved_args(), say=c.say,
+                     resume_step=step if c.resumed_from else None)  # jsonl, TensorBoard, W&B
+    run = Run(c, loader, total_steps, sampler, groups, optimizer, fused, scheduler, step, estimate, heldout, metrics)
+    if heldout and evaluates(c) and step == 0:
+        metrics.write(step=0, **heldout.evaluate(c.model))
+    return run
+
+
+def batches(c: Context) -> tuple[BatchLoader, int]:
+    """2. Training data: fixed-length blocks, a seeded order every rank agrees on; and the number of steps."""
+    args, world = c.args, c.world
     try:
-        dataset = build_dataset(records, tokenizer, args.seq_len, pack=not args.no_pack,
+        dataset = build_dataset(c.records, c.tokenizer, args.seq_len, pack=not args.no_pack,
                                 mask_prompt=not args.train_on_prompt, template=args.template)
     except ValueError as err:
-        raise UserError(f"{args.data}: {err}") from None
+        raise UserError(f"{c.data}: {err}") from None
     if len(dataset) < args.batch_size:
-        raise UserError(f"{args.data}: {len(dataset)} training rows of {args.seq_len} tokens, fewer than one batch "
+        raise UserError(f"{c.data}: {len(dataset)} training rows of {args.seq_len} tokens, fewer than one batch "
                         f"(--batch-size {args.batch_size}); lower --batch-size or add data")
     if world.size > 1 and args.batch_size % (world.size * args.grad_accum):
         raise UserError(f"--batch-size: {args.batch_size} must split over {world.size} ranks x {args.grad_accum} micro-batches")
     loader = BatchLoader(dataset, batch_size=args.batch_size // world.size, seed=args.seed,
                          rank=world.rank, world_size=world.size)
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * loader.batches_per_epoch))
-    say(f"data: {len(records)} records -> {len(dataset)} blocks of {args.seq_len} tokens; {total_steps} steps")
+    c.say(f"data: {len(c.records)} records -> {len(dataset)} blocks of {args.seq_len} tokens; {total_steps} steps")
+    return loader, total_steps
 
-    # 3. Layer sampling: the policy's per-block weights -> probabilities: outlier ratios D_l of the pre-trained
-    #    blocks (OwLore), uniform (LISA), ...; a dynamic policy re-weighs the blocks every period.
-    sampler = None
-    if method.sampled:
-        policy, inputs = POLICIES[args.sampling], {}
-        if "ratios" in policy.needs:
-            scores = Path(args.scores) if args.scores else out / "outlier_scores.json"
-            source = args.calib or args.data
 
-            def windows() -> list[torch.Tensor]:
-                documents = (read_documents(args.calib) if args.calib else  # else: the training stream itself
-                             training_documents(records, tokenizer, args.calib_windows * args.calib_seq_len,
-                                                args.template, args.seed))
-                return calibration_windows(documents, tokenizer, args.calib_windows, args.calib_seq_len,
-                                           seed=args.seed).to(model.output.weight.device).split(4)
+def build_sampler(c: Context) -> LayerSampler:
+    """3. Layer sampling: the policy's per-block weights -> probabilities: outlier ratios D_l of the pre-trained
+    blocks (OwLore), uniform (LISA), ...; a dynamic policy re-weighs the blocks every period. The run inputs
+    the policy names come from their providers (training.inputs)."""
+    args, policy = c.args, POLICIES[c.args.sampling]
+    inputs = provide_inputs(policy.needs, c)
+    try:
+        return LayerSampler(policy, args.gamma, args.period, args.seed, c.model.config.n_layers, **inputs)
+    except ValueError as err:  # e.g. no block has outliers at this M
+        hint = f"; lower --M (now {args.M})" if "ratios" in policy.needs else ""
+        raise UserError(f"--sampling {args.sampling}: {err}{hint}") from None
 
-            try:  # a --calib named must match the cache's tokens; a stale default cache is recomputed, a --scores one refused
-                inputs["ratios"] = on_main(lambda: load_or_compute_ratios(  # (rank 0 holds the weights)
-                    model, args.model, windows() if args.calib else windows, args.M, scores, calibration_source=source,
-                    on_stale="error" if args.scores else "recompute"), world)
-            except CacheError as err:
-                raise UserError(f"{'--scores ' if args.scores else ''}{err}") from None
-            say("outlier ratios D_l (%): " + " ".join(f"{r:.3f}" for r in inputs["ratios"]))
-        if "alphas" in policy.needs:
-            inputs["alphas"] = on_main(lambda: block_alphas(model)[0], world)
-            say("HT-SR alphas: " + " ".join(f"{a:.3f}" for a in inputs["alphas"]))
-        if "fixed_layers" in policy.needs:
-            inputs["fixed_layers"] = args.fixed_layers
-        try:
-            sampler = LayerSampler(policy, args.gamma, args.period, args.seed, n_layers, **inputs)
-        except ValueError as err:  # e.g. no block has outliers at this M
-            hint = f"; lower --M (now {args.M})" if "ratios" in policy.needs else ""
-            raise UserError(f"--sampling {args.sampling}: {err}{hint}") from None
 
-    # 4. Optimizer: GaLore groups for 2-D block weights (galore, owlore), AdamW for everything else.
-    shard = None
-    if distributed:  # every block and the root an FSDP unit; the groups then hold the DTensor parameters
-        reduce_dtype = DTYPES[args.reduce_dtype] if args.reduce_dtype else None
-        shard = lambda groups: shard_model(model, groups, device, world.size, reduce_dtype,  # noqa: E731
-                                           replicate=not args.fsdp, from_rank0=True)
-    groups, optimizer, fused = build_optimizer(model, args, shard)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.schedule, args.warmup, total_steps))
+@register_input("ratios")
+def outlier_ratios(c: Context) -> list[float]:
+    """Outlier ratios D_l (%), from the cache (--scores, or out/outlier_scores.json) or computed on rank 0."""
+    args = c.args
+    scores = Path(args.scores) if args.scores else c.out / "outlier_scores.json"
 
-    # Resume: weights, optimizer, scheduler, sampler, data position and RNG, exactly where they were.
-    step = 0
-    if resumed_from:
-        if (resumed_from / "shards").is_dir() != distributed:  # DCP shards (several ranks or --fsdp), or model.pt
-            how = ("by one process without --fsdp; resume it so" if distributed else
-                   "by several ranks or with --fsdp; resume it with --fsdp (on any number of processes) or under torchrun")
-            raise UserError(f"--resume {resumed_from}: the checkpoint was written {how}")
-        state = (load_sharded_checkpoint if distributed else load_checkpoint)(resumed_from, model, optimizer)
-        step = state["step"]
-        scheduler.load_state_dict(state["scheduler"])
-        loader.load_state_dict(state["loader"])
-        if sampler:
-            sampler.load_state_dict(state["sampler"])
-        say(f"resumed from {args.resume} at step {step}")
+    def windows() -> list[torch.Tensor]:
+        documents = (read_documents(args.calib) if args.calib else  # else: the training stream itself
+                     training_documents(c.records, c.tokenizer, args.calib_windows * args.calib_seq_len,
+                                        args.template, args.seed))
+        return calibration_windows(documents, c.tokenizer, args.calib_windows, args.calib_seq_len,
+                                   seed=args.seed).to(c.model.output.weight.device).split(4)
 
-    micro_batch = args.batch_size // (world.size * args.grad_accum)
-    estimate = None
-    if world.is_main:  # (the other ranks would only repeat it)
-        estimate = simulate_memory(model.config, args, dtype, world_size=world.size, max_micro_batches=2)
-        unsharded = " of an unsharded rank (per-rank --fsdp numbers: python -m bench.fsdp_memory)" if args.fsdp else ""
-        say(f"memory of one step{unsharded} of {args.method} ({dtype}, micro-batch {micro_batch}x{args.seq_len}), "
-            f"simulated on fake tensors in {estimate.seconds:.1f} s:\n" + format_report(estimate))
+    try:  # a --calib named must match the cache's tokens; a stale default cache is recomputed, a --scores one refused
+        ratios = on_main(lambda: load_or_compute_ratios(  # (rank 0 holds the weights)
+            c.model, args.model, windows() if args.calib else windows, args.M, scores,
+            calibration_source=args.calib or c.data, on_stale="error" if args.scores else "recompute"), c.world)
+    except CacheError as err:
+        raise UserError(f"{'--scores ' if args.scores else ''}{err}") from None
+    c.say("outlier ratios D_l (%): " + " ".join(f"{r:.3f}" for r in ratios))
+    return ratios
 
-    heldout = HeldOut(eval_records, tokenizer, args.eval_limit, template=args.template) if eval_records else None
-    metrics = RunLog(out, enabled=world.is_main, wandb=args.wandb, config=vars(args), say=say,  # jsonl, TensorBoard, W&B
-                     resume_step=step if resumed_from else None)
-    evaluates = world.is_main or distributed  # an FSDP forward needs every rank
-    if heldout and evaluates and step == 0:
-        metrics.write(step=0, **heldout.evaluate(model))
 
-    # 5. The loop.
-    stop = StopFlag()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    first_step = step
-    progress = tqdm(range(step, total_steps), initial=step, total=total_steps, disable=not world.is_main)
+@register_input("alphas")
+def htsr_alphas(c: Context) -> list[float]:
+    alphas = on_main(lambda: block_alphas(c.model)[0], c.world)
+    c.say("HT-SR alphas: " + " ".join(f"{a:.3f}" for a in alphas))
+    return alphas
+
+
+@register_input("fixed_layers")
+def fixed_layers(c: Context) -> list[int] | None:
+    return c.args.fixed_layers
+
+
+def shard_units(c: Context) -> Callable[[list[dict]], list[dict]]:
+    """4. Distributed: every block and the root an FSDP unit; the optimizer's groups then hold DTensors."""
+    reduce_dtype = DTYPES[c.args.reduce_dtype] if c.args.reduce_dtype else None
+    return lambda groups: shard_model(c.model, groups, c.device, c.world.size, reduce_dtype,
+                                      replicate=not c.args.fsdp, from_rank0=True)
+
+
+def resume(c: Context, optimizer: GaLoreAdamW, scheduler, loader: BatchLoader, sampler: LayerSampler | None) -> int:
+    """Weights, optimizer, scheduler, sampler, data position and RNG, exactly where they were; the step."""
+    if (c.resumed_from / "shards").is_dir() != c.distributed:  # DCP shards (several ranks or --fsdp), or model.pt
+        how = ("by one process without --fsdp; resume it so" if c.distributed else
+               "by several ranks or with --fsdp; resume it with --fsdp (on any number of processes) or under torchrun")
+        raise UserError(f"--resume {c.resumed_from}: the checkpoint was written {how}")
+    state = (load_sharded_checkpoint if c.distributed else load_checkpoint)(c.resumed_from, c.model, optimizer)
+    scheduler.load_state_dict(state["scheduler"])
+    loader.load_state_dict(state["loader"])
+    if sampler:
+        sampler.load_state_dict(state["sampler"])
+    c.say(f"resumed from {c.args.resume} at step {state['step']}")
+    return state["step"]
+
+
+def estimate_memory(c: Context) -> MemoryReport:
+    """The memory of one step, simulated on fake tensors, printed before the first step."""
+    estimate = simulate_memory(c.model.config, c.step, c.dtype, world_size=c.world.size, max_micro_batches=2)
+    micro_batch = c.step.batch_size // (c.world.size * c.step.grad_accum)
+    unsharded = " of an unsharded rank (per-rank --fsdp numbers: python -m bench.fsdp_memory)" if c.args.fsdp else ""
+    c.say(f"memory of one step{unsharded} of {c.step.method} ({c.dtype}, micro-batch {micro_batch}x{c.step.seq_len}), "
+          f"simulated on fake tensors in {estimate.seconds:.1f} s:\n" + format_report(estimate))
+    return estimate
+
+
+def evaluates(c: Context) -> bool:
+    return c.world.is_main or c.distributed  # an FSDP forward needs every rank
+
+
+def train(run: Run, stop: StopFlag) -> None:
+    """5. The loop: a step, its log line, held-out evaluation and checkpoints as asked; a signal saves and stops."""
+    c, args = run.context, run.context.args
+    if c.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(c.device)
+    progress = tqdm(range(run.first_step, run.total_steps), initial=run.first_step, total=run.total_steps,
+                    disable=not c.world.is_main)
     for step in progress:
-        if sampler and (step % args.period == 0 or step == first_step):
-            start_period(model, optimizer, sampler.active_layers(step, model), args)
-        started = time.perf_counter()
-        loss, n_tokens = accumulate_gradients(model, loader, world, device, args.grad_accum, args.chunked_ce,
-                                               args.fused)
-        if not math.isfinite(loss):  # every rank sees the same summed loss, so every rank stops here
-            raise diverged(f"loss is {loss}", step + 1, out)
-        trainable = trainable_with_grad(groups)  # (summed over ranks by FSDP in backward)
-        grad_norm = gradient_norm(trainable, args.max_grad_norm)  # None with --fused: already stepped
-        if grad_norm is not None and not math.isfinite(grad_norm):
-            raise diverged(f"gradient norm is {grad_norm}", step + 1, out)
-        apply_gradients(optimizer)
-        scheduler.step()
-        seconds = time.perf_counter() - started
-
-        lr = scheduler.get_last_lr()[0]
-        active = active_block_indices(model) if sampler else None
-        record = dict(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=n_tokens / seconds, step_s=seconds,
-                      active_blocks=active, peak_memory=peak_memory_bytes(device), memory=current_memory_bytes(device))
-        if step + 1 == first_step + 2 and estimate:
-            say("measured after 2 steps:\n" + format_report(estimate, record["peak_memory"]))
-        if heldout and args.eval_every and (step + 1) % args.eval_every == 0 and evaluates:
-            record.update(heldout.evaluate(model))
-        metrics.write(**record)
-        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{n_tokens / seconds:.0f}",
-                             blocks=",".join(map(str, active or [])))
-        done = step + 1 == total_steps
-        if stop.requested or done or (args.save_every and (step + 1) % args.save_every == 0):
-            check_weights(model, step + 1, out)  # on every rank: the weights, and so the verdict, agree
-            if world.is_main or distributed:
-                saved_args = {k: v for k, v in vars(args).items() if k != "changed_on_resume"}
-                state = dict(step=step + 1, scheduler=scheduler.state_dict(), loader=loader.state_dict(),
-                             sampler=sampler.state_dict() if sampler else None, args=saved_args)
-                save = save_sharded_checkpoint if distributed else save_checkpoint
-                path = save(out, step + 1, model, optimizer, state, keep=args.keep_checkpoints)
-                say(f"checkpoint: {path}")
+        record = train_step(run, step)
+        if step + 1 == run.first_step + 2 and run.estimate:
+            c.say("measured after 2 steps:\n" + format_report(run.estimate, record["peak_memory"]))
+        if run.heldout and args.eval_every and (step + 1) % args.eval_every == 0 and evaluates(c):
+            record.update(run.heldout.evaluate(c.model))
+        run.metrics.write(**record)
+        progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                             tok_s=f"{record['tokens_per_s']:.0f}", blocks=",".join(map(str, record["active_blocks"] or [])))
+        if stop.requested or step + 1 == run.total_steps or (args.save_every and (step + 1) % args.save_every == 0):
+            save(run, step + 1)
         if stop.requested:
-            say(f"stopped by signal after step {step + 1}; resume with --resume {out}")
-            break
-    evaluated_at_end = args.eval_every and total_steps % args.eval_every == 0
-    if heldout and evaluates and not stop.requested and not evaluated_at_end:
-        metrics.write(step=total_steps, **heldout.evaluate(model))
+            c.say(f"stopped by signal after step {step + 1}; resume with --resume {c.out}")
+            return
+    evaluated_at_end = args.eval_every and run.total_steps % args.eval_every == 0
+    if run.heldout and evaluates(c) and not evaluated_at_end:
+        run.metrics.write(step=run.total_steps, **run.heldout.evaluate(c.model))
 
-    # 6. The fine-tuned weights, in formats other tools open; how often each block was drawn.
-    if fused:
-        fused.remove()
-    if sampler and world.is_main:
-        expected = None if sampler.policy.dynamic else sampler.inclusion_probabilities("monte_carlo")
-        plot_sampling_counts(out / "sampling_counts.png", sampler.counts, expected,
-                             title=f"{args.method}: periods each block was active")
-    if distributed and args.save_format != "none" and not stop.requested:  # gathered and written block by block
-        if method.adapters:
-            export_peft_sharded(model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
-            say(f"saved the LoRA adapter (PEFT) to {out / 'final-peft'}")
-        for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
-            export_sharded(model, out / f"final-{fmt}", fmt, tokenizer)
-            say(f"saved {fmt} weights to {out / f'final-{fmt}'}")
-    elif world.is_main and args.save_format != "none" and not stop.requested:
-        if method.adapters:  # the adapter for PEFT, then the merged weights
-            write_peft_adapter(model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
-            say(f"saved the LoRA adapter (PEFT) to {out / 'final-peft'}")
-            merge_lora(model)
-        for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
-            save_model(model, out / f"final-{fmt}", format=fmt, tokenizer=tokenizer)
-            say(f"saved {fmt} weights to {out / f'final-{fmt}'}")
-    stop.restore()
-    metrics.close()
-    close_world(world)
+
+def train_step(run: Run, step: int) -> dict:
+    """One optimizer step (a new draw of blocks at each period's start); its record for the logs."""
+    c, config = run.context, run.context.step
+    if run.sampler and (step % config.period == 0 or step == run.first_step):
+        start_period(c.model, run.optimizer, run.sampler.active_layers(step, c.model), config)
+    started = time.perf_counter()
+    loss, n_tokens = accumulate_gradients(c.model, run.loader, c.world, c.device, config.grad_accum, config.chunked_ce,
+                                          config.fused)
+    if not math.isfinite(loss):  # every rank sees the same summed loss, so every rank stops here
+        raise diverged(f"loss is {loss}", step + 1, c.out)
+    grad_norm = gradient_norm(trainable_with_grad(run.groups), config.max_grad_norm)  # None with --fused: stepped
+    if grad_norm is not None and not math.isfinite(grad_norm):  # (summed over ranks by FSDP in backward)
+        raise diverged(f"gradient norm is {grad_norm}", step + 1, c.out)
+    apply_gradients(run.optimizer)
+    run.scheduler.step()
+    seconds = time.perf_counter() - started
+    return dict(step=step + 1, loss=loss, lr=run.scheduler.get_last_lr()[0], grad_norm=grad_norm,
+                tokens_per_s=n_tokens / seconds, step_s=seconds,
+                active_blocks=active_block_indices(c.model) if run.sampler else None,
+                peak_memory=peak_memory_bytes(c.device), memory=current_memory_bytes(c.device))
+
+
+def save(run: Run, step: int) -> None:
+    """A checkpoint after `step` steps, of finite weights only (checked on every rank: the verdicts agree)."""
+    c = run.context
+    check_weights(c.model, step, c.out)
+    if not (c.world.is_main or c.distributed):
+        return
+    saved_args = {k: v for k, v in c.resolved_args().items() if k != "changed_on_resume"}
+    state = dict(step=step, scheduler=run.scheduler.state_dict(), loader=run.loader.state_dict(),
+                 sampler=run.sampler.state_dict() if run.sampler else None, args=saved_args)
+    write = save_sharded_checkpoint if c.distributed else save_checkpoint
+    c.say(f"checkpoint: {write(c.out, step, c.model, run.optimizer, state, keep=c.args.keep_checkpoints)}")
+
+
+def finish(run: Run, stopped: bool) -> None:
+    """6. How often each block was drawn; the fine-tuned weights, unless a signal stopped the run."""
+    c = run.context
+    if run.fused:
+        run.fused.remove()
+    if run.sampler and c.world.is_main:
+        expected = None if run.sampler.policy.dynamic else run.sampler.inclusion_probabilities("monte_carlo")
+        plot_sampling_counts(c.out / "sampling_counts.png", run.sampler.counts, expected,
+                             title=f"{c.args.method}: periods each block was active")
+    if c.args.save_format != "none" and not stopped and (c.world.is_main or c.distributed):
+        export(c)
+
+
+def export(c: Context) -> None:
+    """The weights in formats other tools open: the LoRA adapter (PEFT) first, then the merged weights.
+    Distributed: every rank gathers and writes them block by block; one process: written from memory."""
+    args, out = c.args, c.out
+    if METHODS[args.method].adapters:
+        write_adapter = export_peft_sharded if c.distributed else write_peft_adapter
+        write_adapter(c.model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
+        c.say(f"saved the LoRA adapter (PEFT) to {out / 'final-peft'}")
+        if not c.distributed:  # (the sharded writer merges as it gathers)
+            merge_lora(c.model)
+    for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
+        if c.distributed:
+            export_sharded(c.model, out / f"final-{fmt}", fmt, c.tokenizer)
+        else:
+            save_model(c.model, out / f"final-{fmt}", format=fmt, tokenizer=c.tokenizer)
+        c.say(f"saved {fmt} weights to {out / f'final-{fmt}'}")
 
 
 def accumulate_gradients(model: torch.nn.Module, loader: BatchLoader, world, device: torch.device, grad_accum: int,
@@ -304,13 +427,18 @@ def check_out_folder(out: Path, resumed_from: Path | None, overwrite: bool) -> b
 
 
 class StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and exits."""
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and exits. A context manager: the previous
+    handlers come back on leaving it, however it is left."""
 
     def __init__(self):
         self.requested = False
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {}
 
-    def restore(self) -> None:
+    def __enter__(self) -> StopFlag:
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 

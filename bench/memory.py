@@ -28,9 +28,10 @@ from model.config import CONFIGS, get_config
 from common import cli
 from common.errors import UserError
 from model.cli import DTYPES
-from training.args import apply_presets, build_parser, check_consistency
+from training.args import apply_presets, build_parser, check_consistency, step_config
 from training.methods import METHODS
 from training.memory import CATEGORIES, GIB, Session, format_report, prepare, run_steps, simulate_memory
+from training.step import StepConfig
 
 # This project's differences from the official run that change memory (docs/method.md): GaLore's paper
 # rank, state of deactivated blocks freed, no clipping.
@@ -44,12 +45,12 @@ def preset_flags(method: str, preset: str) -> list[str]:
     return LORA_LEAN if (method, preset) == ("lora", "lean") else PRESETS[preset]
 
 
-def train_args(flags: list[str]) -> argparse.Namespace:
-    """train.py's own parse of `flags` (presets applied, consistency checked); no data file is read."""
+def train_args(flags: list[str]) -> StepConfig:
+    """The step of train.py's own parse of `flags` (presets applied, consistency checked); no data file is read."""
     args = build_parser().parse_args(flags)
     apply_presets(args)
     check_consistency(args)
-    return args
+    return step_config(args)
 
 
 def live_bytes(s: Session) -> int:
@@ -60,7 +61,7 @@ def live_bytes(s: Session) -> int:
     return sum(storages.values())
 
 
-def measure_memory(config, args: argparse.Namespace, dtype: torch.dtype, steps: int = 2,
+def measure_memory(config, args: StepConfig, dtype: torch.dtype, steps: int = 2,
                    max_micro_batches: int | None = None) -> int:
     """Peak live tensor bytes of the same steps `simulate_memory` runs, on real CPU tensors."""
     torch.manual_seed(0)

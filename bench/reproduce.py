@@ -1,116 +1,498 @@
-"""Miniature of the paper's commonsense table: every method fine-tunes the same model on the commonsense
-set built from the real validation sets (data.commonsense, seeded held-out split) at matched steps and
-tokens, over an lr sweep and seeds; held-out accuracy per task (eval.evaluate on exactly the held-out rows,
-via train.py's --eval-data) and peak memory. Writes a markdown table (best lr per method, mean over seeds)
-and a bar plot. Each run is its own subprocess so its peak memory is its own.
+"""The paper's commonsense claims put to a test that can come out either way (BENCHMARKS.md, "Reproduction").
 
-    python -m bench.reproduce --steps 20 --batch-size 4 --seq-len 128 --heldout 20    # CPU size
-    python -m bench.reproduce --steps 1000 --batch-size 16 --seq-len 512 --heldout 200 \
-        --lrs 1e-5,3e-5,1e-4 --seeds 1,2,3 --dtype bf16                               # GPU size
+Protocol, fixed before any number is seen:
+- data: each of the 8 commonsense validation sets split 50/50 by a seeded permutation per task (no package
+  ships their train splits); every arm fine-tunes on the same training half (LLM-Adapters records, packed,
+  as its recipe says) and is scored once, at the end, on every held-out row: harness-style zero-shot
+  multiple choice (acc, acc_norm) and the NLL of the answer word after "the correct answer is";
+- arms: the recipes in recipes/ (train.py --config ARM), the official runs as they are;
+- lr: one per arm, the best answer NLL among --lr-factors x the recipe's lr, trained on 90 % of the training
+  half and scored on the other 10 % (one seed), then frozen for every seed and recorded;
+- seeds: seed s gives every arm the same data order, so two arms are compared row by row within a seed;
+- statistics: bench/stats.py, a paired bootstrap over seeds and rows, 95 % intervals; the verdict rules are
+  printed in the report above the numbers.
+
+Runs are keyed by (kind, arm, seed, lr, recipe hash, protocol hash, code version): a run already in
+--results is skipped, so an interrupted or budget-cut invocation continues where it stopped, and result files
+of several machines merge (`--merge A.jsonl B.jsonl --report-only`). `--budget-minutes` starts the most
+informative runs first (owlore vs full, owlore-fullrank vs lisa-equal, the other arms, then more seeds) and
+starts nothing that cannot finish in time. Each run is its own process, several at once on one device.
+
+    python -m bench.reproduce --smoke                                  # seconds: a tiny random model, CPU
+    python -m bench.reproduce --device cuda --workers 8 --seeds 4 --budget-minutes 7   # one H200
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import statistics
-import tempfile
+import os
+import shlex
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.step_compare import run_method
+import numpy as np
+
+from bench.stats import METRICS, Arm, Interval, forest_plot, paired_difference, verdict
 from common import cli
-from data.commonsense import TASKS, build_commonsense
-from training.memory import GIB
-from training.methods import METHODS
+from common.errors import UserError
 
-LORA_LR_FACTOR = 10.0  # adapters start from zero and need a larger step, as in the paper's LoRA runs
-
-
-def run_one(a, data: Path, heldout: Path, out: Path, method: str, lr: float, seed: int) -> dict:
-    args = ["--model", a.model, "--data", str(data), "--eval-data", str(heldout), "--out", str(out),
-            "--method", method, "--lr", str(lr * (LORA_LR_FACTOR if method == "lora" else 1.0)), "--seed", str(seed),
-            "--max-steps", str(a.steps), "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len),
-            "--gamma", str(a.gamma), "--period", str(a.period), "--rank", str(a.rank), "--dtype", a.dtype,
-            "--save-format", "none", "--svd", "randomized", "--calib-windows", "4", "--calib-seq-len", "128",
-            "--warmup", "0", "--schedule", "constant", "--overwrite"]
-    run_method(args, a.device)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in records if "heldout_acc" in r]
-    return dict(method=method, lr=lr, seed=seed, acc=evals[-1]["heldout_acc"], before=evals[0]["heldout_acc"],
-                peak=max(r["peak_memory"] for r in records if "peak_memory" in r))
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("boolq", "piqa", "social_iqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+PRIORITY = (("owlore", "full"), ("owlore-fullrank", "lisa-equal"), ("lisa", "galore", "lora", "owlore-reverse"))
+ARMS = tuple(arm for group in PRIORITY for arm in group)
+CLAIMS = (  # (a, b, what the paper says): the claim is always "a is better than b"
+    ("owlore", "full", "OwLore beats full fine-tuning (+1.1 points on the 8-task mean, LLaMA-2-7B)"),
+    ("owlore-fullrank", "lisa-equal", "outlier-weighted sampling beats uniform sampling at equal gamma and K"),
+    ("owlore", "lisa", "OwLore beats the LISA baseline"),
+    ("owlore", "owlore-reverse", "sign check: drawing outlier-rich blocks beats drawing outlier-poor ones"),
+    ("owlore", "galore", "OwLore beats GaLore"),
+    ("owlore", "lora", "OwLore beats LoRA"),
+)
+CLAIMED = {"owlore - full": 1.1}
 
 
-def table(results: list[dict], tasks: list[str]) -> tuple[str, dict]:
-    best = {}
-    for method in dict.fromkeys(r["method"] for r in results):
-        by_lr = {}
-        for r in results:
-            if r["method"] == method:
-                by_lr.setdefault(r["lr"], []).append(r)
-        runs = max(by_lr.values(), key=lambda rs: statistics.mean(statistics.mean(x["acc"].values()) for x in rs))
-        best[method] = dict(lr=runs[0]["lr"], peak=max(x["peak"] for x in runs),
-                            acc={t: statistics.mean(x["acc"][t] for x in runs) for t in tasks})
-    lines = ["| method | lr | " + " | ".join(tasks) + " | avg | peak GiB |", "|---" * (len(tasks) + 4) + "|"]
-    before = [100 * results[0]["before"][t] for t in tasks]  # every run starts from the same weights
-    lines.append("| pre-trained (no fine-tuning) | - | " + " | ".join(f"{x:.1f}" for x in before)
-                 + f" | {statistics.mean(before):.1f} | - |")
-    for method, b in best.items():
-        accs = [100 * b["acc"][t] for t in tasks]
-        lines.append(f"| {method} | {b['lr']:g} | " + " | ".join(f"{x:.1f}" for x in accs)
-                     + f" | {statistics.mean(accs):.1f} | {b['peak'] / GIB:.2f} |")
-    return "\n".join(lines), best
+@dataclass(frozen=True)
+class Job:
+    kind: str  # "base" (the pre-trained model scored), "tune" (an lr on the fold), "main" (an arm and seed)
+    arm: str
+    seed: int
+    lr: float | None  # main runs: None until the arm's tuning is done
 
 
-def plot(best: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3))
-    methods = list(best)
-    ax.bar(methods, [100 * statistics.mean(b["acc"].values()) for b in best.values()])
-    ax.set_ylabel("held-out accuracy (%)")
-    ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def recipe_hash(arm: str) -> str:
+    return hashlib.sha256((ROOT / "recipes" / f"{arm}.yaml").read_bytes()).hexdigest()[:12] if arm != "base" else "-"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def code_version() -> str:
+    """A hash of the Python sources and recipes: a run made by other code is not a finished run."""
+    digest = hashlib.sha256()
+    for path in sorted([*ROOT.glob("*.py"), *ROOT.glob("*/*.py"), *ROOT.glob("recipes/*.yaml")]):
+        if not path.parent.name.startswith((".", "tests")):
+            digest.update(path.relative_to(ROOT).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def protocol(a: argparse.Namespace) -> dict:
+    return dict(model=a.model, tasks=list(a.tasks), split_seed=a.split_seed, rows_per_task=a.rows_per_task,
+                steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, dtype=a.dtype, fold=a.fold,
+                calib=[a.calib_windows, a.calib_seq_len], train_flags=a.train_flags)
+
+
+def job_key(job: Job, a: argparse.Namespace, version: str) -> str:
+    proto = hashlib.sha256(json.dumps(protocol(a), sort_keys=True).encode()).hexdigest()[:12]
+    return f"{job.kind}|{job.arm}|{job.seed}|{job.lr!r}|{recipe_hash(job.arm)}|{proto}|{version}"
+
+
+# --- data -----------------------------------------------------------------------------------------------
+
+def split_task(task: str, n_rows: int, seed: int, fold: float) -> tuple[list[int], list[int], list[int]]:
+    """(train, fold, held-out) row indices of one task: held-out half, then `fold` of the rest for the lr."""
+    order = np.random.default_rng([seed, zlib.crc32(task.encode())]).permutation(n_rows)
+    half = n_rows // 2
+    train = order[half:]
+    n_fold = max(1, int(round(fold * len(train))))
+    return sorted(train[n_fold:].tolist()), sorted(train[:n_fold].tolist()), sorted(order[:half].tolist())
+
+
+def build_data(out: Path, tasks: tuple[str, ...], seed: int, fold: float, rows_per_task: int | None) -> dict[str, Path]:
+    """train.json (both training parts), tune_train.json, tune_fold.json and heldout.json in `out`."""
+    from common.io import write_json
+    from data.arrow import read_split, task_split_dir
+    from data.commonsense import commonsense_record
+
+    parts: dict[str, list[dict]] = {"tune_train": [], "tune_fold": [], "heldout": []}
+    for task in tasks:
+        rows = read_split(task_split_dir(task))
+        n = len(rows) if rows_per_task is None else min(rows_per_task, len(rows))
+        for name, ids in zip(parts, split_task(task, n, seed, fold)):
+            parts[name] += [commonsense_record(task, rows[i], i) for i in ids]
+    parts["train"] = sorted(parts["tune_train"] + parts["tune_fold"], key=lambda r: (r["task"], r["doc_id"]))
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, records in parts.items():
+        paths[name] = out / f"{name}.json"
+        write_json(paths[name], records)
+    return paths
+
+
+# --- one run, in its own process ------------------------------------------------------------------------
+
+def answer_pairs(tokenizer, records: list[dict]):
+    """The answer word's tokens after the training prompt and "the correct answer is"."""
+    from data.templates import alpaca_prompt
+    from eval.loglikelihood import encode_pair
+
+    return [encode_pair(tokenizer, alpaca_prompt(r["instruction"], r.get("input", "")) + "the correct answer is",
+                        " " + r["answer"], add_bos=tokenizer.bos_id is not None) for r in records]
+
+
+def score(model, tokenizer, records: list[dict], batch_size: int, harness: bool) -> dict:
+    """Per held-out row, in the order of `records`: answer NLL and tokens; with `harness`, acc and acc_norm."""
+    from eval import evaluate
+    from eval.loglikelihood import loglikelihoods
+
+    pairs = answer_pairs(tokenizer, records)
+    lls = loglikelihoods(model, pairs, batch_size=batch_size)
+    rows = dict(nll=[round(-ll, 4) for ll, _ in lls], ntok=[len(cont) for _, cont in pairs])
+    if harness:
+        doc_ids: dict[str, list[int]] = {}
+        for r in records:
+            doc_ids.setdefault(r["task"], []).append(r["doc_id"])
+        found = {(x["task"], x["doc_id"]): x for x in evaluate(model, tokenizer, sorted(doc_ids), num_fewshot=0,
+                                                              doc_ids=doc_ids, batch_size=batch_size,
+                                                              progress=False)["records"]}
+        rows["acc"] = [int(found[r["task"], r["doc_id"]]["acc"]) for r in records]
+        rows["acc_norm"] = [int(found[r["task"], r["doc_id"]]["acc_norm"]) for r in records]
+    return rows
+
+
+def train_flags(job: Job, spec: dict, data: Path, out: Path) -> list[str]:
+    flags = ["--config", job.arm, "--model", spec["model"], "--data", str(data), "--out", str(out),
+             "--seed", str(job.seed), "--lr", repr(job.lr), "--batch-size", str(spec["batch_size"]),
+             "--seq-len", str(spec["seq_len"]), "--save-format", "hf", "--overwrite", "--no-memory-report",
+             "--device", spec["device"], "--dtype", spec["dtype"]]
+    windows, length = spec["calib"]
+    flags += ["--calib-windows", str(windows)] if windows else []
+    flags += ["--calib-seq-len", str(length)] if length else []
+    flags += ["--max-steps", str(spec["steps"])] if spec["steps"] else []
+    return flags + shlex.split(spec["train_flags"])
+
+
+def run_job(spec: dict) -> dict:
+    """Train (unless `base`), then score; the result line of bench.reproduce (per-row values included)."""
+    import torch
+
+    import train
+    from model import load_model
+    from model.cli import DTYPES
+
+    job, work = Job(**spec["job"]), Path(spec["work"])
+    started = time.perf_counter()
+    records = json.loads(Path(spec["data"]["tune_fold" if job.kind == "tune" else "heldout"]).read_text())
+    metrics = []
+    source = spec["model"]
+    if job.kind != "base":
+        train.main(train_flags(job, spec, Path(spec["data"]["tune_train" if job.kind == "tune" else "train"]), work))
+        metrics = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+        source = work / "final-hf"
+    device = torch.device(spec["device"])
+    model, tokenizer = load_model(source, device=device, dtype=DTYPES[spec["dtype"]])
+    rows = score(model, tokenizer, records, spec["eval_batch_size"], harness=job.kind != "tune")
+    steps = [m for m in metrics if "step_s" in m]
+    return dict(key=spec["key"], **asdict(job), recipe=recipe_hash(job.arm), protocol=protocol_of(spec),
+                code=spec["code"], rows=rows, tasks=[r["task"] for r in records], doc_ids=[r["doc_id"] for r in records],
+                steps=len(steps), final_loss=steps[-1]["loss"] if steps else None,
+                peak_memory=max((m["peak_memory"] for m in steps), default=None),
+                tokens_per_s=float(np.median([m["tokens_per_s"] for m in steps])) if steps else None,
+                wall_s=time.perf_counter() - started)
+
+
+def protocol_of(spec: dict) -> dict:
+    return {k: spec[k] for k in ("model", "tasks", "split_seed", "rows_per_task", "steps", "batch_size", "seq_len",
+                                 "dtype", "fold", "calib", "train_flags")}
+
+
+# --- the schedule ---------------------------------------------------------------------------------------
+
+def plan(a: argparse.Namespace) -> list[Job]:
+    """Every job in the order that answers the most per minute: the base model, then per seed chunk the
+    contrast groups in PRIORITY order (each arm's lr tuning before its first main run)."""
+    jobs, tuned = [Job("base", "base", 0, None)], set()
+    arms = [arm for arm in ARMS if arm in a.arms]
+    seeds = list(range(1, a.seeds + 1))
+    for chunk in (seeds[:2], seeds[2:]):
+        for group in PRIORITY:
+            for arm in (x for x in group if x in arms):
+                if arm not in tuned and len(a.lr_factors) > 1:
+                    jobs += [Job("tune", arm, 0, lr) for lr in lr_grid(arm, a.lr_factors)]
+                    tuned.add(arm)
+                jobs += [Job("main", arm, s, None) for s in chunk]
+    return jobs
+
+
+def recipe_lr(arm: str) -> float:
+    import yaml
+
+    return float(yaml.safe_load((ROOT / "recipes" / f"{arm}.yaml").read_text())["lr"])
+
+
+def lr_grid(arm: str, factors: list[float]) -> list[float]:
+    return [float(f"{recipe_lr(arm) * f:.3g}") for f in factors]
+
+
+def chosen_lr(arm: str, results: list[dict], factors: list[float]) -> float | None:
+    """The lr with the lowest fold answer NLL per token, once every lr of the grid has its result; else None."""
+    if len(factors) == 1:
+        return lr_grid(arm, factors)[0]
+    tuned = {r["lr"]: r for r in results if r["kind"] == "tune" and r["arm"] == arm}
+    if set(lr_grid(arm, factors)) - set(tuned):
+        return None
+    nll = lambda r: sum(r["rows"]["nll"]) / sum(r["rows"]["ntok"])  # noqa: E731
+    return min(tuned.values(), key=lambda r: (not np.isfinite(nll(r)), nll(r)))["lr"]
+
+
+def read_results(paths: list[Path]) -> list[dict]:
+    """Result lines of every file, one per key (the first seen wins); a torn last line is skipped."""
+    seen: dict[str, dict] = {}
+    for path in paths:
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            try:
+                result = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            seen.setdefault(result["key"], result)
+    return list(seen.values())
+
+
+def schedule(a: argparse.Namespace, data: dict[str, Path], results_path: Path, work: Path) -> None:
+    """Run the planned jobs, `a.workers` at a time, within the budget; append each result as it lands."""
+    version, started = code_version(), time.monotonic()
+    budget = a.budget_minutes * 60 if a.budget_minutes else float("inf")
+    results = read_results([results_path])
+    done = {r["key"] for r in results}
+    pending = list(plan(a))
+    running: dict[str, tuple[subprocess.Popen, Job, float]] = {}
+    durations: list[float] = []
+    log = lambda text: print(f"[{time.monotonic() - started:6.0f} s] {text}", flush=True)  # noqa: E731
+    while pending or running:
+        for key, (proc, job, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[key]
+            if proc.returncode == 0:
+                durations.append(time.monotonic() - t0)
+                results = read_results([results_path])
+                log(f"done {job.kind} {job.arm} seed {job.seed} lr {job.lr} in {durations[-1]:.0f} s")
+            else:
+                log(f"FAILED {job.kind} {job.arm} seed {job.seed} lr {job.lr}: see {work / key_name(key)}.log")
+        expected = max(durations) if durations else 0.0
+        left = budget - (time.monotonic() - started)
+        for planned in list(pending):
+            if len(running) >= a.workers:
+                break
+            job = planned
+            if job.kind == "main" and job.lr is None:
+                lr = chosen_lr(job.arm, results, a.lr_factors)
+                if lr is None:
+                    continue  # its tuning is still running (or failed: see below)
+                job = Job("main", job.arm, job.seed, lr)
+            pending.remove(planned)
+            key = job_key(job, a, version)
+            if key in done:
+                continue
+            if expected > left:
+                log(f"budget: {left:.0f} s left, a run takes {expected:.0f} s; {len(pending) + 1} runs not started")
+                pending = []
+                break
+            running[key] = (start(job, key, a, data, results_path, work, version), job, time.monotonic())
+        if pending and not running:  # nothing runs and nothing can start: an arm's lr tuning failed
+            log(f"cannot start {len(pending)} runs: their arm's lr tuning has no result (a failed run above)")
+            break
+        if running and time.monotonic() - started > budget + a.grace_s:
+            for key, (proc, job, _) in running.items():
+                proc.terminate()
+                log(f"budget: stopped {job.kind} {job.arm} seed {job.seed} (not counted)")
+            for proc, _, _ in running.values():
+                proc.wait()
+            running = {}
+        time.sleep(0.2 if running else 0)
+
+
+def key_name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def start(job: Job, key: str, a: argparse.Namespace, data: dict[str, Path], results_path: Path, work: Path,
+          version: str) -> subprocess.Popen:
+    spec = dict(job=asdict(job), key=key, code=version, work=str(work / key_name(key)), results=str(results_path),
+                data={k: str(v) for k, v in data.items()}, device=a.device, eval_batch_size=a.eval_batch_size,
+                **protocol(a))
+    log = open(work / f"{key_name(key)}.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "bench.reproduce", "--run-job", json.dumps(spec)], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def append_result(path: Path, result: dict) -> None:
+    """One line, written with one write call in append mode: concurrent workers never interleave lines."""
+    with open(path, "a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
+# --- the report -----------------------------------------------------------------------------------------
+
+def arms_of(results: list[dict]) -> tuple[dict[str, Arm], np.ndarray, list[str]]:
+    """Main runs as bench.stats Arms on the rows every run scored, in one (task, doc_id) order."""
+    main = [r for r in results if r["kind"] in ("main", "base")]
+    if not main:
+        raise UserError("--results: no finished main run to report")
+    rows = sorted(set.intersection(*(set(zip(r["tasks"], r["doc_ids"])) for r in main)))
+    tasks = sorted({t for t, _ in rows}, key=lambda t: TASKS.index(t) if t in TASKS else len(TASKS))
+    task = np.array([tasks.index(t) for t, _ in rows])
+    arms: dict[str, Arm] = {}
+    for arm in dict.fromkeys(r["arm"] for r in main):
+        runs = sorted((r for r in main if r["arm"] == arm), key=lambda r: r["seed"])
+        values = []
+        for r in runs:
+            where = {row: i for i, row in enumerate(zip(r["tasks"], r["doc_ids"]))}
+            index = [where[row] for row in rows]
+            values.append((np.array(r["rows"]["acc"])[index], np.array(r["rows"]["nll"])[index],
+                           np.array(r["rows"]["ntok"], dtype=float)[index]))
+        arms[arm] = Arm(np.stack([v[0] for v in values]), np.stack([v[1] for v in values]), values[0][2],
+                        tuple(r["seed"] for r in runs))
+    return arms, task, tasks
+
+
+def report(results: list[dict], out: Path, n_boot: int) -> str:
+    arms, task, tasks = arms_of(results)
+    base = arms.pop("base", None)
+    contrasts = [(f"{a} - {b}", a, b, what) for a, b, what in CLAIMS if a in arms and b in arms]
+    contrasts += [(f"{a} - full", a, "full", None) for a in arms if a != "full" and "full" in arms
+                  and f"{a} - full" not in {c[0] for c in contrasts}]
+    intervals = {(label, m): paired_difference(m, arms[a], arms[b], task, n_boot) for label, a, b, _ in contrasts
+                 for m in METRICS}
+    verdicts = {label: verdict("mean8", intervals[label, "mean8"]) for label, *_ in contrasts}
+    lines = [headline(verdicts, [c for c in contrasts if c[3]]), "",
+             "Rules, fixed before the runs: each claim says arm a is better than arm b. On the paired 95 % bootstrap "
+             "interval of a - b (seeds and held-out rows resampled), the claim is **supported** when the whole interval "
+             "is above 0 (below 0 for NLL), **refuted** when it is wholly on the other side, **inconclusive** when it "
+             "holds 0. The verdict is read on the paper's metric, the unweighted mean of the 8 task accuracies; the "
+             "row-pooled accuracy and the answer NLL are reported beside it.", "",
+             f"Model {results[0]['protocol']['model']} (SmolLM2-135M-Instruct is the quantised, instruction-tuned "
+             f"Q4_1 GGUF), {len(task)} held-out rows, " + ", ".join(f"{t} {int((task == i).sum())}" for i, t in enumerate(tasks))
+             + f"; protocol {json.dumps(results[0]['protocol'])}.", "",
+             "| arm | seeds | lr | 8-task mean acc | pooled acc | answer NLL/token | peak GiB | tokens/s | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    if base is not None:
+        lines.append(arm_row("pre-trained", base, task, None, []))
+    for arm, values in arms.items():
+        lines.append(arm_row(arm, values, task, lr_of(arm, results), [r for r in results if r["arm"] == arm and r["kind"] == "main"]))
+    lines += ["", "| contrast (a - b) | seeds | 8-task mean, points [95 % CI] | pooled, points | answer NLL/token | verdict | claim |",
+              "|---|---|---|---|---|---|---|"]
+    for label, a, b, what in contrasts:
+        cells = [f"{intervals[label, m].estimate:+.2f} [{intervals[label, m].low:+.2f}, {intervals[label, m].high:+.2f}]"
+                 if m != "nll" else f"{intervals[label, m].estimate:+.4f} [{intervals[label, m].low:+.4f}, "
+                 f"{intervals[label, m].high:+.4f}]" for m in METRICS]
+        lines.append(f"| {label} | {intervals[label, 'mean8'].seeds} | " + " | ".join(cells)
+                     + f" | {verdicts[label]} | {what or ''} |")
+    tuned = [r for r in results if r["kind"] == "tune"]
+    if tuned:
+        lines += ["", "lr tuning (answer NLL/token on the 10 % fold, seed 0): " + "; ".join(
+            f"{arm}: " + ", ".join(f"{r['lr']:g} {sum(r['rows']['nll']) / sum(r['rows']['ntok']):.3f}"
+                                   for r in sorted((r for r in tuned if r["arm"] == arm), key=lambda r: r["lr"]))
+            for arm in dict.fromkeys(r["arm"] for r in tuned))]
+    forest_plot([(label, intervals[label, "mean8"]) for label, *_ in contrasts], out / "forest.png",
+                "difference in the 8-task mean accuracy (points), 95 % paired bootstrap CI", CLAIMED)
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    return text
+
+
+def headline(verdicts: dict[str, str], claims: list) -> str:
+    decided = {label: v for label, v in verdicts.items() if v != "inconclusive" and label in {c[0] for c in claims}}
+    if not decided:
+        return ("**This result cannot distinguish the methods**: every claim's interval holds 0 "
+                "(inconclusive at this number of seeds, rows and steps).")
+    return "**Verdicts**: " + "; ".join(f"{label}: {v}" for label, v in verdicts.items() if label in {c[0] for c in claims}) + "."
+
+
+def lr_of(arm: str, results: list[dict]) -> float | None:
+    lrs = {r["lr"] for r in results if r["arm"] == arm and r["kind"] == "main"}
+    return lrs.pop() if len(lrs) == 1 else None
+
+
+def arm_row(name: str, arm: Arm, task: np.ndarray, lr: float | None, runs: list[dict]) -> str:
+    mean8 = 100 * np.mean([arm.acc[:, task == t].mean() for t in range(task.max() + 1)])
+    nll = arm.nll.sum() / (arm.ntok.sum() * len(arm.seeds))
+    peak = max((r["peak_memory"] or 0 for r in runs), default=0) / 2**30
+    speed = np.median([r["tokens_per_s"] for r in runs]) if runs else float("nan")
+    wall = np.median([r["wall_s"] for r in runs]) if runs else float("nan")
+    return (f"| {name} | {len(arm.seeds)} | {lr if lr is not None else '-'} | {mean8:.2f} | {100 * arm.acc.mean():.2f} | "
+            f"{nll:.4f} | {peak:.2f} | {speed:.0f} | {wall:.0f} |")
+
+
+# --- command line ---------------------------------------------------------------------------------------
+
+def smoke_model(out: Path) -> Path:
+    """A tiny random LLaMA with the Mistral v1 tokenizer, saved as an HF folder (the --smoke model)."""
+    import torch
+
+    from common.assets import asset_path
+    from model import Transformer, get_config, save_model
+
+    if not (out / "config.json").is_file():
+        torch.manual_seed(0)
+        save_model(Transformer(get_config("tiny", vocab_size=32000, n_layers=6, max_seq_len=512)), out, format="hf",
+                   tokenizer=asset_path("mistral-v1-tokenizer"))
+    return out
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = cli.ArgumentParser(prog="python -m bench.reproduce", description=__doc__.splitlines()[0],
+                           epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    floats = lambda v: [float(x) for x in v.split(",")]  # noqa: E731
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--methods", type=lambda v: v.split(","), default=list(METHODS))
-    p.add_argument("--tasks", type=lambda v: v.split(","), default=list(TASKS))
-    p.add_argument("--lrs", type=lambda v: [float(x) for x in v.split(",")], default=[3e-5])
-    p.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[1])
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--heldout", type=int, default=20, help="held-out rows per task")
-    p.add_argument("--train-per-task", type=int, default=200)
-    p.add_argument("--gamma", type=int, default=5)
-    p.add_argument("--period", type=int, default=5)
-    p.add_argument("--rank", type=int, default=64)
-    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--arms", type=lambda v: v.split(","), default=list(ARMS), help=",".join(ARMS))
+    p.add_argument("--tasks", type=lambda v: tuple(v.split(",")), default=TASKS)
+    p.add_argument("--seeds", type=cli.number(int, at_least=1), default=4, help="seeds 1..S per arm")
+    p.add_argument("--steps", type=cli.number(int, at_least=0), default=0, help="optimizer steps (0: one epoch)")
+    p.add_argument("--batch-size", type=cli.number(int, at_least=1), default=16)
+    p.add_argument("--seq-len", type=cli.number(int, at_least=8), default=512)
+    p.add_argument("--lr-factors", type=floats, default=[0.3, 1.0, 3.0], help="x the recipe's lr; one value: no tuning")
+    p.add_argument("--fold", type=float, default=0.1, help="share of the training half that scores the lr grid")
+    p.add_argument("--split-seed", type=cli.number(int, at_least=0), default=0)
+    p.add_argument("--rows-per-task", type=cli.number(int, at_least=4), help="the first N rows of each task only")
+    p.add_argument("--calib-windows", type=cli.number(int, at_least=1), help="default: the recipe's")
+    p.add_argument("--calib-seq-len", type=cli.number(int, at_least=8), help="default: the recipe's")
+    p.add_argument("--train-flags", default="", help="more train.py flags for every run (they win over recipes)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), help="default: bf16 on cuda, fp32 on cpu")
+    p.add_argument("--workers", type=cli.number(int, at_least=1), default=1, help="runs at once")
+    p.add_argument("--eval-batch-size", type=cli.number(int, at_least=1), default=32)
+    p.add_argument("--budget-minutes", type=float, help="start no run that cannot finish in time; stop the rest")
+    p.add_argument("--grace-s", type=float, default=20.0, help="past the budget, runs still going are stopped")
+    p.add_argument("--n-boot", type=cli.number(int, at_least=100), default=2000)
     p.add_argument("--out", default="runs/reproduce")
+    p.add_argument("--merge", nargs="*", default=[], help="other result files to report with this one")
+    p.add_argument("--report-only", action="store_true", help="no runs: the report of the results so far")
+    p.add_argument("--smoke", action="store_true", help="a tiny random model, 2 arms x 2 seeds x 2 steps, CPU")
+    p.add_argument("--run-job", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    unknown = set(a.methods) - set(METHODS)
+    if a.smoke:
+        a.arms, a.seeds, a.steps, a.batch_size, a.seq_len = ["owlore", "full"], 2, 2, 2, 64
+        a.rows_per_task, a.calib_windows, a.calib_seq_len, a.lr_factors, a.n_boot = 8, 2, 32, [1.0], 200
+        a.tasks, a.train_flags = a.tasks[:3], "--M 3"  # a random model has few outliers at the official M 13
+    a.dtype = a.dtype or ("bf16" if a.device.startswith("cuda") else "fp32")
+    unknown = sorted(set(a.arms) - set(ARMS))
     if unknown:
-        p.error(f"unknown method(s) {sorted(unknown)}; known: {', '.join(METHODS)}")
+        raise UserError(f"--arms: unknown {', '.join(unknown)}; known: {', '.join(ARMS)}")
+    return a
+
+
+def main(argv: list[str] | None = None) -> str | None:
+    a = parse(argv)
+    if a.run_job:
+        spec = json.loads(a.run_job)
+        append_result(Path(spec["results"]), run_job(spec))
+        return None
     out = Path(a.out)
-    data, heldout = build_commonsense(out / "data", a.heldout, a.train_per_task, seed=0, tasks=tuple(a.tasks))
-    results = []
-    with tempfile.TemporaryDirectory() as work:
-        for method in a.methods:
-            for lr in a.lrs:
-                for seed in a.seeds:
-                    results.append(run_one(a, data, heldout, Path(work) / f"{method}-{lr}-{seed}", method, lr, seed))
-                    print(json.dumps(results[-1]), flush=True)
-    text, best = table(results, a.tasks)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "table.md").write_text(text + "\n")
-    plot(best, out / "accuracy.png")
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    if a.smoke:
+        a.model = str(smoke_model(out / "smoke-model"))
+    if not a.report_only:
+        data = build_data(out / "data", a.tasks, a.split_seed, a.fold, a.rows_per_task)
+        (out / "work").mkdir(exist_ok=True)
+        schedule(a, data, results_path, out / "work")
+    text = report(read_results([results_path, *map(Path, a.merge)]), out, a.n_boot)
     print(text)
-    return best
+    return text
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from common import cli
 from common.assets import asset_path
 from data.commonsense import build_commonsense
 from model import Transformer, get_config, save_model
-from training.args import parse_args
+from training.args import parse_args, step_config
 from training.memory import GIB, simulate_memory
 from training.methods import METHODS
 
@@ -102,7 +102,7 @@ def estimate_for(model_dir: Path, data: Path, method: str, a: argparse.Namespace
     config = get_config("llama2-7b", dim=a.dim, n_layers=a.layers, n_heads=a.heads, n_kv_heads=a.heads,
                         ffn_dim=a.ffn, max_seq_len=max(a.seq_len, 128))
     args = parse_args(train_args(model_dir, data, model_dir.parent / "unused", method, a, lean))
-    return simulate_memory(config, args, DTYPES[a.dtype]).peak.total + runtime
+    return simulate_memory(config, step_config(args), DTYPES[a.dtype]).peak.total + runtime
 
 
 def compare(a: argparse.Namespace, work: Path) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import signal
 import subprocess
 import textwrap
 from pathlib import Path
@@ -92,10 +93,12 @@ def test_a_non_finite_model_is_not_exported(tiny_dir, data_file, tmp_path, monke
 
 
 def test_a_huge_learning_rate_stops_without_saving_a_non_finite_checkpoint(tiny_dir, data_file, tmp_path):
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     with pytest.raises(UserError, match="step .*: (loss|gradient norm|weight).*stopped without saving"):
         run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "8", "--lr", "1e30", "--warmup", "2")
     for ckpt in checkpoints(tmp_path):
         assert all(torch.isfinite(v).all() for v in torch.load(ckpt / "model.pt", weights_only=True).values())
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # the loop's handlers left with the error
 
 
 def test_a_non_finite_gradient_stops_before_the_update(tiny_dir, data_file, tmp_path, monkeypatch):

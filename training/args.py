@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import yaml
@@ -23,6 +24,7 @@ from optim.schedule import SCHEDULES
 from sampling.policies import POLICIES
 from training.checkpoint import read_trainer_state, resolve_checkpoint
 from training.methods import METHODS, SAMPLED_METHODS
+from training.step import StepConfig
 
 # Adam's eps of the official runs: galore-torch's GaLoreAdamW (1e-6) for GaLore; HF Trainer's AdamW otherwise.
 DEFAULT_EPS = {"galore": 1e-6, "owlore": 1e-6}
@@ -32,7 +34,7 @@ OFFICIAL_MAX_GRAD_NORM = 1.0  # HF Trainer's max_grad_norm, which LMFlow's scrip
 # resume without changing what is trained: evaluation, checkpoint cadence and output formats, memory tricks.
 NOT_RESTORED = {"resume", "config", "out", "overwrite", "allow_changes"}
 HARMLESS_ON_RESUME = {"eval_every", "eval_data", "eval_limit", "save_every", "keep_checkpoints",
-                      "save_format", "device", "ckpt_dir", "grad_ckpt", "chunked_ce", "fsdp"}
+                      "save_format", "device", "ckpt_dir", "grad_ckpt", "chunked_ce", "fsdp", "memory_report"}
 
 COUNT, NONNEG = number(int, at_least=1), number(int, at_least=0)
 POSITIVE, NONNEG_FLOAT = number(float, above=0), number(float, at_least=0)
@@ -112,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--grad-ckpt", action="store_true", help="activation checkpointing per block")
     a("--fsdp", action="store_true", help="shard weights, gradients and optimizer state over the ranks (FSDP2)")
     a("--reduce-dtype", choices=("fp32", "bf16", "fp16"), help="--fsdp gradient reduction dtype (default: --dtype)")
+    a("--memory-report", action=argparse.BooleanOptionalAction, default=True,
+      help="simulate the step's memory on fake tensors before training and report it beside the measured peak")
     a("--lean", action="store_true", help="lean-memory preset: fused, chunked CE, grad ckpt, randomized SVD")
     a("--seed", type=NONNEG, default=111)
     # output
@@ -241,10 +245,16 @@ def apply_presets(args: argparse.Namespace) -> None:
 RANDOMIZED_SVD_FROM = 10**9  # parameters; each newly sampled 7B block refreshes 7 projectors at once
 
 
-def resolve_svd(args: argparse.Namespace, n_params: int) -> None:
+def resolve_svd(svd: str, n_params: int) -> str:
     """--svd auto -> randomized for a model of >= 1B parameters, exact below (BENCHMARKS.md: refresh share)."""
-    if args.svd == "auto":
-        args.svd = "randomized" if n_params >= RANDOMIZED_SVD_FROM else "exact"
+    if svd != "auto":
+        return svd
+    return "randomized" if n_params >= RANDOMIZED_SVD_FROM else "exact"
+
+
+def step_config(args: argparse.Namespace) -> StepConfig:
+    """The flags a training step reads (training.step), frozen; library code never sees the namespace."""
+    return StepConfig(**{f.name: getattr(args, f.name) for f in fields(StepConfig)})
 
 
 def check_consistency(args: argparse.Namespace) -> None:
@@ -291,8 +301,10 @@ def check_model_source(model: str, ckpt_dir: str | None) -> None:
                         "nor an existing checkpoint file or folder")
 
 
-def write_config(args: argparse.Namespace, out: Path, resumed_from: Path | None = None) -> Path:
-    """`out/config.yaml`: the resolved arguments (loadable with --config), and every change made on resume."""
+def write_config(args: argparse.Namespace, out: Path, resumed_from: Path | None = None, resolved: dict | None = None,
+                 ) -> Path:
+    """`out/config.yaml`: the resolved arguments (loadable with --config; `resolved` replaces some), and every
+    change made on resume."""
     from common.io import atomic_write
 
     path = out / "config.yaml"
@@ -300,7 +312,8 @@ def write_config(args: argparse.Namespace, out: Path, resumed_from: Path | None 
     if args.changed_on_resume:
         changes = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in args.changed_on_resume.items())
         notes.append(f"# resumed from {resumed_from} with --allow-changes: {changes}")
-    values = {k: v for k, v in vars(args).items() if k not in NOT_RESTORED | {"changed_on_resume"} or k == "out"}
+    values = {k: v for k, v in {**vars(args), **(resolved or {})}.items()
+              if k not in NOT_RESTORED | {"changed_on_resume"} or k == "out"}
     text = "\n".join(["# train.py arguments of this run, as resolved (usable with --config)", *notes,
                       yaml.safe_dump(values, sort_keys=False)])
     out.mkdir(parents=True, exist_ok=True)

@@ -16,9 +16,8 @@ and temporaries (the rest: gradients of activations, logits' gradients, SVD scra
 """
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -30,8 +29,8 @@ from model.transformer import Transformer
 from sampling import POLICIES, LayerSampler
 from training.args import resolve_svd
 from training.methods import SAMPLED_METHODS
-from training.step import (apply_gradients, backward_micro_batches, build_optimizer, gradient_norm, start_period,
-                           trainable_with_grad)
+from training.step import (StepConfig, apply_gradients, backward_micro_batches, build_optimizer, gradient_norm,
+                           start_period, trainable_with_grad)
 
 GIB = 2**30
 CATEGORIES = ("parameters", "gradients", "optimizer", "activations", "temporaries")
@@ -181,7 +180,7 @@ def build_model(config: ModelConfig, dtype: torch.dtype) -> Transformer:
         torch.set_default_dtype(previous)
 
 
-def active_sets(config: ModelConfig, args: argparse.Namespace, steps: int) -> list[list[int] | None]:
+def active_sets(config: ModelConfig, args: StepConfig, steps: int) -> list[list[int] | None]:
     """Blocks made trainable before each simulated step (None: no change). With --keep-inactive-state the
     draws cover every block once, so the last step holds the state of all of them (its steady state)."""
     if args.method not in SAMPLED_METHODS:
@@ -204,10 +203,10 @@ class Session:
     fused: object
     scheduler: object
     tokens: torch.Tensor
-    args: argparse.Namespace
+    args: StepConfig
 
 
-def prepare(config: ModelConfig, args: argparse.Namespace, dtype: torch.dtype, world_size: int = 1,
+def prepare(config: ModelConfig, args: StepConfig, dtype: torch.dtype, world_size: int = 1,
             max_micro_batches: int | None = None, device: str = "cpu") -> Session:
     """Build what train.py builds before its loop, under whatever tensor mode is active (fake or real).
 
@@ -216,12 +215,12 @@ def prepare(config: ModelConfig, args: argparse.Namespace, dtype: torch.dtype, w
     """
     grad_accum = min(args.grad_accum, max_micro_batches or args.grad_accum)
     rows = args.batch_size // world_size // args.grad_accum * grad_accum
-    args = argparse.Namespace(**{**vars(args), "grad_accum": grad_accum})
+    args = replace(args, grad_accum=grad_accum)
     with torch.device(device):
         model = build_model(config, dtype)
     model.train()
     model.gradient_checkpointing = args.grad_ckpt
-    resolve_svd(args, sum(p.numel() for p in model.parameters()))
+    args = replace(args, svd=resolve_svd(args.svd, sum(p.numel() for p in model.parameters())))
     groups, optimizer, fused = build_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     tokens = torch.randint(0, config.vocab_size, (rows, args.seq_len), device=device)
@@ -241,9 +240,9 @@ def run_steps(s: Session, steps: int, on_step=lambda k: None) -> None:
         s.scheduler.step()
 
 
-def simulate_memory(config: ModelConfig, args: argparse.Namespace, dtype: torch.dtype, steps: int = 2,
+def simulate_memory(config: ModelConfig, args: StepConfig, dtype: torch.dtype, steps: int = 2,
                     world_size: int = 1, max_micro_batches: int | None = None) -> MemoryReport:
-    """Peak live memory of `steps` training steps of train.py with `args` (its parsed flags) on `config`.
+    """Peak live memory of `steps` training steps of train.py with `args` (its step's flags) on `config`.
 
     Step 1 creates the optimizer state and computes every projector; later steps are the steady state.
     """

@@ -1,6 +1,7 @@
 """One optimizer step of train.py, for any caller that holds a batch: the training loop and the memory
 simulation (`training.memory`) run this same code, in this order.
 
+    StepConfig              the flags a step reads, frozen
     build_optimizer         LoRA adapters or the method's param groups -> GaLoreAdamW (+ fused hooks)
     start_period            the sampled blocks become trainable; the state of blocks that left is freed
     backward_micro_batches  forward/backward over the micro-batches, the loss a mean over the global batch
@@ -9,9 +10,9 @@ simulation (`training.memory`) run this same code, in this order.
 """
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -23,33 +24,71 @@ from training.fsdp import full_tensor, is_sharded, set_gradient_sync
 from training.methods import METHODS, activate_blocks, param_groups
 
 
-def build_optimizer(model: nn.Module, args: argparse.Namespace,
+@dataclass(frozen=True)
+class StepConfig:
+    """What a training step is: the method, its optimizer, the batch and the block draws (train.py's flags of
+    the same names; `training.args.step_config` builds it). `svd` may still be "auto" until the model is known
+    (`training.args.resolve_svd`)."""
+
+    method: str
+    batch_size: int
+    seq_len: int
+    grad_accum: int
+    chunked_ce: bool
+    grad_ckpt: bool
+    fused: bool
+    max_grad_norm: float | None
+    lr: float
+    eps: float
+    weight_decay: float
+    fp32_moments: bool
+    lora_rank: int
+    lora_alpha: float
+    lora_dropout: float
+    projector: str
+    rank: int
+    proj_type: str
+    svd: str
+    svd_oversample: int
+    svd_power_iters: int
+    update_proj_gap: int
+    galore_scale: float
+    reproject_moments: bool
+    gamma: int
+    period: int
+    seed: int
+    freeze_embeddings: bool
+    keep_inactive_state: bool
+
+
+def build_optimizer(model: nn.Module, config: StepConfig,
                     shard: Callable[[list[dict]], list[dict]] | None = None,
                     ) -> tuple[list[dict], GaLoreAdamW, FusedStepHandle | None]:
-    """(param groups, optimizer, fused-step handle or None) for `args.method`; LoRA wraps the model's linears.
+    """(param groups, optimizer, fused-step handle or None) for `config.method`; LoRA wraps the model's linears.
     `shard` (--fsdp) shards the model and returns the groups with its sharded parameters."""
-    method = METHODS[args.method]
+    method = METHODS[config.method]
     if method.adapters:
-        groups = [{"params": apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)}]
+        groups = [{"params": apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout)}]
     else:
-        galore = dict(projector=build_projector(args.projector, rank=args.rank, proj_type=args.proj_type, svd=args.svd,
-                                                oversample=args.svd_oversample, power_iters=args.svd_power_iters),
-                      update_proj_gap=args.update_proj_gap, scale=args.galore_scale,
-                      reproject_moments=args.reproject_moments)
+        projector = build_projector(config.projector, rank=config.rank, proj_type=config.proj_type, svd=config.svd,
+                                    oversample=config.svd_oversample, power_iters=config.svd_power_iters)
+        galore = dict(projector=projector,
+                      update_proj_gap=config.update_proj_gap, scale=config.galore_scale,
+                      reproject_moments=config.reproject_moments)
         groups = param_groups(model, galore if method.projected else None)
     if shard is not None:
         groups = shard(groups)
-    optimizer = GaLoreAdamW(groups, lr=args.lr, eps=args.eps, weight_decay=args.weight_decay,
-                            fp32_moments=args.fp32_moments)
-    fused = attach_fused_step(optimizer, [p for g in groups for p in g["params"]], grad_accum_steps=args.grad_accum,
-                              max_grad_norm=args.max_grad_norm) if args.fused else None
+    optimizer = GaLoreAdamW(groups, lr=config.lr, eps=config.eps, weight_decay=config.weight_decay,
+                            fp32_moments=config.fp32_moments)
+    fused = attach_fused_step(optimizer, [p for g in groups for p in g["params"]], grad_accum_steps=config.grad_accum,
+                              max_grad_norm=config.max_grad_norm) if config.fused else None
     return groups, optimizer, fused
 
 
-def start_period(model: nn.Module, optimizer: GaLoreAdamW, active: list[int], args: argparse.Namespace) -> None:
+def start_period(model: nn.Module, optimizer: GaLoreAdamW, active: list[int], config: StepConfig) -> None:
     """Train exactly the `active` blocks from now on; drop the optimizer state of blocks that left."""
-    left = activate_blocks(model, active, train_outer=not args.freeze_embeddings)
-    if not args.keep_inactive_state:
+    left = activate_blocks(model, active, train_outer=not config.freeze_embeddings)
+    if not config.keep_inactive_state:
         optimizer.drop_state(left)
 
 
