@@ -19,7 +19,7 @@ import training.step
 from common.assets import asset_path
 from data import BatchLoader, build_dataset, load_records
 from model import Transformer, get_config, load_model, save_model
-from common.errors import UserError
+from common.errors import Stopped, UserError
 from training.checkpoint import checkpoints
 from training.distributed import World
 
@@ -122,7 +122,8 @@ def test_sigint_then_resume_is_bit_identical(tiny_dir, data_file, tmp_path, firs
     args = ("--method", "owlore", "--period", "2", "--gamma", "2", "--max-steps", "5")
     run(tiny_dir, data_file, tmp_path / "straight", *args)
     interrupt_after(first, monkeypatch)
-    run(tiny_dir, data_file, tmp_path / "split", *args)
+    with pytest.raises(Stopped, match=rf"^by Ctrl-C after step {first}: wrote the checkpoint "):
+        run(tiny_dir, data_file, tmp_path / "split", *args)
     assert [p.name for p in (tmp_path / "split").glob("step-*")] == [f"step-{first:06d}"]
     monkeypatch.undo()
     train.main(["--resume", str(tmp_path / "split")])  # the saved arguments are restored

@@ -20,7 +20,8 @@ import torch
 from common.errors import UserError
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
-RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "final-meta", "final-hf", "final-peft", "sampling_counts.png",
+EXPORTS = ("final-meta", "final-hf", "final-peft")
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", *EXPORTS, "sampling_counts.png",
                "training_curves.png", "tensorboard")
 CHECKPOINT_FILES = ("model.pt", "optimizer.pt", "trainer.pt")
 
