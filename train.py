@@ -41,7 +41,7 @@ from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibrat
                       plot_sampling_counts, read_documents)
 from sampling.calibration import training_documents
 from training.args import parse_args, resolve_svd, step_config, write_config
-from training.checkpoint import (EXPORTS, checkpoints, clear_run, load_checkpoint, resolve_checkpoint, run_outputs,
+from training.checkpoint import (EXPORTS, CheckpointError, checkpoints, clear_run, load_checkpoint, resolve_checkpoint, run_outputs,
                                  save_checkpoint)
 from training.distributed import World, close_world, init_world, on_main, sum_scalar, together
 from training.fsdp import shard_model
@@ -122,7 +122,7 @@ def start(args: argparse.Namespace) -> Context:
     distributed = args.fsdp or world.size > 1
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     torch.manual_seed(args.seed)
-    say = print if world.is_main else (lambda *a, **k: None)
+    say = tqdm.write if world.is_main else (lambda *a, **k: None)  # above the progress bar, not into it
     if world.is_main and replace_run:
         clear_run(out)
     data = args.data or default_data(out, say)
@@ -286,9 +286,12 @@ def resume(c: Context, optimizer: GaLoreAdamW, scheduler, loader: BatchLoader, s
         raise UserError(f"--resume {c.resumed_from}: the checkpoint was written {how}")
     state = (load_sharded_checkpoint if c.distributed else load_checkpoint)(c.resumed_from, c.model, optimizer)
     scheduler.load_state_dict(state["scheduler"])
-    loader.load_state_dict(state["loader"])
-    if sampler:
-        sampler.load_state_dict(state["sampler"])
+    try:  # the data (its row count) and the sampler's configuration must be the checkpoint's
+        loader.load_state_dict(state["loader"])
+        if sampler:
+            sampler.load_state_dict(state["sampler"])
+    except ValueError as err:
+        raise CheckpointError(f"--resume {c.resumed_from}: {err}") from None
     c.say(f"resumed from {c.args.resume} at step {state['step']}")
     return state["step"]
 

@@ -86,8 +86,10 @@ def generate_main(argv: list[str]) -> None:
     p.add_argument("--limit", type=cli.number(int, at_least=1), default=None)
     p.add_argument("--output", default=None)
     args = p.parse_args(argv)
-    from eval.generative import read_llm_adapters, run_generative
+    from eval.generative import ANSWER_PATTERNS, read_llm_adapters, run_generative
 
+    if args.dataset not in ANSWER_PATTERNS:  # (scored after the generation: checked before it)
+        raise UserError(f"--dataset {args.dataset}: no answer pattern for it; known: {', '.join(ANSWER_PATTERNS)}")
     rows = read_llm_adapters(args.data)[: args.limit]
     if args.output:
         check_output_file(args.output, "--output")

@@ -74,7 +74,10 @@ def score(model: torch.nn.Module, tokenizer, args: argparse.Namespace, documents
     sum_sq = collect_input_sum_sq(model, batches(windows, args.batch_size), args.blockwise, args.device)
     scores = outlier_report(model, sum_sq, args.M)
     ratios = scores["ratios"]
-    sampler = LayerSampler("owlore", args.gamma, period=1, seed=0, n_layers=len(ratios), ratios=ratios)
+    try:
+        sampler = LayerSampler("owlore", args.gamma, period=1, seed=0, n_layers=len(ratios), ratios=ratios)
+    except ValueError as err:  # e.g. fewer blocks with outliers than --gamma at this M
+        raise UserError(f"--M {args.M}: {err}; lower --M") from None
     extra = {"matrix_ratios": scores["matrix_ratios"], "gamma": args.gamma, "probabilities": sampler.probabilities,
              "inclusion_monte_carlo": sampler.inclusion_probabilities("monte_carlo")}
     try:

@@ -37,6 +37,8 @@ def one_line(main, argv, capsys) -> str:
     (["generate", "--model", NO_MODEL, "--dataset", "boolq", "--data", "x.json", "--num-beams", "0"],
      "error: --num-beams: must be >= 1, got 0"),
     (["--tasks", "boolq"], "error: the following arguments are required: --model"),
+    (["generate", "--model", NO_MODEL, "--dataset", "gsm8k", "--data", "x.json"],
+     "error: --dataset gsm8k: no answer pattern for it; known: boolq"),
 ])
 def test_eval(argv, message, capsys):
     assert one_line(eval.__main__.main, argv, capsys).startswith(message)

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 import train
-from common.errors import UserError
+from common.errors import Stopped, UserError
 from model.hf_format import read_hf_dir
 from test_train import ROOT, data_file, final_weights, run, tiny_dir  # noqa: F401 (fixtures)
 from training.checkpoint import checkpoints
@@ -189,3 +189,29 @@ def test_a_length_beyond_the_model_context_is_refused_before_calibration(tiny_di
     monkeypatch.setattr(train, "load_or_compute_ratios", lambda *a, **k: pytest.fail("calibrated before the check"))
     with pytest.raises(UserError, match=rf"^{flag}: {context + 1} tokens exceed the model's context of {context}$"):
         run(tiny_dir, data_file, tmp_path, "--method", "owlore", "--max-steps", "1", flag, str(context + 1))
+
+
+def test_a_second_signal_stops_at_once_and_says_so(tmp_path):
+    """The first asks for a clean stop (the loop saves); the second does not wait for it. Before the loop is
+    armed, the first stops at once."""
+    with train.StopFlag(tmp_path) as stop:
+        with pytest.raises(Stopped, match=r"^by Ctrl-C before the first checkpoint: none was written; run the same"):
+            os.kill(os.getpid(), signal.SIGINT)
+        stop.armed = True
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested == signal.SIGTERM
+        (tmp_path / "step-000004").mkdir()
+        with pytest.raises(Stopped, match=rf"^by a second Ctrl-C, at once: the newest checkpoint is "
+                                          rf"{tmp_path / 'step-000004'}; resume with --resume {tmp_path}$") as stopped:
+            os.kill(os.getpid(), signal.SIGINT)
+        assert stopped.value.status == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_resuming_on_data_of_another_size_is_one_line(tiny_dir, data_file, tmp_path):
+    run(tiny_dir, data_file, tmp_path / "run", *FULL, "--max-steps", "2")
+    more = tmp_path / "more.json"
+    more.write_text(json.dumps(json.loads(data_file.read_text()) * 2))
+    with pytest.raises(UserError, match=r"^--resume .*step-000002: cannot resume the data order: saved num_rows 8 "
+                                        r"!= current 16$"):
+        train.main(["--resume", str(tmp_path / "run"), "--data", str(more), "--allow-changes", "--max-steps", "3"])
