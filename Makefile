@@ -24,6 +24,7 @@ install: $(VENV)
 
 install-dev: install
 	$(PIP) -r requirements-dev.txt
+	$(PIP) --no-deps apollo-torch==1.0.3 badam==1.4
 
 assets: install
 	$(PYTHON) -m common.assets

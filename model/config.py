@@ -1,7 +1,10 @@
-"""Model hyper-parameters and the one table of named configs (docs/method.md, "Models and checkpoint formats")."""
+"""Model hyper-parameters and the one table of named configs (docs/method.md, "Models and checkpoint formats");
+what differs between model families is declared in model/families/."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+
+from model.families import FAMILIES
 
 
 @dataclass(frozen=True)
@@ -12,29 +15,6 @@ class Llama3RopeScaling:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_seq_len: int = 8192
-
-
-@dataclass(frozen=True)
-class Family:
-    """What one model family is called in each checkpoint format, and what differs between families.
-
-    Adding a family is one row in `FAMILIES` (plus tensor-name maps in the formats if its tensors differ).
-    """
-
-    name: str  # ModelConfig.family; also the HF config.json "model_type"
-    hf_architecture: str  # HF config.json "architectures"[0]
-    gguf_architecture: str  # GGUF general.architecture (llama.cpp converts Mistral as "llama")
-    chat_template: str  # built-in chat format (model.chat) for a SentencePiece tokenizer of this family
-    sliding_window: bool = False  # attention may be limited to the last ModelConfig.sliding_window keys
-
-
-FAMILIES: dict[str, Family] = {
-    f.name: f
-    for f in [
-        Family("llama", "LlamaForCausalLM", "llama", "llama2"),
-        Family("mistral", "MistralForCausalLM", "llama", "mistral", sliding_window=True),
-    ]
-}
 
 
 @dataclass
@@ -80,6 +60,11 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
+    @property
+    def qkv_bias(self) -> bool:
+        """q, k and v projections have a bias (the family's declaration)."""
+        return FAMILIES[self.family].qkv_bias
+
 
 def rope_scaling_from(values: dict, source: str, length_key: str) -> Llama3RopeScaling:
     """LLaMA-3.1 RoPE scaling from a checkpoint's fields; every field must be present and a number."""
@@ -120,6 +105,8 @@ CONFIGS: dict[str, ModelConfig] = {
         ModelConfig("llama3.1-8b", **_LLAMA3, max_seq_len=131072, rope_scaling=Llama3RopeScaling()),
         ModelConfig("mistral-7b", 4096, 32, 32, 8, 32000, 14336, max_seq_len=32768, sliding_window=4096,
                     family="mistral"),
+        ModelConfig("qwen2.5-0.5b", 896, 24, 14, 2, 151936, 4864, norm_eps=1e-6, rope_theta=1e6, max_seq_len=32768,
+                    tie_embeddings=True, family="qwen2"),
         ModelConfig("smollm2-135m", 576, 30, 9, 3, 49152, 1536, rope_theta=100000.0, max_seq_len=8192,
                     tie_embeddings=True),
         ModelConfig("tiny", **_TINY),

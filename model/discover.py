@@ -30,6 +30,7 @@ KNOWN: dict[str, Known] = {
     "llama3.1-8b": Known(("meta-llama/Llama-3.1-8B", "meta-llama/Meta-Llama-3.1-8B"),
                          ("Meta-Llama-3.1-8B", "Llama-3.1-8B", "Llama3.1-8B")),  # fmt: skip
     "mistral-7b": Known(("mistralai/Mistral-7B-v0.1",), ("mistral-7B-v0.1", "Mistral-7B-v0.1", "mistral-7b-v0.1")),
+    "qwen2.5-0.5b": Known(("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B-Instruct"), ("Qwen2.5-0.5B", "Qwen2.5-0.5B-Instruct")),
     "smollm2-135m": Known(("HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M"),
                           ("SmolLM2-135M-Instruct", "SmolLM2-135M")),  # fmt: skip
 }

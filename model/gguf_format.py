@@ -1,43 +1,35 @@
-"""llama.cpp GGUF files -> (ModelConfig, Meta-named fp32 state dict), dequantized with the `gguf` package.
+"""llama.cpp GGUF files -> (ModelConfig, Meta-named fp32 state dict), dequantized with the `gguf` package,
+and back (`write_gguf`: F32/F16/BF16/Q8_0 with the tokenizer and its chat template).
 
-GGUF q/k rows are already in Meta's interleaved RoPE layout, so no permutation is needed.
+Tensor names and the q/k row order (interleaved for "llama", rotate_half for "qwen2") come from the family
+(model/families/) that general.architecture names.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFReader
-from gguf.quants import dequantize
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType
+from gguf.quants import dequantize, quantize
 
 from common.io import atomic_write
-from model.config import FAMILIES, Llama3RopeScaling, ModelConfig
-from model.meta_format import rename
+from model.config import Llama3RopeScaling, ModelConfig
+from model.families import FAMILIES
+from model.chat import template_source
+from model.tensor_names import from_ours, to_ours
+from model.tokenizer_base import Tokenizer
+from model.tokenizer_spm import SentencePieceTokenizer
 from model.transformer import rope_frequencies
 
 SUPPORTED_TYPES = {
     GGMLQuantizationType[t]
     for t in ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 }
-_TOP_NAMES = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight", "output.weight": "output.weight"}
-_BLOCK_NAMES = {
-    "attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv", "attn_output": "attention.wo",
-    "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2", "ffn_up": "feed_forward.w3",
-    "attn_norm": "attention_norm", "ffn_norm": "ffn_norm",
-}  # fmt: skip
-_BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
-
 
 def gguf_metadata(reader: GGUFReader) -> dict:
     """Key/value fields of a GGUF file, `tokenizer.*` included (so the tokenizer needs no second read)."""
     return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
-
-
-def meta_name(gguf_name: str) -> str | None:
-    """Meta tensor name of a GGUF tensor name (None if unknown)."""
-    return rename(gguf_name, _TOP_NAMES, _BLOCK_RE, _BLOCK_NAMES, "layers.{}.{}.weight")
 
 
 def _scaling_from_factors(factors: np.ndarray, head_dim: int, theta: float, path: Path) -> Llama3RopeScaling:
@@ -52,10 +44,15 @@ def _scaling_from_factors(factors: np.ndarray, head_dim: int, theta: float, path
 def config_from_gguf(meta: dict, tensor_shapes: dict[str, tuple[int, ...]], name: str) -> ModelConfig:
     """ModelConfig from GGUF metadata (`{arch}.*` keys) and the tensor names/shapes present."""
     arch = meta.get("general.architecture")
-    families = [f.name for f in FAMILIES.values() if f.gguf_architecture == arch]
+    families = [f for f in FAMILIES.values() if f.gguf_architecture == arch]
     if not families:
         known = sorted({f.gguf_architecture for f in FAMILIES.values()})
         raise ValueError(f"{name}: GGUF architecture {arch!r} is not supported ({', '.join(known)})")
+    # Families sharing an architecture name (llama.cpp converts Mistral as "llama"): the first whose
+    # features the file has (a sliding window, q/k/v biases).
+    window, bias = meta.get(f"{arch}.attention.sliding_window"), "blk.0.attn_q.bias" in tensor_shapes
+    fitting = [f for f in families if (window is None or f.sliding_window) and f.qkv_bias == bias]
+    family = (fitting or families)[0]
 
     def get(key, default=None):
         value = meta.get(f"{arch}.{key}", default)
@@ -78,7 +75,7 @@ def config_from_gguf(meta: dict, tensor_shapes: dict[str, tuple[int, ...]], name
         max_seq_len=int(get("context_length", 4096)),
         sliding_window=meta.get(f"{arch}.attention.sliding_window"),
         tie_embeddings="output.weight" not in tensor_shapes,
-        family=families[0],  # the first family llama.cpp stores under this architecture name
+        family=family.name,
     )
     rope_dim = meta.get(f"{arch}.rope.dimension_count", config.head_dim)
     if rope_dim != config.head_dim:
@@ -111,25 +108,116 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], d
             factors = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(-1)
             config.rope_scaling = _scaling_from_factors(factors, config.head_dim, config.rope_theta, path)
             continue
-        name = meta_name(tensor.name)
-        if name is None:
-            raise ValueError(f"{path}: unknown GGUF tensor name {tensor.name!r}")
-        state[name] = _to_torch(tensor, path)
-    return config, state, meta
+        state[tensor.name] = _to_torch(tensor, path)
+    return config, to_ours(state, config, "gguf", str(path)), meta
+
+
+WRITE_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16", "Q8_0": "MOSTLY_Q8_0"}  # -> file type
+_NORMAL, _UNKNOWN, _CONTROL, _UNUSED, _BYTE = 1, 2, 3, 5, 6  # llama.cpp's token types
+
+
+def _source_fields(source: Path) -> list[tuple]:
+    """The `tokenizer.*` fields of a GGUF file as (key, value, type, sub-type), ready for GGUFWriter."""
+    reader = GGUFReader(str(source))
+    return [(key, field.contents(), field.types[0], field.types[1] if len(field.types) > 1 else None)
+            for key, field in reader.fields.items() if key.startswith("tokenizer.")]  # fmt: skip
+
+
+def _sentencepiece_fields(tokenizer: SentencePieceTokenizer) -> list[tuple]:
+    """A SentencePiece vocabulary as llama.cpp's "llama" tokenizer fields (pieces, scores, token types)."""
+    sp, n = tokenizer.sp, tokenizer.vocab_size
+    types = [_UNKNOWN if sp.is_unknown(i) else _CONTROL if sp.is_control(i) else _UNUSED if sp.is_unused(i)
+             else _BYTE if sp.is_byte(i) else _NORMAL for i in range(n)]  # fmt: skip
+    V = GGUFValueType
+    fields = [("tokenizer.ggml.model", "llama", V.STRING, None),
+              ("tokenizer.ggml.tokens", [sp.id_to_piece(i) for i in range(n)], V.ARRAY, V.STRING),
+              ("tokenizer.ggml.scores", [sp.get_score(i) for i in range(n)], V.ARRAY, V.FLOAT32),
+              ("tokenizer.ggml.token_type", types, V.ARRAY, V.INT32),
+              ("tokenizer.ggml.eos_token_id", tokenizer.eos_id, V.UINT32, None)]  # fmt: skip
+    for key, i in (("bos", tokenizer.bos_id), ("unknown", sp.unk_id()), ("padding", tokenizer.pad_id)):
+        if i is not None and i >= 0:
+            fields.append((f"tokenizer.ggml.{key}_token_id", i, V.UINT32, None))
+    return fields
+
+
+def tokenizer_fields(tokenizer: Tokenizer) -> list[tuple]:
+    """GGUF `tokenizer.*` fields of a tokenizer read from a GGUF file (its own, copied) or a SentencePiece
+    model, with its chat template; other tokenizers: ValueError."""
+    source = Path(getattr(tokenizer, "source", "") or "")
+    if source.suffix == ".gguf" and source.is_file():
+        fields = [f for f in _source_fields(source) if f[0] != "tokenizer.chat_template"]
+    elif isinstance(tokenizer, SentencePieceTokenizer):
+        fields = _sentencepiece_fields(tokenizer)
+    else:
+        raise ValueError(f"a GGUF export takes a GGUF or SentencePiece tokenizer, not a {type(tokenizer).__name__} "
+                         f"({source}); save without the tokenizer or as hf")  # fmt: skip
+    return fields + [("tokenizer.chat_template", template_source(tokenizer.chat_template), GGUFValueType.STRING, None)]
+
+
+def _add_tensor(writer: GGUFWriter, name: str, w: torch.Tensor, kind: str) -> None:
+    """A 2-D weight as `kind` (Q8_0 needs rows in blocks of 32: F16 otherwise, as llama.cpp falls back);
+    vectors (norms, biases) as F32."""
+    array = w.detach().float().cpu().numpy()
+    if w.ndim == 1 or kind == "F32":
+        writer.add_tensor(name, array)
+        return
+    block = GGML_QUANT_SIZES[GGMLQuantizationType[kind]][0]
+    qtype = GGMLQuantizationType[kind if array.shape[-1] % block == 0 else "F16"]
+    data = quantize(array, qtype)
+    writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
+
+
+def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, path: str | Path, kind: str = "F16",
+               tokenizer: Tokenizer | None = None) -> None:  # fmt: skip
+    """One GGUF file (atomically) that llama.cpp and `read_gguf` load: the family's GGUF names and q/k
+    order, matrices as `kind` (F32, F16, BF16 or Q8_0), LLaMA-3.1 RoPE scaling as rope_freqs."""
+    if kind not in WRITE_TYPES:
+        raise ValueError(f"unknown GGUF type {kind!r} ({', '.join(WRITE_TYPES)})")
+    fields = tokenizer_fields(tokenizer) if tokenizer is not None else []
+    tensors = from_ours(state, config, "gguf")
+    arch = FAMILIES[config.family].gguf_architecture
+
+    def write(tmp: Path) -> None:
+        writer = GGUFWriter(tmp, arch)
+        writer.add_name(config.name)
+        writer.add_file_type(LlamaFileType[WRITE_TYPES[kind]])
+        writer.add_block_count(config.n_layers)
+        writer.add_context_length(config.max_seq_len)
+        writer.add_embedding_length(config.dim)
+        writer.add_feed_forward_length(config.ffn_dim)
+        writer.add_head_count(config.n_heads)
+        writer.add_head_count_kv(config.n_kv_heads)
+        writer.add_rope_dimension_count(config.head_dim)
+        writer.add_rope_freq_base(config.rope_theta)
+        writer.add_layer_norm_rms_eps(config.norm_eps)
+        writer.add_vocab_size(config.vocab_size)
+        if config.sliding_window is not None:
+            writer.add_sliding_window(config.sliding_window)
+        for field in fields:
+            writer.add_key_value(*field)
+        if config.rope_scaling is not None:  # llama.cpp's per-pair divisors of the frequencies
+            base = rope_frequencies(config.head_dim, config.rope_theta)
+            writer.add_tensor("rope_freqs.weight", (base / rope_frequencies(config.head_dim, config.rope_theta,
+                                                                             config.rope_scaling)).numpy())  # fmt: skip
+        for name, w in tensors.items():
+            _add_tensor(writer, name, w, kind)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+    atomic_write(path, write)
 
 
 def write_vocab_gguf(source: str | Path, out_path: str | Path) -> None:
     """Copy only the `tokenizer.*` metadata of a GGUF file into a small tensor-free GGUF (atomically)."""
-    from gguf import GGUFWriter
-
     reader = GGUFReader(str(source))
     arch = reader.fields["general.architecture"].contents() if "general.architecture" in reader.fields else "llama"
 
     def write(tmp: Path) -> None:
         writer = GGUFWriter(tmp, arch)
-        for key, field in reader.fields.items():
-            if key.startswith("tokenizer."):
-                writer.add_key_value(key, field.contents(), field.types[0], field.types[1] if len(field.types) > 1 else None)
+        for field in _source_fields(Path(source)):
+            writer.add_key_value(*field)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

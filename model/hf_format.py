@@ -1,8 +1,7 @@
-"""Hugging Face LLaMA/Mistral layout: config.json + (sharded) safetensors, q/k rows permuted for rotate_half."""
+"""Hugging Face layout: config.json + (sharded) safetensors; names and q/k row order from the family (model/families/)."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -11,28 +10,27 @@ from safetensors.torch import save_file
 
 from common.errors import UserError
 from common.io import atomic_write, write_json
-from model.config import FAMILIES, ModelConfig, checked, rope_scaling_from
-from model.meta_format import rename
+from model.config import ModelConfig, checked, rope_scaling_from
+from model.families import FAMILIES
+from model.tensor_names import from_ours, to_ours
 
-_TOP = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight", "lm_head.weight": "output.weight"}
-_BLOCK = {
-    "self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk", "self_attn.v_proj": "attention.wv",
-    "self_attn.o_proj": "attention.wo", "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2",
-    "mlp.up_proj": "feed_forward.w3", "input_layernorm": "attention_norm", "post_attention_layernorm": "ffn_norm",
-}  # fmt: skip
-_BLOCK_INV = {v: k for k, v in _BLOCK.items()}
-_TOP_INV = {v: k for k, v in _TOP.items()}
-_HF_BLOCK_RE = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
-_META_BLOCK_RE = re.compile(r"layers\.(\d+)\.(.+)\.weight")
 DROPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
+def family_from_hf(cfg: dict, name: str) -> str:
+    """The family whose HF model_type config.json names."""
+    for family in FAMILIES.values():
+        if family.hf_model_type == cfg.get("model_type"):
+            return family.name
+    known = ", ".join(f.hf_model_type for f in FAMILIES.values())
+    raise ValueError(f"{name}: model_type {cfg.get('model_type')!r} is not supported ({known})")
+
+
 def config_from_hf(cfg: dict, name: str) -> ModelConfig:
-    """ModelConfig from an HF LLaMA/Mistral config.json dict."""
+    """ModelConfig from an HF config.json dict."""
     if not isinstance(cfg, dict):
         raise ValueError(f"{name}: config.json must hold an object, got a {type(cfg).__name__}")
-    if cfg.get("model_type") not in FAMILIES:
-        raise ValueError(f"{name}: model_type {cfg.get('model_type')!r} is not supported ({', '.join(FAMILIES)})")
+    family = family_from_hf(cfg, name)
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size") if k not in cfg]
     if missing:
         raise ValueError(f"{name}: config.json is missing {missing}")
@@ -42,7 +40,8 @@ def config_from_hf(cfg: dict, name: str) -> ModelConfig:
     if cfg.get("head_dim") not in (None, dim // n_heads):
         raise ValueError(f"{name}: head_dim {cfg['head_dim']} != hidden_size / num_attention_heads is unsupported")
     scaling = None
-    rs = cfg.get("rope_scaling")
+    rope = cfg.get("rope_parameters") or {}  # transformers 5 writes rope_theta and the scaling in here
+    rs = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
     if rs is not None:
         kind = rs.get("rope_type", rs.get("type"))
         if kind != "llama3":
@@ -52,15 +51,16 @@ def config_from_hf(cfg: dict, name: str) -> ModelConfig:
         name=cfg.get("_name_or_path") or name, dim=dim, n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
         n_kv_heads=cfg.get("num_key_value_heads") or n_heads, vocab_size=cfg["vocab_size"],
         ffn_dim=cfg["intermediate_size"], norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(cfg.get("rope_theta", 10000.0)), rope_scaling=scaling,
-        max_seq_len=cfg.get("max_position_embeddings", 4096), sliding_window=cfg.get("sliding_window"),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), family=cfg["model_type"],
+        rope_theta=float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0))), rope_scaling=scaling,
+        max_seq_len=cfg.get("max_position_embeddings", 4096),
+        sliding_window=cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None,
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), family=family,
     )  # fmt: skip
 
 
 def hf_config_from(config: ModelConfig) -> dict:
     cfg = {
-        "architectures": [FAMILIES[config.family].hf_architecture], "model_type": config.family,
+        "architectures": [FAMILIES[config.family].hf_architecture], "model_type": FAMILIES[config.family].hf_model_type,
         "_name_or_path": config.name, "hidden_size": config.dim, "num_hidden_layers": config.n_layers,
         "num_attention_heads": config.n_heads, "num_key_value_heads": config.n_kv_heads,
         "head_dim": config.head_dim, "vocab_size": config.vocab_size, "intermediate_size": config.ffn_dim,
@@ -74,64 +74,6 @@ def hf_config_from(config: ModelConfig) -> dict:
         cfg["rope_scaling"] = {"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
                                "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_max_seq_len}  # fmt: skip
     return cfg
-
-
-def unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """HF rotate_half rows -> Meta interleaved rows: per head, (first half, second half) -> pairs."""
-    rows, cols = w.shape
-    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
-
-
-def permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Meta interleaved rows -> HF rotate_half rows (inverse of `unpermute`)."""
-    rows, cols = w.shape
-    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
-
-
-def hf_to_meta_name(name: str) -> str | None:
-    return rename(name, _TOP, _HF_BLOCK_RE, _BLOCK, "layers.{}.{}.weight")
-
-
-def meta_to_hf_name(name: str) -> str:
-    hf = rename(name, _TOP_INV, _META_BLOCK_RE, _BLOCK_INV, "model.layers.{}.{}.weight")
-    if hf is None:
-        raise ValueError(f"unknown Meta tensor name {name!r}")
-    return hf
-
-
-def _qk_heads(meta_name: str, config: ModelConfig) -> int | None:
-    if meta_name.endswith("attention.wq.weight"):
-        return config.n_heads
-    if meta_name.endswith("attention.wk.weight"):
-        return config.n_kv_heads
-    return None
-
-
-def hf_to_meta(state: dict[str, torch.Tensor], config: ModelConfig, source: str = "HF checkpoint") -> dict[str, torch.Tensor]:
-    """Rename HF tensors to Meta names and un-permute q/k rows (kv heads for k)."""
-    out = {}
-    for name, w in state.items():
-        if name.endswith(DROPPED_SUFFIXES):
-            continue
-        meta = hf_to_meta_name(name)
-        if meta is None:
-            raise ValueError(f"{source}: unknown tensor name {name!r}")
-        heads = _qk_heads(meta, config)
-        if heads and tuple(w.shape) != (heads * config.head_dim, config.dim):
-            raise ValueError(f"{source}: tensor {name} has shape {tuple(w.shape)}, expected {(heads * config.head_dim, config.dim)}")
-        out[meta] = unpermute(w, heads) if heads else w
-    return out
-
-
-def meta_to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Inverse of `hf_to_meta`; a tied output head is left out (HF ties it from embed_tokens)."""
-    out = {}
-    for name, w in state.items():
-        if name == "output.weight" and config.tie_embeddings:
-            continue
-        heads = _qk_heads(name, config)
-        out[meta_to_hf_name(name)] = permute(w, heads) if heads else w
-    return out
 
 
 def _read_json(path: Path) -> dict:
@@ -166,7 +108,7 @@ def _safetensors_files(path: Path) -> list[Path]:
 
 
 def read_hf_dir(path: str | Path, weights: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor] | None]:
-    """Config and Meta-named state dict of an HF LLaMA/Mistral directory (safetensors, sharded or not;
+    """Config and Meta-named state dict of an HF directory (safetensors, sharded or not;
     `weights=False`: the config, and None)."""
     path = Path(path)
     config = config_from_hf(_read_json(path / "config.json"), str(path))
@@ -180,7 +122,8 @@ def read_hf_dir(path: str | Path, weights: bool = True) -> tuple[ModelConfig, di
                     state[key] = reader.get_tensor(key)
         except Exception as err:
             raise ValueError(f"{f}: cannot read safetensors ({err})") from err
-    return config, hf_to_meta(state, config, str(path))
+    state = {k: v for k, v in state.items() if not k.endswith(DROPPED_SUFFIXES)}
+    return config, to_ours(state, config, "hf", str(path))
 
 
 def write_hf_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: str | Path, max_shard_bytes: int = 5 << 30,
@@ -191,7 +134,7 @@ def write_hf_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: s
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    hf = {k: v.detach().cpu().contiguous() for k, v in meta_to_hf(state, config).items()}
+    hf = {k: v.detach().cpu().contiguous() for k, v in from_ours(state, config, "hf").items()}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key, value in hf.items():

@@ -10,15 +10,14 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
-from model.config import CONFIGS, FAMILIES, ModelConfig
+from model.config import CONFIGS, ModelConfig
+from model.families import FAMILIES
 from model.gguf_format import read_gguf
 from model.hf_format import read_hf_dir
 from model.meta_format import read_meta_dir
 from model.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer, tokenizer_from_gguf
 from model.transformer import Transformer
 
-MISTRAL_TOKENIZER_FILES = ("tokenizer.model.v1", "tokenizer.model.v3")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", *MISTRAL_TOKENIZER_FILES, "tokenizer.gguf")
 _SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_dim")
 
 
@@ -51,8 +50,13 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], device="cpu
     return model.eval()
 
 
+def family_tokenizer_files() -> dict[str, str]:
+    """Tokenizer file name -> the family it names (Mistral's tokenizer.model.v1 / .v3)."""
+    return {file: f.name for f in FAMILIES.values() for file in f.tokenizer_files}
+
+
 def _find_tokenizer(path: Path) -> Tokenizer | None:
-    for name in TOKENIZER_FILES:
+    for name in ("tokenizer.json", "tokenizer.model", *family_tokenizer_files(), "tokenizer.gguf"):
         if (path / name).is_file():
             tokenizer = load_tokenizer(path / name)
             tokenizer.source = path / name
@@ -97,8 +101,9 @@ def read_checkpoint(path: Path, weights: bool = True) -> tuple[ModelConfig, dict
         config, state = read_hf_dir(path, weights)
     else:
         raise FileNotFoundError(f"{path}: neither params.json (Meta/Mistral) nor config.json (HF) found")
-    if Path(getattr(tokenizer, "source", "")).name in MISTRAL_TOKENIZER_FILES:
-        config.family = "mistral"  # Mistral's own file names state the family where params.json cannot
+    named = family_tokenizer_files().get(Path(getattr(tokenizer, "source", "")).name)
+    if named is not None:
+        config.family = named  # Mistral's own file names state the family where params.json cannot
     if isinstance(tokenizer, SentencePieceTokenizer) or getattr(tokenizer, "chat_template", None) == "llama2":
         # a SentencePiece file, or an HF tokenizer.json without a template: the family's built-in format
         tokenizer.chat_template = FAMILIES[config.family].chat_template

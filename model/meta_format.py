@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -11,6 +10,7 @@ from safetensors.torch import load_file
 from common.errors import UserError
 from common.io import atomic_write, write_json
 from model.config import Llama3RopeScaling, ModelConfig, checked, meta_ffn_dim, rope_scaling_from
+from model.families import FAMILIES
 
 # Meta's model-parallel layout: column-parallel weights split rows, row-parallel weights split columns.
 _CAT_DIM0 = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3", "output")
@@ -20,8 +20,19 @@ DROPPED_KEYS = ("rope.freqs",)
 KNOWN_PARAMS = {
     "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier", "norm_eps",
     "rope_theta", "use_scaled_rope", "rope_scaling", "head_dim", "hidden_dim", "sliding_window", "max_seq_len",
-    "max_batch_size", "tie_embeddings", "name",
+    "max_batch_size", "tie_embeddings", "name", "family",
 }  # fmt: skip
+
+
+def family_from_params(params: dict, name: str) -> str:
+    """The family a params.json names: its "family" key (ours, for families without a Meta-format release),
+    else the first family whose sign keys it has (Mistral's sliding_window), else the first registered (LLaMA)."""
+    if "family" in params:
+        if params["family"] not in FAMILIES:
+            raise ValueError(f"{name}: unknown model family {params['family']!r}; known: {', '.join(FAMILIES)}")
+        return params["family"]
+    signed = [f.name for f in FAMILIES.values() if f.meta_sign and all(params.get(k) for k in f.meta_sign)]
+    return signed[0] if signed else next(iter(FAMILIES))
 
 
 def config_from_params(params: dict, name: str, tokenizer_vocab: int | None = None) -> ModelConfig:
@@ -66,7 +77,7 @@ def config_from_params(params: dict, name: str, tokenizer_vocab: int | None = No
         norm_eps=float(params.get("norm_eps", 1e-5)), rope_theta=theta, rope_scaling=scaling,
         max_seq_len=params.get("max_seq_len", default_len), sliding_window=window,
         tie_embeddings=bool(params.get("tie_embeddings", False)),
-        family="mistral" if window else "llama",  # params.json names no family; only Mistral's sets a window
+        family=family_from_params(params, name),
     )  # fmt: skip
 
 
@@ -87,15 +98,16 @@ def meta_ffn_args(dim: int, ffn_dim: int) -> tuple[int, float | None]:
 
 
 def params_from_config(config: ModelConfig) -> dict:
-    """params.json with exactly the keys Meta's ``ModelArgs`` (Mistral's, for the mistral family) takes.
+    """params.json with exactly the keys Meta's ``ModelArgs`` (Mistral's, for a family declaring
+    ``meta_params="mistral"``) takes.
 
     Meta: dim, n_layers, n_heads, n_kv_heads, vocab_size, multiple_of, ffn_dim_multiplier, norm_eps,
     rope_theta, use_scaled_rope; Mistral: dim, n_layers, head_dim, hidden_dim, n_heads, n_kv_heads,
     norm_eps, vocab_size, rope_theta, sliding_window. The sequence length is left to the loader, as in
-    Meta's files. Only what neither has is written as our own key: tied embeddings (SmolLM2) and RoPE
-    scaling other than LLaMA-3.1's.
+    Meta's files. Only what neither has is written as our own key: tied embeddings (SmolLM2), RoPE
+    scaling other than LLaMA-3.1's, and the family when these keys do not name it (Qwen2).
     """
-    mistral = config.family == "mistral"
+    mistral = FAMILIES[config.family].meta_params == "mistral"
     if mistral:
         params = dict(
             dim=config.dim, n_layers=config.n_layers, head_dim=config.head_dim, hidden_dim=config.ffn_dim,
@@ -121,6 +133,8 @@ def params_from_config(config: ModelConfig) -> dict:
         params["rope_scaling"] = vars(config.rope_scaling).copy()
     if config.tie_embeddings:
         params["tie_embeddings"] = True
+    if family_from_params(params, "params.json") != config.family:  # no sign of its own in these keys
+        params["family"] = config.family
     return params
 
 
@@ -239,14 +253,3 @@ def write_meta_dir(state: dict[str, torch.Tensor], config: ModelConfig, out_dir:
     for i, shard in enumerate(shards):
         atomic_write(out_dir / f"consolidated.{i:02d}.pth", lambda tmp, s=shard: torch.save(s, tmp))
     write_json(out_dir / "params.json", params_from_config(config))
-
-
-def rename(name: str, top: dict[str, str], block_re: re.Pattern, blocks: dict[str, str], block_fmt: str) -> str | None:
-    """A tensor name mapped between two formats' names (None if unknown): a top-level name through `top`,
-    a block tensor matched by `block_re` (groups: block index, module) through `blocks` into `block_fmt`."""
-    if name in top:
-        return top[name]
-    match = block_re.fullmatch(name)
-    if match and match.group(2) in blocks:
-        return block_fmt.format(match.group(1), blocks[match.group(2)])
-    return None

@@ -2,8 +2,9 @@
 
 ``peft.PeftModel.from_pretrained(<the HF base>, folder)`` then computes W x + (alpha / r) B A x as we do.
 Key names: ``base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`` (A: r x in) and
-``....lora_B.weight`` (B: out x r). The HF layout permutes the rows of q/k (rotate_half RoPE, see
-`hf_format.permute`); B A's rows are the output rows, so B is permuted the same way and A is not.
+``....lora_B.weight`` (B: out x r). Names and q/k row order are the HF format's of the model's family
+(model/families/): where HF permutes the rows of q/k (rotate_half RoPE, `tensor_names.permute`), B A's rows
+are the output rows, so B is permuted the same way and A is not.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import torch
 from safetensors.torch import save_file
 from torch.distributed.tensor import DTensor
 
-from model.hf_format import _qk_heads, meta_to_hf_name, permute
 from common.io import atomic_write, write_json
+from model.tensor_names import format_name, from_ours
 from model.transformer import Transformer
 
 
@@ -28,11 +29,11 @@ def peft_state(model: Transformer) -> dict[str, torch.Tensor]:
     collective: every rank gathers every adapter."""
     config, out = model.config, {}
     for name, module in lora_modules(model).items():
-        hf = meta_to_hf_name(f"{name}.weight").removesuffix(".weight")
         a, b = (_whole(t.detach()).cpu() for t in (module.lora_A, module.lora_B))
-        heads = _qk_heads(f"{name}.weight", config)
+        ((hf, b),) = from_ours({f"{name}.weight": b}, config, "hf").items()  # B's rows are the weight's rows
+        hf = hf.removesuffix(".weight")
         out[f"base_model.model.{hf}.lora_A.weight"] = a.contiguous()
-        out[f"base_model.model.{hf}.lora_B.weight"] = (permute(b, heads) if heads else b).contiguous()
+        out[f"base_model.model.{hf}.lora_B.weight"] = b.contiguous()
     return out
 
 
@@ -47,7 +48,7 @@ def write_peft_adapter(model: Transformer, out_dir: str | Path, base_model: str,
     if len(ranks) != 1:
         raise ValueError(f"a PEFT adapter has one rank and alpha; the model has {sorted(ranks)}")
     ((rank, alpha),) = ranks
-    targets = sorted({meta_to_hf_name(f"{n}.weight").split(".")[-2] for n in modules})
+    targets = sorted({format_name(f"{n}.weight", model.config, "hf").split(".")[-2] for n in modules})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = peft_state(model) if state is None else state

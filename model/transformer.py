@@ -1,4 +1,4 @@
-"""LLaMA-2 / LLaMA-3(.1) / Mistral decoder with Meta's tensor names and interleaved RoPE."""
+"""LLaMA-2 / LLaMA-3(.1) / Mistral / Qwen2 decoder with Meta's tensor names and interleaved RoPE."""
 from __future__ import annotations
 
 import math
@@ -89,9 +89,9 @@ class Attention(nn.Module):
         hd = config.head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, hd
         self.sliding_window = config.sliding_window
-        self.wq = nn.Linear(config.dim, config.n_heads * hd, bias=False)
-        self.wk = nn.Linear(config.dim, config.n_kv_heads * hd, bias=False)
-        self.wv = nn.Linear(config.dim, config.n_kv_heads * hd, bias=False)
+        self.wq = nn.Linear(config.dim, config.n_heads * hd, bias=config.qkv_bias)
+        self.wk = nn.Linear(config.dim, config.n_kv_heads * hd, bias=config.qkv_bias)
+        self.wv = nn.Linear(config.dim, config.n_kv_heads * hd, bias=config.qkv_bias)
         self.wo = nn.Linear(config.n_heads * hd, config.dim, bias=False)
         self.kv_cache: KVCache | None = None
 
@@ -157,6 +157,8 @@ class Transformer(nn.Module):
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)) and not module.weight.is_meta:
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
 
     def _apply(self, fn, recurse=True):
         # Casting the model (e.g. to bf16) must not cast the RoPE table: rebuild it in fp32.

@@ -6,8 +6,9 @@ galore-torch's spelling `{"rank": 128, "proj_type": "std", ...}` is read as `SVD
 The update is the original's:
   m = b1 m + (1-b1) g,  v = b2 v + (1-b2) g^2,  step_size = lr sqrt(1-b2^t) / (1-b1^t)
   W -= step_size * scale * back(m / (sqrt(v) + eps)),  then  W -= lr * wd * W
-where g = project(grad) and back() its inverse in a projected group, both the identity otherwise; the
-projector is made afresh from the gradient every `update_proj_gap` steps. `fp32_moments` keeps m and v in
+where g = project(grad) and back() the projector's `full_update` (GaLore: project_back, the inverse of
+project; APOLLO: the raw gradient scaled, optim/apollo.py) in a projected group, both the identity otherwise;
+the projector is made afresh from the gradient every `update_proj_gap` steps. `fp32_moments` keeps m and v in
 fp32 for a bf16/fp16 weight: in bf16, `v * 0.999` rounds back to v and the second moment never decays.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from optim.projector import Projector, SVDProjector, build_projector
-from optim.sharded import make_projection, project
+from optim.sharded import full_update, make_projection, project, project_back
 
 GROUP_DEFAULTS = dict(projector=None, update_proj_gap=200, scale=1.0, reproject_moments=False)
 
@@ -127,9 +128,10 @@ class GaLoreAdamW(torch.optim.Optimizer):
         """Add one micro-batch's .grad of a projected parameter to its pending projected gradient and free
         .grad; the next `step()` applies the sum. Projection is linear, so for a fixed projector this equals
         projecting the summed gradient. At a refresh step the projector is made from the first micro-batch's
-        gradient. A plain parameter's .grad is left alone (autograd sums it)."""
+        gradient. The .grad of a plain parameter, or of one whose projector `needs_grad`, is left alone
+        (autograd sums it)."""
         group = self.param_groups[self._group_index[p]]
-        if p.grad is None or not p.requires_grad or group["projector"] is None:
+        if p.grad is None or not p.requires_grad or group["projector"] is None or group["projector"].needs_grad:
             return
         low = self._project(p, self.state[p], group)
         pending = self._accumulated.get(p)
@@ -171,7 +173,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
         step_size = lr * math.sqrt(1 - b2**t) / (1 - b1**t)
         update = (exp_avg / exp_avg_sq.sqrt().add_(group["eps"])).to(p.dtype)
         if projector is not None:
-            update = projector.project_back(state["projection"], update)
+            update = full_update(projector, state["projection"], p.grad, low, update)
             step_size *= group["scale"]
         p.add_(update, alpha=-step_size)
         if group["weight_decay"] > 0:
@@ -181,11 +183,13 @@ class GaLoreAdamW(torch.optim.Optimizer):
         projector = group["projector"]
         seed = hash((self._param_index[p], state["step"])) & 0x7FFF_FFFF_FFFF_FFFF
         new = make_projection(projector, p.grad, seed)
+        old = state.get("projection", {})
         if group["reproject_moments"] and "exp_avg" in state:
             # M <- P_new^T P_old M: carry the first moment into the new subspace (v has no linear analogue).
             m = state["exp_avg"]
-            state["exp_avg"] = project(projector, new, projector.project_back(state["projection"], m.to(p.dtype))).to(m.dtype)
-        state["projection"] = new
+            state["exp_avg"] = project(projector, new, project_back(projector, old, m.to(p.dtype))).to(m.dtype)
+        kept = [key for key, spec in projector.state_specs(tuple(p.shape)).items() if spec.kept and key in old]
+        state["projection"] = {**new, **{key: old[key] for key in kept}}
 
 
 def _with_saved_dtypes(loaded, saved):

@@ -1,7 +1,7 @@
 """Optimizer-state memory from shapes alone, and the bytes an optimizer really holds.
 
 Per parameter of shape s: two Adam moments of the projected shape (s itself without a projector), plus
-the projector's own state, whose element count the projector states (`Projector.state_numel`). For
+the projector's own state, whose tensors, shapes and dtypes the projector declares (`Projector.state_specs`). For
 GaLore's SVD projector at r' = min(r, m, n) on an m x n weight:
   side "left":  P m r' + moments 2 r' n;   side "right": P r' n + moments 2 m r';
   side "full":  P (m + n) r' + moments 2 r'^2;   against plain Adam's 2 m n.
@@ -25,8 +25,8 @@ def state_bytes(
     """Bytes of GaLoreAdamW state for one parameter of `shape` and `dtype` (projector None: plain Adam);
     `moments_dtype` torch.float32 for an optimizer with fp32_moments=True."""
     moments = math.prod(shape if projector is None else projector.low_shape(shape))
-    own = 0 if projector is None else projector.state_numel(shape)
-    return own * dtype.itemsize + 2 * moments * (moments_dtype or dtype).itemsize
+    own = 0 if projector is None else sum(spec.nbytes(dtype) for spec in projector.state_specs(shape).values())
+    return own + 2 * moments * (moments_dtype or dtype).itemsize
 
 
 def measured_state_bytes(optimizer: torch.optim.Optimizer) -> int:

@@ -7,11 +7,16 @@ and saved with it, so a checkpoint loads with `torch.load(..., weights_only=True
   make(grad, seed) -> state           a fresh subspace from a gradient (called every update_proj_gap steps)
   project(state, grad) -> low         the gradient in the subspace (moments have `low_shape(grad.shape)`)
   project_back(state, low) -> full    an update in the subspace back to the weight's shape
-  low_shape(shape), state_numel(shape)  the moments' shape and the tensor elements `make` stores (in the
-                                      weight's dtype): the one formula the memory accounting uses
+  low_shape(shape)                    the moments' shape
+  state_specs(shape) -> {name: StateSpec}  every tensor of the state: shape, dtype, placement over ranks;
+                                      what the optimizer checks `make` against, the sharded path places by
+                                      (optim/sharded.py) and the memory accounting counts (optim/memory.py)
+  full_update(state, grad, low_grad, low_update)  the weight-shaped update from Adam's low-rank direction;
+                                      GaLore's is project_back(low_update); APOLLO's scales the raw gradient
   spec()                              plain options; `build_projector(**spec)` makes an equal projector
 
-A new projector is a dataclass subclass of `Projector` plus one line in `PROJECTORS`.
+A new projector is a frozen dataclass subclass of `Projector` registered with `@register_projector(name)`,
+in any module imported before the argument parser is built (train.py's --projector choices).
 
 The two here keep orthonormal bases; for G (m x n) and r' = min(r, m, n):
   side "right": P = V_r^T (r' x n), R = G P^T,   back = R P
@@ -24,18 +29,45 @@ from which bases the state holds ("u", "vh" or both), never re-derived from shap
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
 SVD_METHODS = ("exact", "randomized")
+ROWS, REPLICATED = "rows", "replicated"  # placements of a state tensor over ranks holding row shards of G
 State = dict[str, "Tensor | int"]
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One tensor of a projector's per-matrix state.
+
+    placement: "rows" when its first dimension runs along G's rows and each rank keeps the rows of G it
+    owns (GaLore's U), "replicated" when every rank keeps it whole. dtype None: the gradient's dtype.
+    kept: made or updated by `full_update` and carried over a refresh (`make` does not return it).
+    """
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype | None = None
+    placement: str = REPLICATED
+    kept: bool = False
+
+    def __post_init__(self):
+        if self.placement not in (ROWS, REPLICATED):
+            raise ValueError(f"unknown placement {self.placement!r}; expected {ROWS!r} or {REPLICATED!r}")
+
+    def nbytes(self, grad_dtype: torch.dtype) -> int:
+        return math.prod(self.shape) * (self.dtype or grad_dtype).itemsize
 
 
 class Projector(ABC):
     """Base class of projectors (see the module docstring for the contract)."""
+
+    needs_grad: ClassVar[bool] = False  # full_update reads the full gradient: it is not accumulated projected
 
     @abstractmethod
     def make(self, grad: Tensor, seed: int) -> State: ...
@@ -50,13 +82,34 @@ class Projector(ABC):
     def low_shape(self, shape: tuple[int, int]) -> tuple[int, ...]: ...
 
     @abstractmethod
-    def state_numel(self, shape: tuple[int, int]) -> int: ...
+    def state_specs(self, shape: tuple[int, int]) -> dict[str, StateSpec]: ...
+
+    def full_update(self, state: State, grad: Tensor | None, low_grad: Tensor, low_update: Tensor) -> Tensor:
+        """The update in the weight's shape from Adam's direction `low_update` = m / (sqrt(v) + eps) in the
+        subspace; `grad` is None when micro-batches were accumulated projected (needs_grad False)."""
+        return self.project_back(state, low_update)
 
     def spec(self) -> dict:
         names = [name for name, cls in PROJECTORS.items() if cls is type(self)]
         if not names:
             raise KeyError(f"{type(self).__name__} is not registered in optim.projector.PROJECTORS")
         return {"name": names[0], **asdict(self)}
+
+
+def check_state(projector: Projector, state: State, grad: Tensor) -> None:
+    """`state` (from make, or after updates) holds exactly the declared tensors, of the declared shapes and
+    dtypes; a projector that does not is a programming error (TypeError)."""
+    specs = projector.state_specs(tuple(grad.shape))
+    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    made = {k for k, spec in specs.items() if not spec.kept}
+    if not made <= set(tensors) <= set(specs):
+        raise TypeError(f"{type(projector).__name__} state holds tensors {sorted(tensors)} but state_specs "
+                        f"declares {sorted(specs)} ({sorted(made)} made by make)")
+    for key, value in tensors.items():
+        spec = specs[key]
+        if tuple(value.shape) != tuple(spec.shape) or value.dtype != (spec.dtype or grad.dtype):
+            raise TypeError(f"{type(projector).__name__} state {key!r} is {tuple(value.shape)} {value.dtype}, "
+                            f"declared {tuple(spec.shape)} {spec.dtype or grad.dtype}")
 
 
 def projection_side(shape: tuple[int, ...] | torch.Size, proj_type: str) -> str:
@@ -115,10 +168,12 @@ class BasisProjector(Projector):
         r = min(self.rank, m, n)
         return {"left": (r, n), "right": (m, r), "full": (r, r)}[projection_side(shape, self.proj_type)]
 
-    def state_numel(self, shape: tuple[int, int]) -> int:
+    def state_specs(self, shape: tuple[int, int]) -> dict[str, StateSpec]:
         m, n = shape
         r = min(self.rank, m, n)
-        return {"left": m * r, "right": r * n, "full": (m + n) * r}[projection_side(shape, self.proj_type)]
+        side = projection_side(shape, self.proj_type)
+        u, vh = {"u": StateSpec((m, r), placement=ROWS)}, {"vh": StateSpec((r, n))}
+        return {"left": u, "right": vh, "full": {**u, **vh}}[side]
 
 
 @dataclass(frozen=True)
@@ -155,6 +210,20 @@ class RandomProjector(BasisProjector):
 
 
 PROJECTORS: dict[str, type[Projector]] = {"svd": SVDProjector, "random": RandomProjector}
+
+
+def register_projector(name: str):
+    """Class decorator: `cls` (a frozen dataclass subclass of Projector) becomes the projector `name`."""
+
+    def register(cls: type[Projector]) -> type[Projector]:
+        if name in PROJECTORS:
+            raise ValueError(f"projector {name!r} is already registered ({PROJECTORS[name].__name__})")
+        if not (isinstance(cls, type) and issubclass(cls, Projector) and is_dataclass(cls)):
+            raise TypeError(f"projector {name!r}: {cls!r} is not a dataclass subclass of optim.projector.Projector")
+        PROJECTORS[name] = cls
+        return cls
+
+    return register
 
 
 def build_projector(name: str, **options) -> Projector:

@@ -13,39 +13,76 @@ Each rank holds rows G_i of a gradient G (m x n). With the projector's bases u (
             back u_i R local.
   full      R = u^T G vh^T: one all-reduce of r x r; back u_i R vh local.
 
-DTensor's sharding propagation does exactly these products once the bases are DTensors with those
-placements; `project` turns the partial sums it leaves into replicated tensors (the all-reduce).
+The placements come from the projector's declaration (`state_specs`: "rows" -> G's placements, "replicated"
+-> whole on every rank); this module names no state key. DTensor's sharding propagation does the products
+once the state tensors are DTensors with those placements; a plain tensor a projector makes inside its
+methods (a sketch regenerated from a seed) counts as replicated (`implicit_replication`), so it must be the
+same on every rank. `project` turns the partial sums it leaves into replicated tensors (the all-reduce).
 Communication per refresh: one all-gather of G (m n elements); per step: nothing for "right", one
 all-reduce of r n (left) or r^2 (full) elements. Memory per rank: the "right" moments are 1/world of the
 unsharded ones; the "left" ones are replicated (r x n, small against G's shard for m >> r).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from torch import Tensor
 from torch.distributed.tensor import DTensor, Replicate, distribute_tensor
+from torch.distributed.tensor.experimental import implicit_replication
 
-from optim.projector import Projector, State
+from optim.projector import ROWS, Projector, State, check_state
 
 
 def make_projection(projector: Projector, grad: Tensor, seed: int) -> State:
-    """`projector.make(grad, seed)`, for a row-sharded DTensor gradient too (see the module docstring)."""
+    """`projector.make(grad, seed)`, checked against its declaration; for a row-sharded DTensor gradient
+    made from the gathered gradient and placed as declared (see the module docstring)."""
+    full = grad.full_tensor() if isinstance(grad, DTensor) else grad
+    state = projector.make(full, seed)
+    check_state(projector, state, full)
     if not isinstance(grad, DTensor):
-        return projector.make(grad, seed)
-    state = projector.make(grad.full_tensor(), seed)
-    mesh = grad.device_mesh
-    placements = {"u": grad.placements, "vh": replicated(mesh.ndim)}
-    return {key: distribute_tensor(value, mesh, placements[key], src_data_rank=None)
+        return state
+    specs, mesh = projector.state_specs(tuple(grad.shape)), grad.device_mesh
+    return {key: distribute_tensor(value, mesh, _placements(specs[key].placement, grad), src_data_rank=None)
             if isinstance(value, Tensor) else value for key, value in state.items()}
 
 
 def project(projector: Projector, state: State, grad: Tensor) -> Tensor:
     """`projector.project(state, grad)`, with partial sums over ranks reduced (replicated)."""
-    low = projector.project(state, grad)
-    if isinstance(low, DTensor) and any(p.is_partial() for p in low.placements):
-        low = low.redistribute(placements=replicated(low.device_mesh.ndim))
-    return low
+    with _local_as_replicated(grad):
+        return _reduced(projector.project(state, grad))
+
+
+def project_back(projector: Projector, state: State, low: Tensor) -> Tensor:
+    with _local_as_replicated(low):
+        return projector.project_back(state, low)
+
+
+def full_update(projector: Projector, state: State, grad: Tensor | None, low_grad: Tensor, low_update: Tensor) -> Tensor:
+    """`projector.full_update(...)`; state tensors it made or changed are put back on their declared placements."""
+    with _local_as_replicated(low_grad):
+        update = projector.full_update(state, grad, low_grad, low_update)
+    if isinstance(update, DTensor):
+        specs = projector.state_specs(tuple(update.shape))
+        for key, value in state.items():
+            if isinstance(value, DTensor) and value.placements != (wanted := _placements(specs[key].placement, update)):
+                state[key] = value.redistribute(placements=wanted)
+    return update
 
 
 def replicated(ndim: int) -> tuple[Replicate, ...]:
     """The placements of a tensor every rank holds whole, on a mesh of `ndim` dimensions."""
     return (Replicate(),) * ndim
+
+
+def _placements(placement: str, grad: DTensor) -> tuple:
+    return grad.placements if placement == ROWS else replicated(grad.device_mesh.ndim)
+
+
+def _reduced(low: Tensor) -> Tensor:
+    if isinstance(low, DTensor) and any(p.is_partial() for p in low.placements):
+        return low.redistribute(placements=replicated(low.device_mesh.ndim))
+    return low
+
+
+def _local_as_replicated(t: Tensor):
+    return implicit_replication() if isinstance(t, DTensor) else nullcontext()

@@ -7,6 +7,7 @@ from sampling.outliers import collect_input_sum_sq, outlier_ratio, outlier_ratio
 from sampling.plots import plot_layer_profile, plot_sampling_counts
 from sampling.policies import POLICIES, Policy, get_policy, register_policy
 from sampling.sampler import LayerSampler, set_trainable
+import sampling.badam  # noqa: F401,E402  (registers BAdam's block orders)
 
 __all__ = [
     "CacheError", "LayerSampler", "POLICIES", "Policy", "StaleCacheError", "block_alphas", "boolq_passages",

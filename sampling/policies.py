@@ -5,6 +5,9 @@ the per-draw probabilities p_l and draws `gamma` distinct blocks every period (s
 The names of the function's parameters say what it needs:
 
   n_layers, gamma   number of blocks, blocks per draw            (the sampler passes them)
+  period_index      the period being drawn: weights that change every period (BAdam's block order,
+                    sampling/badam.py) are recomputed at every draw
+  seed              the run's seed, for a policy that draws its own random numbers
   ratios            outlier ratios D_l (%) of the pre-trained blocks  (train.py loads or computes them)
   alphas            HT-SR alphas of the pre-trained blocks            (train.py computes them)
   fixed_layers      the blocks of --fixed-layers
@@ -41,7 +44,7 @@ import torch.nn as nn
 from sampling.htsr import block_alphas
 
 RUN_INPUTS = {"ratios": "outlier ratios", "alphas": "HT-SR alphas", "fixed_layers": "fixed_layers"}
-SAMPLER_INPUTS = ("n_layers", "gamma", "state")
+SAMPLER_INPUTS = ("n_layers", "gamma", "state", "period_index", "seed")
 
 
 @dataclass(frozen=True)
@@ -63,9 +66,16 @@ class Policy:
     def dynamic(self) -> bool:
         return self.observe is not None
 
-    def probabilities(self, n_layers: int, gamma: int, inputs: dict, state: dict | None = None) -> np.ndarray:
+    @property
+    def per_period(self) -> bool:
+        """Weights that depend on the period index, not only on the run's inputs and state."""
+        return "period_index" in self.parameters
+
+    def probabilities(self, n_layers: int, gamma: int, inputs: dict, state: dict | None = None,
+                      period_index: int = 0, seed: int = 0) -> np.ndarray:
         """Per-draw probabilities p (sum 1) from the policy's weights."""
-        given = {"n_layers": n_layers, "gamma": gamma, "state": state, **inputs}
+        given = {"n_layers": n_layers, "gamma": gamma, "state": state, "period_index": period_index, "seed": seed,
+                 **inputs}
         weights = np.asarray(self.weights(**{p: given[p] for p in self.parameters}), dtype=np.float64)
         if weights.shape != (n_layers,):
             raise ValueError(f"policy {self.name!r} returned {weights.shape} weights for {n_layers} blocks")

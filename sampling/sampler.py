@@ -99,12 +99,12 @@ class LayerSampler:
         self.inputs = check_inputs(self.policy, inputs, n_layers)
         self.state: dict | None = None  # a dynamic policy's observation, and the period it was made for
         self.state_period = -1
-        self._p = None if self.policy.dynamic else self._probabilities(None)
+        self._p = None if self.policy.dynamic else self._probabilities(None, 0)
         self.counts = [0] * n_layers  # realised number of periods each block was active
         self.last_counted_period = -1
 
-    def _probabilities(self, state: dict | None) -> np.ndarray:
-        p = self.policy.probabilities(self.n_layers, self.gamma, self.inputs, state)
+    def _probabilities(self, state: dict | None, period_index: int) -> np.ndarray:
+        p = self.policy.probabilities(self.n_layers, self.gamma, self.inputs, state, period_index, self.seed)
         if np.count_nonzero(p) < self.gamma:
             raise ValueError(f"policy {self.policy.name!r}: only {np.count_nonzero(p)} blocks have non-zero "
                              f"probability, cannot draw gamma={self.gamma} distinct blocks")
@@ -112,7 +112,8 @@ class LayerSampler:
 
     @property
     def probabilities(self) -> list[float]:
-        """Per-draw probabilities p_l (sum 1); for a dynamic policy those of its latest observation."""
+        """Per-draw probabilities p_l (sum 1); for a dynamic policy those of its latest observation, for a
+        per-period policy those of period 0 (`draw` computes each period's)."""
         return self._current().tolist()
 
     def _current(self) -> np.ndarray:
@@ -128,7 +129,7 @@ class LayerSampler:
     def _set_state(self, state: dict, period_index: int) -> None:
         if not isinstance(state, dict):
             raise ValueError(f"policy {self.policy.name!r}: observe must return a dict, got {type(state).__name__}")
-        self._p = self._probabilities(state)
+        self._p = self._probabilities(state, period_index)
         self.state, self.state_period = state, period_index
 
     def draw(self, period_index: int) -> list[int]:
@@ -136,7 +137,8 @@ class LayerSampler:
         if period_index < 0:
             raise ValueError(f"period index must be >= 0, got {period_index}")
         rng = np.random.default_rng([self.seed, period_index])
-        return sorted(sequential_draw(self._current(), self.gamma, rng))
+        p = self._probabilities(self.state, period_index) if self.policy.per_period else self._current()
+        return sorted(sequential_draw(p, self.gamma, rng))
 
     def active_layers(self, step: int, model: nn.Module | None = None) -> list[int]:
         """Sorted active blocks at a training step; counts each period's draw once, in order.
@@ -159,15 +161,22 @@ class LayerSampler:
         return layers
 
     def inclusion_probabilities(self, method: str = "exact", n_draws: int = 100_000, seed: int = 0) -> list[float]:
-        """P(block l is active in a period); not p_l * gamma once draws are without replacement."""
-        p = self._current()
+        """P(block l is active in a period); not p_l * gamma once draws are without replacement. For a
+        per-period policy: the mean over the periods drawn so far (period 0 before any)."""
+        if self.policy.per_period:
+            periods = range(max(self.last_counted_period, 0) + 1)
+            return np.mean([self._inclusion(self._probabilities(self.state, t), method, n_draws, seed)
+                            for t in periods], axis=0).tolist()
+        return self._inclusion(self._current(), method, n_draws, seed).tolist()
+
+    def _inclusion(self, p: np.ndarray, method: str, n_draws: int, seed: int) -> np.ndarray:
         if method == "exact":
             support = p > 0
             if np.all(p[support] == p[support][0]):  # equal weights: every supported block alike, by symmetry
-                return np.where(support, self.gamma / support.sum(), 0.0).tolist()
-            return exact_inclusion(p, self.gamma).tolist()
+                return np.where(support, self.gamma / support.sum(), 0.0)
+            return exact_inclusion(p, self.gamma)
         if method == "monte_carlo":
-            return monte_carlo_inclusion(p, self.gamma, n_draws, seed).tolist()
+            return monte_carlo_inclusion(p, self.gamma, n_draws, seed)
         raise ValueError(f"unknown inclusion method {method!r}; use 'exact' or 'monte_carlo'")
 
     def state_dict(self) -> dict:

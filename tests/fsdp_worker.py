@@ -5,9 +5,11 @@
   fsdp_worker.py frozen OUT.json MODEL_DIR the sharded model under a layer sampler, checked on every rank
   fsdp_worker.py reads OUT RUNS.json       as `runs`; each rank writes OUT.<rank>.json: the shapes of the
                                            checkpoint tensors it turned into a model (model.load.build_model)
+  fsdp_worker.py plugin MODULE RUNS.json   as `runs`, after importing a researcher's MODULE (from tests/)
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -107,4 +109,5 @@ def reads(out: str, path: str) -> None:
 
 if __name__ == "__main__":
     mode, *rest = sys.argv[1:]
-    {"runs": runs, "interrupt": lambda k, p: interrupt(int(k), p), "frozen": frozen, "reads": reads}[mode](*rest)
+    {"runs": runs, "interrupt": lambda k, p: interrupt(int(k), p), "frozen": frozen, "reads": reads,
+     "plugin": lambda module, p: (importlib.import_module(module), runs(p))}[mode](*rest)

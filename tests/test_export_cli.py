@@ -1,4 +1,4 @@
-"""python -m training.export: a training checkpoint becomes an HF, Meta or PEFT folder."""
+"""python -m training.export: a training checkpoint becomes an HF, Meta, GGUF or PEFT folder."""
 import json
 
 import pytest
@@ -8,6 +8,7 @@ import train
 from common import cli
 from common.assets import asset_path
 from model import Transformer, get_config, load_model, save_model
+from model.tokenizer import load_tokenizer
 from training.export import main as export_main
 
 transformers = pytest.importorskip("transformers")
@@ -46,6 +47,15 @@ def test_export_hf_and_meta_equal_the_final_merged_model(lora_run):
     assert torch.equal(logits(load_model(lora_run / "meta")[0]), logits(final))
     base, _ = load_model(lora_run / "base")
     assert not torch.allclose(logits(base), logits(final), atol=1e-3)  # training changed the weights
+
+
+def test_export_gguf_equals_the_final_merged_model(lora_run):
+    spm = asset_path("mistral-v1-tokenizer")  # GGUF takes SentencePiece or GGUF vocabularies, not tokenizer.json
+    export_main([str(lora_run / "run"), "--format", "gguf", "--gguf-type", "F32", "--tokenizer", str(spm)])
+    exported, tokenizer = load_model(lora_run / "run" / "step-000002-gguf" / "model.gguf")
+    final, final_tokenizer = load_model(lora_run / "run" / "final-hf")
+    assert torch.equal(logits(exported), logits(final))
+    assert tokenizer.encode("Say hi, 123") == final_tokenizer.encode("Say hi, 123") == load_tokenizer(spm).encode("Say hi, 123")
 
 
 def test_export_peft_loads_in_peft(lora_run):

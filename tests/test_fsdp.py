@@ -145,6 +145,25 @@ def check_optimizer_state(sharded_ckpt: Path, single_ckpt: Path, tmp: Path, argv
             assert torch.allclose(optim[f"{name}/{key}"], single[name][key], atol=1e-6, rtol=1e-3), (name, key)
 
 
+def test_registered_projectors_train_sharded_as_on_one_process(tiny_dir, data_file, tmp_path):
+    """The toy projector of docs/design.md, registered by a module of its own that every rank imports, and
+    APOLLO / APOLLO-Mini (whose update reads norms of the whole gradient, and keeps one across refreshes, on
+    OwLore's sampled blocks for Mini): --fsdp on 2 processes trains as 1 process does."""
+    import sketch_projector  # noqa: F401  (registers "sketch" here, for the 1-process runs)
+    runs = {"sketch": ["--method", "galore"], "apollo": ["--method", "galore"], "apollo-mini": ["--method", "owlore"]}
+    argv = lambda out, name: common(tiny_dir, data_file, out, *runs[name], "--projector", name,  # noqa: E731
+                                    "--galore-scale", "1")
+    (tmp_path / "runs.json").write_text(json.dumps([[*argv(tmp_path / "two" / name, name), "--fsdp"] for name in runs]))
+    torchrun("plugin", "sketch_projector", tmp_path / "runs.json")
+    for name in runs:
+        train.main(argv(tmp_path / "one" / name, name))
+        one, two = losses(tmp_path / "one" / name), losses(tmp_path / "two" / name)
+        assert len(one) == 3 and two == pytest.approx(one, rel=1e-5), name
+        assert close(read_hf_dir(tmp_path / "two" / name / "final-hf")[1], read_hf_dir(tmp_path / "one" / name / "final-hf")[1])
+        state = torch.load(tmp_path / "one" / name / "step-000003" / "optimizer.pt", weights_only=True)
+        assert {g["projector"]["name"] for g in state["param_groups"] if g["projector"]} == {name}
+
+
 def test_streamed_export_equals_unsharded_export_of_the_same_weights(sharded, tiny_dir, tmp_path):
     """The block-by-block HF and Meta exports hold exactly the weights the sharded checkpoint holds, and the
     HF folder's config.json is the one save_model writes."""

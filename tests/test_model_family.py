@@ -1,7 +1,10 @@
 """The model family is stated in ModelConfig.family and read from / written to each format's own field."""
+import json
+
 import pytest
 
-from model.config import CONFIGS, FAMILIES, get_config
+from model.config import CONFIGS, get_config
+from model.families import FAMILIES
 from model.gguf_format import config_from_gguf
 from model.hf_format import config_from_hf, hf_config_from
 from model.meta_format import config_from_params, params_from_config
@@ -24,8 +27,8 @@ def test_hf_family_is_read_not_guessed_from_the_window():
     cfg = hf_config_from(get_config("tiny", family="mistral"))
     assert cfg.get("sliding_window") is None  # Mistral v0.2/v0.3: no window, still Mistral
     assert config_from_hf(cfg, "x").family == "mistral"
-    cfg["model_type"] = "qwen2"
-    with pytest.raises(ValueError, match="model_type 'qwen2' is not supported"):
+    cfg["model_type"] = "gemma"
+    with pytest.raises(ValueError, match="model_type 'gemma' is not supported"):
         config_from_hf(cfg, "x")
 
 
@@ -51,3 +54,29 @@ def test_unknown_family_and_unsupported_features_are_refused():
     with pytest.raises(ValueError, match="family 'llama' has no sliding-window attention"):
         get_config("tiny", sliding_window=4)
     assert get_config("tiny", family="mistral", sliding_window=4).sliding_window == 4
+
+
+def test_a_family_declared_in_a_test_works_in_every_format(tmp_path, monkeypatch):
+    """The extension point: one Family, no other edit; HF, Meta and GGUF name it and read it back."""
+    import torch
+
+    from model import Transformer, load_model, save_model
+    from model.families import Family
+    from model.families.llama import NAMES
+
+    toy = Family("toy", "toy_lm", "ToyForCausalLM", "toy", "chatml", NAMES, rotate_half=frozenset({"hf", "gguf"}),
+                 qkv_bias=True, meta_params="mistral")  # fmt: skip
+    monkeypatch.setitem(FAMILIES, "toy", toy)
+    torch.manual_seed(0)
+    model = Transformer(get_config("tiny", family="toy")).eval()
+    with torch.no_grad():
+        model.layers[0].attention.wk.bias.normal_()
+    tokens = torch.randint(0, 256, (1, 12))
+    for fmt in ("hf", "meta", "gguf"):
+        save_model(model, tmp_path / fmt, format=fmt, gguf_type="F32")
+        path = tmp_path / fmt / "model.gguf" if fmt == "gguf" else tmp_path / fmt
+        loaded, _ = load_model(path)
+        assert loaded.config.family == "toy", fmt
+        with torch.no_grad():
+            assert torch.equal(loaded(tokens), model(tokens)), fmt
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "toy_lm"

@@ -11,8 +11,9 @@ from safetensors.torch import load_file, save_file
 from common.assets import asset_path, cache_dir
 from model import Transformer, get_config, load_model, save_model
 from model.config import meta_ffn_dim
-from model.hf_format import config_from_hf, meta_to_hf
+from model.hf_format import config_from_hf
 from model.meta_format import config_from_params, params_from_config, write_meta_dir
+from model.tensor_names import from_ours
 
 TOKENS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
 
@@ -169,7 +170,7 @@ def test_hf_layout_matches_rotate_half_reference(tmp_path, name):
     source = tiny(name, seed=3)
     # Large q/k weights so attention is far from uniform and the RoPE layout decides the logits.
     scale = lambda k: 0.5 if ("q_proj" in k or "k_proj" in k) else 0.1  # noqa: E731
-    hf = {k: torch.randn_like(v) * scale(k) for k, v in meta_to_hf(source.state_dict(), source.config).items()}
+    hf = {k: torch.randn_like(v) * scale(k) for k, v in from_ours(source.state_dict(), source.config, "hf").items()}
     save_file(hf, tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     loaded, _ = load_model(tmp_path)

@@ -1,5 +1,6 @@
-"""A new projector is one class plus one registry line: it trains, is counted by the memory accounting,
-survives a weights_only checkpoint round trip and is selectable from train.py's --projector."""
+"""A new projector is one registered class (tests/sketch_projector.py, the one of docs/design.md): it trains, is
+counted by the memory accounting, survives a weights_only checkpoint round trip and is selectable from train.py's
+--projector; a projector whose state does not match its declaration is stopped at its first refresh."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,40 +8,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from optim import PROJECTORS, GaLoreAdamW, Projector, measured_state_bytes, state_bytes
+from optim import PROJECTORS, GaLoreAdamW, measured_state_bytes, state_bytes
+from optim.projector import StateSpec, register_projector
+from sketch_projector import SketchProjector
 from test_galore_adamw import weights_only_round_trip
 from test_train import data_file, run, tiny_dir  # noqa: F401  (fixtures)
-
-
-@dataclass(frozen=True)
-class SketchProjector(Projector):
-    """A Gaussian sketch S (n x r, E[S S^T] = I) regenerated from a stored seed: no tensor state at all."""
-
-    rank: int
-
-    def _sketch(self, state, like):
-        gen = torch.Generator(device=like.device).manual_seed(state["seed"])
-        return torch.randn(state["cols"], self.rank, generator=gen, dtype=like.dtype) / self.rank**0.5
-
-    def make(self, grad, seed):
-        return {"seed": seed, "cols": grad.shape[1]}
-
-    def project(self, state, grad):
-        return grad @ self._sketch(state, grad)
-
-    def project_back(self, state, low):
-        return low @ self._sketch(state, low).mT
-
-    def low_shape(self, shape):
-        return (shape[0], self.rank)
-
-    def state_numel(self, shape):
-        return 0
-
-
-@pytest.fixture
-def registered(monkeypatch):
-    monkeypatch.setitem(PROJECTORS, "sketch", SketchProjector)  # the one registry line
 
 
 def _teacher_problem(seed):
@@ -49,7 +21,7 @@ def _teacher_problem(seed):
     return x, x @ torch.randn(12, 10, generator=gen)
 
 
-def test_new_projector_trains_is_counted_and_round_trips(registered):
+def test_new_projector_trains_is_counted_and_round_trips():
     x, y = _teacher_problem(0)
 
     def build():
@@ -79,13 +51,49 @@ def test_new_projector_trains_is_counted_and_round_trips(registered):
 
 
 def test_unregistered_projector_cannot_be_saved():
+    @dataclass(frozen=True)
+    class Unregistered(SketchProjector):
+        pass
+
     w = torch.nn.Parameter(torch.zeros(3, 2))
-    opt = GaLoreAdamW([{"params": [w], "projector": SketchProjector(rank=1)}])
+    opt = GaLoreAdamW([{"params": [w], "projector": Unregistered(rank=1)}])
     with pytest.raises(KeyError, match="not registered"):
         opt.state_dict()
 
 
-def test_new_projector_is_selectable_from_train_py(registered, tiny_dir, data_file, tmp_path):
+def test_registration_checks_name_and_class():
+    assert PROJECTORS["sketch"] is SketchProjector
+    with pytest.raises(ValueError, match="'sketch' is already registered"):
+        register_projector("sketch")(SketchProjector)
+    with pytest.raises(TypeError, match="not a dataclass subclass"):
+        register_projector("not-a-projector")(int)
+    assert "not-a-projector" not in PROJECTORS
+
+
+@pytest.mark.parametrize("declared, match", [
+    ({}, r"holds tensors \['basis'\] but state_specs declares \[\]"),
+    ({"basis": StateSpec((4, 2))}, r"'basis' is \(2, 4\) torch.float32, declared \(4, 2\)"),
+    ({"basis": StateSpec((2, 4), torch.bfloat16)}, r"declared \(2, 4\) torch.bfloat16"),
+    ({"basis": StateSpec((2, 4)), "norm": StateSpec(())}, r"holds tensors \['basis'\] but state_specs declares \['basis', 'norm'\]"),
+])
+def test_state_that_differs_from_its_declaration_is_a_programming_error(declared, match):
+    """Not a user error (TypeError, not in common.cli.USER_ERRORS): the traceback points at the projector."""
+
+    @dataclass(frozen=True)
+    class Declared(SketchProjector):
+        def make(self, grad, seed):
+            return {"basis": torch.ones(self.rank, grad.shape[1])}
+
+        def state_specs(self, shape):
+            return declared
+
+    w = torch.nn.Parameter(torch.zeros(3, 4))
+    w.grad = torch.ones(3, 4)
+    with pytest.raises(TypeError, match=match):
+        GaLoreAdamW([{"params": [w], "projector": Declared(rank=2)}]).step()
+
+
+def test_new_projector_is_selectable_from_train_py(tiny_dir, data_file, tmp_path):
     metrics = run(tiny_dir, data_file, tmp_path, "--method", "galore", "--max-steps", "4", "--schedule", "constant",
                   "--projector", "sketch")
     losses = [m["loss"] for m in metrics]

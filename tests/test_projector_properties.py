@@ -61,7 +61,8 @@ def test_shapes_follow_the_stored_side(case):
         assert u.shape == (m, r)
     if vh is not None:
         assert vh.shape == (r, n)
-    assert projector.state_numel(g.shape) == sum(t.numel() for t in state.values())
+    declared = {k: (s.shape, s.dtype or g.dtype, s.placement) for k, s in projector.state_specs(g.shape).items()}
+    assert declared == {k: (tuple(t.shape), t.dtype, "rows" if k == "u" else "replicated") for k, t in state.items()}
 
 
 @SETTINGS
@@ -140,9 +141,13 @@ def test_rank_deficient_gradient_is_reconstructed_exactly(m, n, rank, seed, proj
 @given(dims, dims, st.integers(1, 12), proj_types, svds, st.sampled_from(sorted(PROJECTORS)))
 def test_zero_gradient_gives_zero_update_and_finite_projection(m, n, rank, proj_type, svd, name):
     g = torch.zeros(m, n)
-    projector = build_projector(name, rank=rank, proj_type=proj_type, svd=svd)
+    try:
+        projector = build_projector(name, rank=rank, proj_type=proj_type, svd=svd)
+    except ValueError as err:  # APOLLO projects one side, never "full"
+        assert proj_type == "full" and "proj_type must be one of" in str(err)
+        return
     state = projector.make(g, seed=0)
-    assert all(torch.isfinite(basis).all() for basis in state.values())
+    assert all(torch.isfinite(value).all() for value in state.values() if isinstance(value, torch.Tensor))
     assert torch.equal(_roundtrip(projector, state, g), torch.zeros(m, n))
 
 

@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--resume", help="run folder or checkpoint folder to continue from (its arguments are restored)")
     a("--allow-changes", action="store_true",
       help="with --resume: accept flags that change the run (recorded in config.yaml)")
-    a("--save-format", default="hf", choices=("meta", "hf", "both", "none"))
+    a("--save-format", default="hf", choices=("meta", "hf", "gguf", "both", "none"),
+      help="final weights: HF folder (default), Meta folder, llama.cpp GGUF (F16; python -m "
+           "training.export --format gguf --gguf-type for F32, BF16 or Q8_0), both = meta and hf, none")
     a("--eval-every", type=NONNEG, default=0, help="held-out evaluation every N steps (0: start and end only)")
     a("--eval-data", help="held-out file from data.commonsense (records with task and doc_id)")
     a("--eval-limit", type=COUNT, help="score at most N held-out rows per task")

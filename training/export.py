@@ -3,6 +3,7 @@
     python -m training.export runs/x/step-000500 --format hf      # transformers / vLLM: runs/x/step-000500-hf
     python -m training.export runs/x --format meta --meta-shards 2  # the newest checkpoint of a run, Meta layout
     python -m training.export runs/x/step-000500 --format peft    # LoRA runs: the adapter for peft
+    python -m training.export runs/x --format gguf --gguf-type Q8_0  # llama.cpp: runs/x/step-NNNNNN-gguf/model.gguf
 
 A checkpoint of several ranks or of --fsdp (DCP shards) is read whole into this one process.
 The base model, tokenizer and method come from the arguments the run was started with (``trainer.pt``);
@@ -24,17 +25,19 @@ from common.outputs import check_output_folder, clear_output_folder
 from model.cli import DTYPES, add_model_flags
 from model.load import load_model
 from model.peft_format import write_peft_adapter
+from model.gguf_format import WRITE_TYPES
 from model.save import save_model
 from optim.lora import apply_lora, merge_lora
 from training.checkpoint import CheckpointError, read_file, read_trainer_state, resolve_checkpoint
 from training.dcp_reader import SafeReader, read_metadata
 
-FORMATS = ("hf", "meta", "peft")
+FORMATS = ("hf", "meta", "gguf", "peft")
 
 
 def export_checkpoint(checkpoint: Path, format: str, out: Path, model_source: str | None = None,
                       ckpt_dir: str | None = None, tokenizer: str | None = None, meta_shards: int = 1,
-                      dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:  # fmt: skip
+                      dtype: torch.dtype | None = None, gguf_type: str = "F16",
+                      overwrite: bool = False) -> Path:  # fmt: skip
     """Write `checkpoint` (a step-NNNNNN folder) as `format` into `out` (in `dtype`, default the trained one);
     `out` must be empty unless `overwrite` (then it is cleared), and is locked while written."""
     if format not in FORMATS:
@@ -61,7 +64,7 @@ def export_checkpoint(checkpoint: Path, format: str, out: Path, model_source: st
         else:
             if lora:
                 merge_lora(model)
-            save_model(model, out, format=format, tokenizer=tok, meta_shards=meta_shards)
+            save_model(model, out, format=format, tokenizer=tok, meta_shards=meta_shards, gguf_type=gguf_type)
     return out
 
 
@@ -104,12 +107,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", help="base model of the run (default: the one in trainer.pt)")
     p.add_argument("--overwrite", action="store_true", help="clear --out first when it holds files")
     p.add_argument("--meta-shards", type=cli.number(int, at_least=1), default=1, help="Meta model-parallel files (13B: 2, 70B: 8)")
+    p.add_argument("--gguf-type", default="F16", choices=WRITE_TYPES, help="type of the GGUF matrices")
     add_model_flags(p, dtype_default=None)
     args = p.parse_args(argv)
     checkpoint = resolve_checkpoint(args.checkpoint)
     out = Path(args.out) if args.out else checkpoint.with_name(f"{checkpoint.name}-{args.format}")
     export_checkpoint(checkpoint, args.format, out, args.model, args.ckpt_dir, args.tokenizer, args.meta_shards,
-                      DTYPES[args.dtype] if args.dtype else None, args.overwrite)  # fmt: skip
+                      DTYPES[args.dtype] if args.dtype else None, args.gguf_type, args.overwrite)  # fmt: skip
     print(f"wrote {args.format} folder {out}")
 
 

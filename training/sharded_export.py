@@ -1,9 +1,9 @@
 """The final weights of an FSDP run (`--fsdp` or data parallel), written one FSDP unit at a time.
 
-HF: every rank gathers one decoder block (`full_tensor`), rank 0 converts it (`meta_to_hf`), merges LoRA
+HF: every rank gathers one decoder block (`full_tensor`), rank 0 converts it (`tensor_names.from_ours`), merges LoRA
 adapters if there are any and writes it as its own safetensors file, then frees it; the embeddings, final
 norm and head are the last file, then the index and config.json. No rank ever holds more than one block
-(or the embeddings) in full. Meta's format is one `consolidated.00.pth`, which cannot be written in pieces:
+(or the embeddings) in full. Meta's `consolidated.00.pth` (and a GGUF file) cannot be written in pieces:
 rank 0 gathers block by block into host memory and writes it with model/save.py. The HF folder's config.json
 and tokenizer files are the ones model/save.py writes.
 """
@@ -17,9 +17,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from common.io import atomic_write, write_json
-from model.hf_format import hf_config_from, meta_to_hf
+from model.hf_format import hf_config_from
 from model.peft_format import peft_state, write_peft_adapter
 from model.save import FORMATS, save_model
+from model.tensor_names import from_ours
 from model.tokenizer_json import special_ids, write_hf_tokenizer
 from model.transformer import Transformer
 from optim.lora import LoRALinear
@@ -41,7 +42,8 @@ def gathered_units(model: nn.Module):
 
 
 def _merged(block: nn.Module, prefix: str, main: bool) -> dict[str, torch.Tensor]:
-    """A block's full parameters under Meta names, LoRA adapters folded into their base weights."""
+    """A block's full parameters under Meta names, LoRA adapters folded into their base weights (a wrapped
+    linear's bias, `base.bias`, keeps the linear's own name)."""
     full = {name: full_tensor(p.detach()) for name, p in block.named_parameters()}
     if not main:
         return {}
@@ -49,16 +51,22 @@ def _merged(block: nn.Module, prefix: str, main: bool) -> dict[str, torch.Tensor
         if isinstance(module, LoRALinear) and not module.merged:
             base, a, b = (full.pop(f"{name}.{part}") for part in ("base.weight", "lora_A", "lora_B"))
             full[f"{name}.base.weight"] = base + (b.float() @ a.float() * module.scaling).to(base.dtype)
-    return {prefix + name.replace(".base.weight", ".weight"): t.cpu() for name, t in full.items()}
+    return {prefix + _unwrapped(name): t.cpu() for name, t in full.items()}
+
+
+def _unwrapped(name: str) -> str:
+    """'attention.wq.base.bias' -> 'attention.wq.bias': the name without the LoRA wrapper."""
+    module, _, param = name.rpartition(".")
+    return f"{module.removesuffix('.base')}.{param}"
 
 
 def export_sharded(model: nn.Module, out_dir: Path, format: str, tokenizer=None) -> None:
-    """Write the sharded `model` as an HF dir (streamed) or a Meta dir; every rank calls this."""
+    """Write the sharded `model` as an HF dir (streamed), a Meta dir or a GGUF file; every rank calls this."""
     if format not in FORMATS:
-        raise ValueError(f"unknown save format {format!r} (meta or hf)")
+        raise ValueError(f"unknown save format {format!r} ({', '.join(FORMATS)})")
     main = dist.get_rank() == 0
     config = model.config
-    if format == "meta":
+    if format != "hf":  # one file: gathered into rank 0's host memory, written by model/save.py
         state = {}
         for _, _, unit in gathered_units(model):
             state.update(unit)
@@ -66,13 +74,13 @@ def export_sharded(model: nn.Module, out_dir: Path, format: str, tokenizer=None)
             with torch.device("meta"):
                 plain = Transformer(config)
             plain.load_state_dict(state, assign=True)
-            save_model(plain, out_dir, format="meta", tokenizer=tokenizer)
+            save_model(plain, out_dir, format=format, tokenizer=tokenizer)
     else:
         weight_map, total, dtype = {}, 0, None
         for index, count, unit in gathered_units(model):
             if not main:
                 continue
-            hf = {k: v.contiguous() for k, v in meta_to_hf(unit, config).items()}
+            hf = {k: v.contiguous() for k, v in from_ours(unit, config, "hf").items()}
             name = f"model-{index + 1:05d}-of-{count:05d}.safetensors"
             out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(out_dir / name, lambda tmp, s=hf: save_file(s, tmp, metadata={"format": "pt"}))
