@@ -13,7 +13,7 @@ PIP := $(PYTHON) -m pip install --quiet --disable-pip-version-check
 # A torch that is already installed and recent enough is kept; otherwise take the CPU 2.13 build.
 TORCH_OK := $(PYTHON) -c "import sys, torch; sys.exit(tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]) < (2, 5))"
 
-.PHONY: install install-dev assets demo test bench clean
+.PHONY: install install-dev assets demo test test-fast bench clean
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -34,6 +34,10 @@ demo: assets
 
 test: install-dev assets
 	$(PYTHON) -m pytest -q tests
+
+# the inner loop: everything but the slow, torchrun and other-library tests (pytest.ini lists the markers)
+test-fast: install-dev assets
+	$(PYTHON) -m pytest -q tests -m "not slow and not distributed and not interop"
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis

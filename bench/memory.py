@@ -2,6 +2,7 @@
 measured on real CPU tensors beside the simulation.
 
     python -m bench.memory --simulate --model llama2-7b                       # every method x {paper, lean}, 16x512 bf16
+    python -m bench.memory --simulate --model llama2-7b --full-simulation     # every block simulated (the reference)
     python -m bench.memory --simulate --model llama3-8b --methods owlore --presets lean --phases
     python -m bench.memory --simulate --model llama2-7b --methods owlore --presets lean --flags "--grad-accum 16"
     python -m bench.memory --measure --model llama2-7b --dim 512 --layers 12 --heads 8 --ffn 1376 \\
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--max-micro-batches", type=cli.number(int, at_least=1), default=2,
                    help="micro-batches simulated per step (later ones repeat the second exactly)")
     p.add_argument("--flags", default="", help="further train.py flags, e.g. \"--grad-accum 16 --freeze-embeddings\"")
+    p.add_argument("--full-simulation", action="store_true",
+                   help="simulate every block (the reference) instead of one per run of identical blocks, composed")
     p.add_argument("--phases", action="store_true", help="print every phase's peak, not only the overall one")
     p.add_argument("--json", help="write the rows to this file")
     a = p.parse_args(argv)
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             except UserError as err:
                 raise UserError(f"--flags: train.py rejects {' '.join(row_flags(a, method, preset))}: {err}") from None
             try:
-                report = simulate_memory(config, args, dtype, a.steps, max_micro_batches=a.max_micro_batches)
+                report = simulate_memory(config, args, dtype, a.steps, max_micro_batches=a.max_micro_batches,
+                                         composed=not a.full_simulation)
             except ValueError as err:
                 raise UserError(f"{method} {preset}: {err}") from None
             row = dict(method=method, preset=preset, report=report.as_dict(), command=command(a, method, preset))
@@ -163,7 +167,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(format_report(report))
             rows.append(row)
     print(f"\n{a.model} ({config.dim}x{config.n_layers}, vocab {config.vocab_size}), {a.dtype}, global batch "
-          f"{a.batch_size}x{a.seq_len}, gamma {a.gamma}, rank {a.rank}{', ' + a.flags if a.flags else ''}; simulated:")
+          f"{a.batch_size}x{a.seq_len}, gamma {a.gamma}, rank {a.rank}{', ' + a.flags if a.flags else ''}; simulated "
+          f"({'every block' if a.full_simulation else 'composed from one block per run'}):")
     print(table(rows))
     if a.json:
         with open(a.json, "w") as f:

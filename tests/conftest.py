@@ -1,9 +1,21 @@
+"""Settings and fixtures shared by every test module (helpers: tests/helpers.py)."""
+import json
 import os
+from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import settings
 
+from common.assets import asset_path
+from model import Transformer, get_config, save_model
+
 torch.set_num_threads(2)
+
+QA = [("What colour is the sky on a clear day?", "Blue."), ("How many legs does a spider have?", "Eight."),
+      ("What is two plus three?", "Five."), ("Which animal says moo?", "A cow."),
+      ("What do bees make?", "Honey."), ("What is frozen water called?", "Ice."),
+      ("Which planet do we live on?", "Earth."), ("What falls from clouds when it rains?", "Water.")]
 
 # CI (HYPOTHESIS_PROFILE=ci, set by .ci/run) draws the same examples every run and keeps no example
 # database, so a run's result depends on the code alone; elsewhere hypothesis draws anew each run
@@ -11,3 +23,21 @@ torch.set_num_threads(2)
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile("dev")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny random LLaMA (4 blocks) in Meta format with the real Mistral v1 tokenizer; read-only."""
+    torch.manual_seed(0)
+    config = get_config("tiny", n_layers=4, vocab_size=32000, max_seq_len=256)
+    out = tmp_path_factory.mktemp("tiny-model")
+    save_model(Transformer(config), out, format="meta", tokenizer=asset_path("mistral-v1-tokenizer"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_file(tmp_path_factory) -> Path:
+    """A small instruction data set (alpaca JSON); read-only."""
+    path = tmp_path_factory.mktemp("data") / "train.json"
+    path.write_text(json.dumps([{"instruction": q, "input": "", "output": a} for q, a in QA]))
+    return path

@@ -15,6 +15,8 @@ from model import get_config
 from optim import measured_state_bytes
 from training.memory import prepare, run_steps, simulate_memory
 
+pytestmark = pytest.mark.slow
+
 TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=160, vocab_size=512)
 
 
@@ -101,21 +103,3 @@ def test_step_compare_runs_end_to_end(tmp_path):
     for row in rows:
         assert row["step_s"] > 0 and row["peak"] >= row["runtime_baseline"] > 0 and row["estimate"] > row["runtime_baseline"]
     assert json.loads((tmp_path / "rows.json").read_text())[0]["peak"] == rows[0]["peak"]
-
-
-def test_reproduce_runs_end_to_end_on_a_tiny_model(tmp_path):
-    import bench.reproduce
-    from common.assets import asset_path
-    from model import Transformer, save_model
-
-    torch.manual_seed(0)
-    model_dir = tmp_path / "model"
-    save_model(Transformer(get_config("tiny", vocab_size=32000, max_seq_len=256)), model_dir, format="meta",
-               tokenizer=asset_path("mistral-v1-tokenizer"))
-    best = bench.reproduce.main(["--model", str(model_dir), "--methods", "lisa", "--tasks", "boolq,piqa",
-                                 "--steps", "2", "--batch-size", "2", "--seq-len", "256", "--heldout", "3",
-                                 "--train-per-task", "8", "--gamma", "1", "--rank", "8", "--out", str(tmp_path / "r")])
-    assert set(best["lisa"]["acc"]) == {"boolq", "piqa"}
-    assert all(0.0 <= acc <= 1.0 for acc in best["lisa"]["acc"].values())
-    table = (tmp_path / "r" / "table.md").read_text()
-    assert "| lisa |" in table and "| pre-trained (no fine-tuning) |" in table and (tmp_path / "r" / "accuracy.png").is_file()

@@ -97,6 +97,7 @@ def test_stage_parts_join_to_the_cache_and_a_corrupt_part_is_named(tmp_path):
     assert not (tmp_path / "there" / "wheels").exists()
 
 
+@pytest.mark.slow
 def test_the_gpu_script_runs_in_smoke_on_the_cpu(tmp_path):
     out = tmp_path / "repro"
     done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_reproduce.sh"), "--smoke", str(out)],

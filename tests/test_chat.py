@@ -131,6 +131,7 @@ def hf_llama3(tmp_path_factory):
     return transformers.AutoTokenizer.from_pretrained(out)
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize("source", [MISTRAL_LIKE, LLAMA31_LIKE])
 def test_jinja_template_equals_apply_chat_template(hf_llama3, source):
     from model.chat import ChatTemplate

@@ -13,7 +13,7 @@ import data.commonsense
 import eval.__main__
 import sampling.__main__ as sampling_cli
 from common.errors import UserError
-from test_train import ROOT, tiny_dir  # noqa: F401 (fixture)
+from helpers import ROOT
 
 NO_MODEL = "/nonexistent/model"  # a case that reached the model loader would name this instead
 

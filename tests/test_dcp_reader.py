@@ -13,7 +13,7 @@ import torch
 import train
 from common import cli
 from model.hf_format import read_hf_dir
-from test_train import data_file, run, tiny_dir  # noqa: F401 (fixtures)
+from helpers import run
 from training import export
 from training.checkpoint import CheckpointError
 from training.dcp_reader import read_metadata

@@ -1,6 +1,10 @@
 """Real model, real data: SmolLM2-135M zero-shot on the first 40 ARC-Easy validation questions."""
+import pytest
+
 from eval import evaluate
 from model import load_model
+
+pytestmark = pytest.mark.slow
 
 
 def test_smollm2_zero_shot_arc_easy_is_clearly_above_chance():

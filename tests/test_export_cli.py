@@ -13,6 +13,9 @@ from training.export import main as export_main
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
+
+pytestmark = pytest.mark.interop
+
 TOKENS = torch.randint(0, 32000, (1, 16), generator=torch.Generator().manual_seed(0))
 
 

@@ -23,10 +23,12 @@ from model import load_model, save_model
 from model.families import FAMILIES
 from optim import apply_lora
 from model.peft_format import write_peft_adapter
-from test_train import data_file, two_processes  # noqa: F401 (fixture)
+from helpers import two_processes
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
+
+pytestmark = pytest.mark.interop
 
 VOCAB = 32000  # the Mistral v1 SentencePiece tokenizer's, so train.py can tokenize for the tiny model
 TOKENS = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -209,11 +211,13 @@ def check_lora_exports(qwen_dir: Path, out: Path) -> None:
     assert not torch.allclose(their_logits(merged), their_logits(untouched), atol=1e-3)  # the adapter trained
 
 
+@pytest.mark.slow
 def test_lora_run_exports_merged_hf_and_peft(qwen_dir, data_file, tmp_path):
     train.main(train_args(qwen_dir, data_file, tmp_path, "--method", "lora", "--max-steps", "4"))
     check_lora_exports(qwen_dir, tmp_path)
 
 
+@pytest.mark.distributed
 def test_sharded_lora_export_of_qwen2_on_two_ranks(qwen_dir, data_file, tmp_path):
     out = tmp_path / "run"
     runs = [train_args(qwen_dir, data_file, out, "--method", "lora", "--max-steps", "2", "--fsdp", "--lora-dropout", "0")]

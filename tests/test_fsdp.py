@@ -18,7 +18,9 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 import train
 from model.hf_format import read_hf_dir
 from model.meta_format import read_meta_dir
-from test_train import data_file, tiny_dir, two_processes  # noqa: F401 (fixtures)
+from helpers import two_processes
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("fsdp_worker.py")
@@ -99,6 +101,7 @@ def single(tiny_dir, data_file, tmp_path_factory):
     return run
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("mode", list(MODES))
 def test_two_processes_match_one_process(sharded, single, tiny_dir, data_file, tmp_path, mode, method):
@@ -145,6 +148,7 @@ def check_optimizer_state(sharded_ckpt: Path, single_ckpt: Path, tmp: Path, argv
             assert torch.allclose(optim[f"{name}/{key}"], single[name][key], atol=1e-6, rtol=1e-3), (name, key)
 
 
+@pytest.mark.distributed
 def test_registered_projectors_train_sharded_as_on_one_process(tiny_dir, data_file, tmp_path):
     """The toy projector of docs/design.md, registered by a module of its own that every rank imports, and
     APOLLO / APOLLO-Mini (whose update reads norms of the whole gradient, and keeps one across refreshes, on
@@ -164,6 +168,7 @@ def test_registered_projectors_train_sharded_as_on_one_process(tiny_dir, data_fi
         assert {g["projector"]["name"] for g in state["param_groups"] if g["projector"]} == {name}
 
 
+@pytest.mark.distributed
 def test_streamed_export_equals_unsharded_export_of_the_same_weights(sharded, tiny_dir, tmp_path):
     """The block-by-block HF and Meta exports hold exactly the weights the sharded checkpoint holds, and the
     HF folder's config.json is the one save_model writes."""
@@ -184,6 +189,7 @@ def test_streamed_export_equals_unsharded_export_of_the_same_weights(sharded, ti
     assert len(list((run / "final-hf").glob("*.safetensors"))) == config.n_layers + 1  # one file per unit
 
 
+@pytest.mark.distributed
 def test_frozen_blocks_get_no_gradient_and_no_state_and_switch_together(tiny_dir, tmp_path):
     torchrun("frozen", tmp_path / "frozen.json", tiny_dir)
     ranks = json.loads((tmp_path / "frozen.json").read_text())
@@ -196,6 +202,7 @@ def test_frozen_blocks_get_no_gradient_and_no_state_and_switch_together(tiny_dir
     assert switches and all(step % 3 == 0 for step in switches)  # period 3: only at period boundaries
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("mode", list(MODES))
 def test_sigint_resume_equals_uninterrupted_also_on_one_process(tiny_dir, data_file, tmp_path, mode):
     """2 processes, sharded or replicated: SIGINT after step 1, resume on 2 processes, and on 1 (--fsdp: DCP
@@ -240,6 +247,7 @@ def test_simulated_peak_per_rank_replicated_costs_at_most_two_gathered_blocks(me
     assert sharded < plain
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("mode", list(MODES))
 def test_a_checkpoint_of_two_ranks_exports_in_one_process(sharded, tmp_path, mode):
     """python -m training.export reads DCP shards whole: the export of the last checkpoint equals the run's
@@ -262,6 +270,7 @@ def test_a_checkpoint_of_two_ranks_exports_in_one_process(sharded, tmp_path, mod
         export_checkpoint(run / "step-000003", "hf", tmp_path / "bad", model_source=str(tmp_path / "wider"))
 
 
+@pytest.mark.distributed
 def test_only_rank0_reads_the_weights_and_its_load_error_stops_every_rank(tiny_dir, data_file, tmp_path):
     """Rank 1 builds the model on the meta device and gets its part from rank 0; a checkpoint that rank 0
     cannot load (a NaN weight) is the same one-line error on both ranks, with no rank left waiting."""
@@ -279,6 +288,7 @@ def test_only_rank0_reads_the_weights_and_its_load_error_stops_every_rank(tiny_d
     assert done.stderr.count("tensor layers.1.attention.wq.weight holds NaN or inf") == 2, done.stderr[-3000:]
 
 
+@pytest.mark.distributed
 def test_tied_embeddings_stay_one_parameter_sharded_and_replicated(data_file, tmp_path):
     """A tied model (SmolLM2's layout) built on the meta device on rank 1 and loaded from rank 0 trains as one
     process does: a tie lost on any rank would all-gather another root and stall or diverge."""
@@ -297,6 +307,7 @@ def test_tied_embeddings_stay_one_parameter_sharded_and_replicated(data_file, tm
         assert close(two, one)
 
 
+@pytest.mark.distributed
 def test_a_load_error_on_another_rank_only_stops_every_rank(tiny_dir, data_file, tmp_path):
     """Rank 1 cannot read its copy of the checkpoint's config (say, a node without the files); rank 0 must not
     go on to wait for it in a collective: both exit with one line each."""

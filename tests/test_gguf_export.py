@@ -15,6 +15,7 @@ from model.config import Llama3RopeScaling
 from model.tokenizer import load_tokenizer, tokenizer_from_gguf
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.interop
 
 TOKENS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
 # Largest |logit| difference to transformers on the HF export, per type (logits within +-1.2). Measured:

@@ -1,9 +1,12 @@
 """bench/gpu_check.sh in its --cpu-smoke mode: the same code path a lent GPU runs, on tiny shapes."""
+import pytest
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 

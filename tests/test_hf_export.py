@@ -11,6 +11,8 @@ from model import Transformer, get_config, load_model, save_model  # noqa: E402
 from model.chat import encode_chat, render_chat  # noqa: E402
 from model.tokenizer import load_tokenizer, tokenizer_from_gguf  # noqa: E402
 
+pytestmark = pytest.mark.interop
+
 CORPUS = [
     "This is a test sentence.",
     "Mixed text: 1234567 apples, naïve café 中文 🎉🦉\n\n\tindented  code();  trailing  \n",

@@ -15,6 +15,8 @@ from model.hf_format import config_from_hf
 from model.meta_format import config_from_params, params_from_config, write_meta_dir
 from model.tensor_names import from_ours
 
+pytestmark = pytest.mark.interop
+
 TOKENS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
 
 

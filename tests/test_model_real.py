@@ -7,6 +7,8 @@ import torch
 from model import load_model, save_model
 from model.generate import generate
 
+pytestmark = pytest.mark.slow
+
 PARAGRAPH = (
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after "
     "the engineer Gustave Eiffel, whose company designed and built the tower. It was constructed from 1887 to "

@@ -12,7 +12,7 @@ from optim import PROJECTORS, GaLoreAdamW, measured_state_bytes, state_bytes
 from optim.projector import StateSpec, register_projector
 from sketch_projector import SketchProjector
 from test_galore_adamw import weights_only_round_trip
-from test_train import data_file, run, tiny_dir  # noqa: F401  (fixtures)
+from helpers import run
 
 
 def _teacher_problem(seed):
@@ -93,6 +93,7 @@ def test_state_that_differs_from_its_declaration_is_a_programming_error(declared
         GaLoreAdamW([{"params": [w], "projector": Declared(rank=2)}]).step()
 
 
+@pytest.mark.slow
 def test_new_projector_is_selectable_from_train_py(tiny_dir, data_file, tmp_path):
     metrics = run(tiny_dir, data_file, tmp_path, "--method", "galore", "--max-steps", "4", "--schedule", "constant",
                   "--projector", "sketch")

@@ -20,7 +20,7 @@ from common.lock import LOCK_FILE, FolderLock
 from model import Transformer, get_config, load_model, save_model
 from model.hf_format import read_hf_dir
 from model.meta_format import read_meta_dir
-from test_train import ROOT, data_file, run, tiny_dir  # noqa: F401 (fixtures)
+from helpers import ROOT, run
 from training import export
 from training.checkpoint import checkpoints
 

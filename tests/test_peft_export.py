@@ -12,6 +12,8 @@ from model import Transformer, get_config, save_model  # noqa: E402
 from model.peft_format import write_peft_adapter  # noqa: E402
 from optim import apply_lora, merge_lora  # noqa: E402
 
+pytestmark = pytest.mark.interop
+
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-tied"])
 def test_peft_adapter_logits_equal_merged(tmp_path, name):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from sampling import POLICIES, LayerSampler
-from test_train import data_file, run, tiny_dir  # noqa: F401  (fixtures)
+from helpers import run
 
 N_LAYERS, K, STEPS = 5, 3, 40  # 40 steps of 3: more than two sweeps of 5 blocks
 
@@ -65,6 +65,7 @@ def test_one_block_at_a_time():
         LayerSampler("badam_ascending", gamma=2, period=K, seed=0, n_layers=N_LAYERS)
 
 
+@pytest.mark.slow
 def test_train_py_steps_the_blocks_in_order(tiny_dir, data_file, tmp_path):
     metrics = run(tiny_dir, data_file, tmp_path, "--method", "lisa", "--sampling", "badam_descending", "--gamma", "1",
                   "--period", "1", "--max-steps", "5")

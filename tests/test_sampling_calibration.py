@@ -64,6 +64,7 @@ def test_training_documents_are_the_training_tokenization():
     assert few == docs[:2]  # stops as soon as enough tokens are collected
 
 
+@pytest.mark.slow
 def test_default_method_calibrates_on_chat_data(tmp_path):
     """The default (owlore) run on chat data: calibration comes from the training stream, no second parser."""
     import train

@@ -9,6 +9,8 @@ from model import load_model
 from sampling.cache import StaleCacheError, load_or_compute_ratios
 from sampling.calibration import batches, boolq_passages, calibration_windows
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def smollm():

@@ -11,6 +11,8 @@ from model.chat import encode_chat
 from model.tokenizer import load_tokenizer, tokenizer_from_gguf
 from model.tokenizer_gguf import read_gguf_metadata
 
+pytestmark = pytest.mark.interop
+
 MIXED = (
     "The quick brown fox, jumped over 13 lazy dogs in 2024!\n\n"
     "    indented   code: x = y[0] + 3.14159;\t# comment\r\n"

@@ -3,11 +3,7 @@ instruction data set written in the test."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,61 +12,24 @@ import torch
 from common import cli
 import train
 import training.step
-from common.assets import asset_path
 from data import BatchLoader, build_dataset, load_records
-from model import Transformer, get_config, load_model, save_model
+from model import load_model, save_model
 from common.errors import Stopped, UserError
 from training.checkpoint import checkpoints
 from training.distributed import World
 
-ROOT = Path(__file__).resolve().parents[1]
-QA = [("What colour is the sky on a clear day?", "Blue."), ("How many legs does a spider have?", "Eight."),
-      ("What is two plus three?", "Five."), ("Which animal says moo?", "A cow."),
-      ("What do bees make?", "Honey."), ("What is frozen water called?", "Ice."),
-      ("Which planet do we live on?", "Earth."), ("What falls from clouds when it rains?", "Water.")]
+from helpers import final_weights, interrupt_after, run
 
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    config = get_config("tiny", n_layers=4, vocab_size=32000, max_seq_len=256)
-    out = tmp_path_factory.mktemp("tiny-model")
-    save_model(Transformer(config), out, format="meta", tokenizer=asset_path("mistral-v1-tokenizer"))
-    return out
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "train.json"
-    path.write_text(json.dumps([{"instruction": q, "input": "", "output": a} for q, a in QA]))
-    return path
-
-
-def two_processes(script: Path, *args, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`script args` on 2 processes under torchrun (one thread each), output captured."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def run(tiny_dir: Path, data_file: Path, out: Path, *extra: str) -> list[dict]:
-    train.main(["--model", str(tiny_dir), "--data", str(data_file), "--out", str(out), "--seq-len", "64", "--no-pack",
-                "--batch-size", "8", "--lr", "3e-3", "--save-format", "none", "--seed", "1", "--rank", "8",
-                "--update-proj-gap", "2", "--gamma", "2", "--period", "2", "--calib-windows", "2",
-                "--calib-seq-len", "16", "--M", "3", *extra])
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def final_weights(out: Path) -> dict[str, torch.Tensor]:
-    return torch.load(checkpoints(out)[-1] / "model.pt", weights_only=True)
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "galore", "lisa", "owlore", "owlore-fullrank"])
-def test_every_method_lowers_the_loss(tiny_dir, data_file, tmp_path, method):
+def test_every_method_lowers_the_loss(tiny_dir, data_file, tmp_path, method, capsys):
     extra = ["--lr", "1e-2"] if method == "lora" else []
     metrics = run(tiny_dir, data_file, tmp_path, "--method", method, "--max-steps", "8", "--period", "4",
-                  "--gamma", "4", "--schedule", "constant", *extra)
+                  "--gamma", "4", "--schedule", "constant", *extra, memory_report=True)
+    printed = "".join(capsys.readouterr())
+    assert f"memory of one step of {method}" in printed and "measured peak" in printed  # before step 1, after step 2
     losses = [m["loss"] for m in metrics]
     assert len(losses) == 8 and all(map(torch.isfinite, torch.tensor(losses)))
     assert losses[-1] < losses[0] - 0.5, losses
@@ -101,20 +60,6 @@ def test_keep_inactive_state_keeps_every_visited_block(tiny_dir, data_file, tmp_
     visited = {i for m in metrics for i in m["active_blocks"]}
     state = torch.load(checkpoints(tmp_path)[-1] / "optimizer.pt", weights_only=True)["state"]
     assert len(visited) > 1 and len(state) == 3 + 9 * len(visited)
-
-
-def interrupt_after(steps: int, monkeypatch) -> None:
-    """SIGINT during training step `steps`: the loop finishes that step, saves and stops."""
-    real, calls = train.accumulate_gradients, []
-
-    def interrupted(*a, **k):
-        result = real(*a, **k)
-        calls.append(1)
-        if len(calls) == steps:
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-
-    monkeypatch.setattr(train, "accumulate_gradients", interrupted)
 
 
 @pytest.mark.parametrize("first", [2, 3])  # at and in the middle of a period

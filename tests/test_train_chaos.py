@@ -3,6 +3,7 @@ of writing a checkpoint or a metrics line) and resumed with `--resume RUN` alone
 weights, optimizer state and metrics equal those of a run that was never interrupted."""
 from __future__ import annotations
 
+import pytest
 import json
 import os
 import random
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import torch
 
-from test_train import ROOT, data_file, tiny_dir  # noqa: F401 (fixtures)
+from helpers import ROOT
 from training.checkpoint import checkpoints
+
+pytestmark = pytest.mark.slow
 
 STEPS = 8
 

@@ -1,11 +1,14 @@
 """The literal command: no --data (the embedded commonsense set is built and used), --tokenizer override."""
 import json
 
+import pytest
 import torch
 
 import train
 from common.assets import asset_path
 from model import Transformer, get_config, load_model, save_model
+
+pytestmark = pytest.mark.slow
 
 
 def test_no_data_flag_trains_on_the_commonsense_set(tmp_path, capsys):

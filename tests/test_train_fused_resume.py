@@ -10,7 +10,9 @@ import torch
 
 import train
 from common.errors import Stopped
-from test_train import data_file, final_weights, run, tiny_dir  # noqa: F401  (fixtures)
+from helpers import final_weights, run
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("flags", [("--fused",), ("--lean",), ("--fused", "--grad-accum", "2")],

@@ -1,5 +1,5 @@
 """train.py with sampling policies beyond the built-in table, and with outlier-score caches that do not
-match the run. Reuses test_train's tiny model (4 blocks, real tokenizer) and data."""
+match the run. Uses the shared tiny model (4 blocks, real tokenizer) and data (conftest.py)."""
 from __future__ import annotations
 
 import json
@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from model import load_model
-from common.errors import UserError
+from common.errors import Stopped, UserError
 from common.io import write_json
 from sampling.cache import make_record
 from sampling.htsr import block_alphas
 from sampling.policies import POLICIES, observe_alphas, register_policy
-from test_train import data_file, final_weights, interrupt_after, run, tiny_dir  # noqa: F401  (fixtures)
+from helpers import final_weights, interrupt_after, run
 from training.checkpoint import checkpoints
+
+pytestmark = pytest.mark.slow
 
 
 @register_policy("test_last_two_by_ratio")
@@ -69,7 +71,8 @@ def test_sigint_then_resume_with_a_dynamic_policy_is_bit_identical(tiny_dir, dat
             "--max-steps", "5")
     run(tiny_dir, data_file, tmp_path / "straight", *args)
     interrupt_after(first, monkeypatch)
-    run(tiny_dir, data_file, tmp_path / "split", *args)
+    with pytest.raises(Stopped):  # (after saving step `first`)
+        run(tiny_dir, data_file, tmp_path / "split", *args)
     monkeypatch.undo()
     OBSERVED.clear()
     run(tiny_dir, data_file, tmp_path / "split", *args, "--resume", str(tmp_path / "split"))

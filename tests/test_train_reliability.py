@@ -1,6 +1,6 @@
 """Nothing a run has made is lost or silently mixed with another run: a used --out, a diverging update, a
 full disk, a kill -9 in the middle of a step, a non-finite loss on one rank; and what a resumed run may
-change. Same tiny model and data as test_train.py."""
+change. The shared tiny model and data (conftest.py)."""
 from __future__ import annotations
 
 import errno
@@ -21,8 +21,10 @@ from optim import GaLoreAdamW
 import training.checkpoint
 import training.step
 from common.errors import UserError
-from test_train import ROOT, data_file, final_weights, run, tiny_dir, two_processes  # noqa: F401 (fixtures)
+from helpers import ROOT, final_weights, run, two_processes
 from training.checkpoint import CheckpointError, checkpoints
+
+pytestmark = pytest.mark.slow
 
 FULL = ("--method", "full", "--save-every", "1")
 
@@ -246,6 +248,7 @@ def torchrun_with_rank1_loss(tmp_path: Path, replacement: str, *extra: str) -> s
     return two_processes(script, *args, timeout=240)
 
 
+@pytest.mark.distributed
 def test_a_non_finite_loss_on_one_rank_stops_every_rank(tiny_dir, data_file, tmp_path):
     """Rank 1's loss turns NaN at step 2; both ranks must stop with the error, none waits in an all-reduce."""
     done = torchrun_with_rank1_loss(tmp_path, 'real(*a) * float("nan")', "--model", str(tiny_dir), "--data", str(data_file))
@@ -254,6 +257,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(tiny_dir, data_file, tmp
     assert [p.name for p in checkpoints(tmp_path / "ddp")] == ["step-000001"]
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("mode", [[], ["--fsdp"]])
 def test_a_micro_batch_without_targets_on_one_rank_does_not_stall_the_others(tiny_dir, data_file, tmp_path, mode):
     """Rank 1's micro-batch of step 2 has no target token: it still runs the forward and backward whose

@@ -17,7 +17,7 @@ import yaml
 import train
 from common.errors import Stopped, UserError
 from model.hf_format import read_hf_dir
-from test_train import ROOT, data_file, final_weights, run, tiny_dir  # noqa: F401 (fixtures)
+from helpers import ROOT, final_weights, run
 from training.checkpoint import checkpoints
 
 FULL = ("--method", "full", "--save-every", "1")
