@@ -46,7 +46,7 @@ from training.checkpoint import (EXPORTS, CheckpointError, checkpoints, clear_ru
 from training.distributed import World, close_world, init_world, on_main, sum_scalar, together
 from training.fsdp import shard_model
 from training.heldout import HeldOut
-from training.inputs import provide_inputs, register_input
+from training.inputs import check_providers, provide_inputs, register_input
 from training.memory import MemoryReport, format_report, simulate_memory
 from training.methods import METHODS, active_block_indices
 from training.metrics import current_memory_bytes, peak_memory_bytes
@@ -115,6 +115,8 @@ class Run:
 
 def start(args: argparse.Namespace) -> Context:
     """The out folder (checked on every rank before any rank writes), the process group, the data, the model."""
+    if METHODS[args.method].sampled:
+        check_providers(POLICIES[args.sampling])  # the run inputs the policy names, before any work
     out = Path(args.out)
     resumed_from = resolve_checkpoint(args.resume) if args.resume else None
     replace_run = check_out_folder(out, resumed_from, args.overwrite)
@@ -228,7 +230,7 @@ def build_sampler(c: Context) -> LayerSampler:
     blocks (OwLore), uniform (LISA), ...; a dynamic policy re-weighs the blocks every period. The run inputs
     the policy names come from their providers (training.inputs)."""
     args, policy = c.args, POLICIES[c.args.sampling]
-    inputs = provide_inputs(policy.needs, c)
+    inputs = provide_inputs(policy, c)
     try:
         return LayerSampler(policy, args.gamma, args.period, args.seed, c.model.config.n_layers, **inputs)
     except ValueError as err:  # e.g. no block has outliers at this M

@@ -29,6 +29,7 @@ from model.config import CONFIGS, get_config
 from common import cli
 from common.errors import UserError
 from model.cli import DTYPES
+from common.plugins import import_plugins, preparse
 from training.args import apply_presets, build_parser, check_consistency, step_config
 from training.methods import METHODS
 from training.memory import CATEGORIES, GIB, Session, format_report, prepare, run_steps, simulate_memory
@@ -48,6 +49,7 @@ def preset_flags(method: str, preset: str) -> list[str]:
 
 def train_args(flags: list[str]) -> StepConfig:
     """The step of train.py's own parse of `flags` (presets applied, consistency checked); no data file is read."""
+    import_plugins(preparse(flags).plugin)  # --flags "--plugin my_research.py --projector mine"
     args = build_parser().parse_args(flags)
     apply_presets(args)
     check_consistency(args)

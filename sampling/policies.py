@@ -13,6 +13,10 @@ The names of the function's parameters say what it needs:
   fixed_layers      the blocks of --fixed-layers
   state             dynamic policies only: what `observe(model)` returned at the start of this period
 
+Any other parameter is a run input too: train.py gets it from the provider registered under its name
+(training/inputs.py, `register_input`; a plugin module may register one beside its policy) and refuses,
+before training, a policy whose inputs lack a provider. RUN_INPUTS are the built-in ones.
+
 A static policy (weights fixed for the run) is one registered function:
 
     @register_policy("decrease")
@@ -59,8 +63,8 @@ class Policy:
 
     @property
     def needs(self) -> tuple[str, ...]:
-        """The run inputs (keys of RUN_INPUTS) the caller must give the sampler."""
-        return tuple(p for p in self.parameters if p in RUN_INPUTS)
+        """The run inputs (RUN_INPUTS or a plugin's) the caller must give the sampler: every other parameter."""
+        return tuple(p for p in self.parameters if p not in SAMPLER_INPUTS)
 
     @property
     def dynamic(self) -> bool:
@@ -96,10 +100,6 @@ def register_policy(name: str, observe: Callable[[nn.Module], dict] | None = Non
         if name in POLICIES:
             raise ValueError(f"sampling policy {name!r} is already registered")
         policy = Policy(name, weights, observe)
-        unknown = [p for p in policy.parameters if p not in RUN_INPUTS and p not in SAMPLER_INPUTS]
-        if unknown:
-            raise ValueError(f"policy {name!r} asks for {', '.join(unknown)}; a policy may ask for "
-                             f"{', '.join([*SAMPLER_INPUTS, *RUN_INPUTS])}")
         if ("state" in policy.parameters) != policy.dynamic:
             raise ValueError(f"policy {name!r}: a weights function takes `state` exactly when observe is given")
         POLICIES[name] = policy
@@ -115,15 +115,17 @@ def get_policy(name: str) -> Policy:
 
 
 def check_inputs(policy: Policy, inputs: dict, n_layers: int) -> dict:
-    """The run inputs a policy needs, validated and as plain lists; anything else given is an error."""
-    unknown = sorted(set(inputs) - set(RUN_INPUTS))
+    """The run inputs a policy needs, the built-in ones validated and as plain lists (a plugin's input as its
+    provider gave it); anything else given is an error."""
+    unknown = sorted(set(inputs) - set(RUN_INPUTS) - set(policy.needs))
     if unknown:
-        raise ValueError(f"unknown sampler input {', '.join(unknown)}; known: {', '.join(RUN_INPUTS)}")
+        raise ValueError(f"unknown sampler input {', '.join(unknown)}; known: {', '.join(RUN_INPUTS)} "
+                         f"and what the policy names")
     checked = {}
     for name in policy.needs:
         if inputs.get(name) is None:
-            raise ValueError(f"sampling policy {policy.name!r} needs {RUN_INPUTS[name]}, got None")
-        checked[name] = CHECKS[name](inputs[name], n_layers)
+            raise ValueError(f"sampling policy {policy.name!r} needs {RUN_INPUTS.get(name, name)}, got None")
+        checked[name] = CHECKS[name](inputs[name], n_layers) if name in CHECKS else inputs[name]
     return checked
 
 

@@ -51,16 +51,16 @@ def test_policies_declare_what_they_need():
     assert get_policy("htsr_dynamic").dynamic and not get_policy("htsr").dynamic
 
 
-def test_registration_refuses_unknown_inputs_duplicates_and_a_state_without_observe():
-    with pytest.raises(ValueError, match="asks for gradients"):
-        register_policy("test_bad_input")(lambda gradients: gradients)
+def test_registration_refuses_duplicates_and_a_state_without_observe():
+    register_policy("test_new_input")(lambda gradients, n_layers: np.ones(n_layers))
+    assert get_policy("test_new_input").needs == ("gradients",)  # a run input a provider must give (training.inputs)
     with pytest.raises(ValueError, match="already registered"):
         register_policy("owlore")(lambda ratios: ratios)
     with pytest.raises(ValueError, match="exactly when observe is given"):
         register_policy("test_state_without_observe")(lambda state: state["w"])
     with pytest.raises(ValueError, match="exactly when observe is given"):
         register_policy("test_observe_without_state", observe=lambda model: {})(lambda n_layers: np.ones(n_layers))
-    register_policy("test_bad_input")(lambda n_layers: np.ones(n_layers))  # a refused one left no entry behind
+    register_policy("test_state_without_observe")(lambda n_layers: np.ones(n_layers))  # a refused one left no entry
 
 
 def test_a_policy_returning_bad_weights_is_refused():

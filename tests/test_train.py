@@ -178,7 +178,7 @@ CASES = {  # name: (extra argv, or a function of (tiny_dir, data_file, tmp) givi
                                  "c.yaml: --gamma: expected an integer, got '2.5'"),
     "missing data": (["--data", "nope.json"], "--data: nope.json: no such file"),
     "missing eval data": (["--eval-data", "nope.json"], "--eval-data: nope.json: no such file"),
-    "every label masked": (lambda t, d, tmp: ["--data", str(_masked_data(tmp)), "--seq-len", "8", "--no-pack"],
+    "every label masked": (lambda t, d, tmp: ["--data", str(_masked_data(tmp)), "--seq-len", "8", "--no-pack", "--no-train-on-prompt"],
                            "masked.json: no training rows of 8 tokens"),
     "fewer rows than a batch": (["--batch-size", "16", "--no-pack"], "train.json: 8 training rows of 512 tokens, fewer than one batch"),
     "model without tokenizer": (lambda t, d, tmp: ["--model", str(_model_copy(t, tmp, tokenizer=False))],

@@ -17,6 +17,7 @@ import yaml
 
 from common.cli import ArgumentParser, number
 from common.errors import UserError
+from common.plugins import add_plugin_flag, import_plugins, plugin_list, preparse
 from model.cli import add_model_flags
 from data.templates import TEMPLATES
 from optim.projector import PROJ_TYPES, PROJECTORS, SVD_METHODS
@@ -34,7 +35,8 @@ OFFICIAL_MAX_GRAD_NORM = 1.0  # HF Trainer's max_grad_norm, which LMFlow's scrip
 # resume without changing what is trained: evaluation, checkpoint cadence and output formats, memory tricks.
 NOT_RESTORED = {"resume", "config", "out", "overwrite", "allow_changes"}
 HARMLESS_ON_RESUME = {"eval_every", "eval_data", "eval_limit", "save_every", "keep_checkpoints",
-                      "save_format", "device", "ckpt_dir", "grad_ckpt", "chunked_ce", "fsdp", "memory_report"}
+                      "save_format", "device", "ckpt_dir", "grad_ckpt", "chunked_ce", "fsdp", "memory_report",
+                      "plugin"}  # (a resumed run imports its plugins again; one added only registers more choices)
 
 COUNT, NONNEG = number(int, at_least=1), number(int, at_least=0)
 POSITIVE, NONNEG_FLOAT = number(float, above=0), number(float, at_least=0)
@@ -48,10 +50,12 @@ def int_list(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="train.py", description="Fine-tune a LLaMA-family model with OwLore or a baseline.")
+    p = ArgumentParser(prog="train.py", description="Fine-tune a LLaMA-family model with OwLore or a baseline.",
+                       allow_abbrev=False)  # (--plugin, --config and --resume are read before the parser is built)
     a = p.add_argument
     a("--config", help="a recipe name (recipes/NAME.yaml: " + ", ".join(recipe_names()) + ") or a YAML/JSON file "
       "with the same keys as the flags; flags override it")
+    add_plugin_flag(p)
     # model and data
     a("--model", default="smollm2-135m", help="named config, Meta/Mistral/HF dir or .gguf file")
     a("--data", help="training data (Alpaca/LLM-Adapters JSON(L), LMFlow JSON, chat JSONL, .txt); "
@@ -175,7 +179,10 @@ def as_tokens(parser: argparse.ArgumentParser, values: dict, source: str) -> lis
     for key, value in values.items():
         flag = actions[key].option_strings[0]
         switch = actions[key]
-        if isinstance(switch, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+        if isinstance(switch, argparse._AppendAction):
+            items = [] if value is None else value if isinstance(value, list) else [value]
+            tokens += [t for item in items for t in (flag, str(item))]
+        elif isinstance(switch, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
             if not isinstance(value, bool) and value is not None:
                 raise UserError(f"{source}: {key}: expected true or false, got {value!r}")
             if value:
@@ -194,23 +201,28 @@ def as_tokens(parser: argparse.ArgumentParser, values: dict, source: str) -> lis
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    first, _ = parser.parse_known_args(argv)
-    saved_tokens, config_tokens, saved = [], [], None
-    if first.config:  # a value from the file means what its flag means: `resume:` too
-        values = load_config_file(first.config)
-        if values.get("config") is not None:
+    first = preparse(argv, "--config", "--resume")
+    saved_tokens, config_tokens, saved, config = [], [], None, {}
+    if first.config:  # read first: a value from the file means what its flag means, `resume:` too
+        config = load_config_file(first.config)
+        if config.get("config") is not None:
             raise UserError(f"{first.config}: config: a config file cannot name another one")
-        config_tokens = as_tokens(parser, values, first.config)
-    first, _ = parser.parse_known_args([*config_tokens, *argv])
-    if first.resume:
-        checkpoint = resolve_checkpoint(first.resume)
+    resume = first.resume or (None if config.get("resume") is None else str(config["resume"]))
+    if resume:
+        checkpoint = resolve_checkpoint(resume)
         saved = {k: v for k, v in (read_trainer_state(checkpoint).get("args") or {}).items() if k not in NOT_RESTORED}
+    import_plugins([*plugin_list((saved or {}).get("plugin"), "--resume"),  # before the parser takes its choices
+                    *plugin_list(config.get("plugin"), first.config), *first.plugin])
+    parser = build_parser()
+    if saved is not None:
         known = {action.dest for action in parser._actions}
         saved = {k: v for k, v in saved.items() if k in known}  # a flag this version no longer has
         saved_tokens = as_tokens(parser, saved, f"{checkpoint / 'trainer.pt'} (saved arguments)")
         parser.set_defaults(out=str(checkpoint.parent))
+    if first.config:
+        config_tokens = as_tokens(parser, config, first.config)
     args = parser.parse_args([*saved_tokens, *config_tokens, *argv])
+    args.plugin = import_plugins(args.plugin or [])  # each once (the resumed run's, the config's, the flags')
     apply_presets(args)
     check_consistency(args)
     args.changed_on_resume = {}
@@ -219,7 +231,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    if k not in HARMLESS_ON_RESUME and getattr(args, k) != v}
         if changed and not args.allow_changes:
             listed = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changed.items())
-            raise UserError(f"--resume {first.resume}: these flags change the run being resumed: {listed}; "
+            raise UserError(f"--resume {resume}: these flags change the run being resumed: {listed}; "
                             "pass --allow-changes to continue with them")
         args.changed_on_resume = changed
     return args

@@ -8,7 +8,8 @@
 A checkpoint of several ranks or of --fsdp (DCP shards) is read whole into this one process.
 The base model, tokenizer and method come from the arguments the run was started with (``trainer.pt``);
 ``--model`` / ``--ckpt-dir`` / ``--tokenizer`` replace them when the base has moved. The weights keep the
-dtype they were trained in.
+dtype they were trained in. The run's plugins (a model family of your own) are imported again, and ``--plugin``
+adds others.
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from common import cli
-from common.errors import UserError
 from common.lock import FolderLock
 from common.outputs import check_output_folder, clear_output_folder
+from common.plugins import add_plugin_flag, import_plugins, plugin_list
 from model.cli import DTYPES, add_model_flags
 from model.load import load_model
 from model.peft_format import write_peft_adapter
@@ -109,8 +110,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--meta-shards", type=cli.number(int, at_least=1), default=1, help="Meta model-parallel files (13B: 2, 70B: 8)")
     p.add_argument("--gguf-type", default="F16", choices=WRITE_TYPES, help="type of the GGUF matrices")
     add_model_flags(p, dtype_default=None)
+    add_plugin_flag(p)
     args = p.parse_args(argv)
     checkpoint = resolve_checkpoint(args.checkpoint)
+    saved = read_trainer_state(checkpoint).get("args") or {}
+    import_plugins([*plugin_list(saved.get("plugin"), str(checkpoint / "trainer.pt")), *(args.plugin or [])])
     out = Path(args.out) if args.out else checkpoint.with_name(f"{checkpoint.name}-{args.format}")
     export_checkpoint(checkpoint, args.format, out, args.model, args.ckpt_dir, args.tokenizer, args.meta_shards,
                       DTYPES[args.dtype] if args.dtype else None, args.gguf_type, args.overwrite)  # fmt: skip
