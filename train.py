@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -24,10 +26,13 @@ import torch
 from tqdm import tqdm
 
 from common import cli
-from common.errors import UserError
+from common.errors import Stopped, UserError
+from common.lock import FolderLock
+from common.outputs import check_output_folder, clear_output_folder
 from data import BatchLoader, build_dataset, load_records
 from data.commonsense import TRAIN_FILE, build_commonsense
 from model import load_model, save_model
+from model.load import check_tokenizer_fits
 from model.cli import DTYPES
 from model.peft_format import write_peft_adapter
 from optim import GaLoreAdamW, lr_lambda, merge_lora
@@ -36,7 +41,8 @@ from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibrat
                       plot_sampling_counts, read_documents)
 from sampling.calibration import training_documents
 from training.args import parse_args, resolve_svd, step_config, write_config
-from training.checkpoint import checkpoints, clear_run, load_checkpoint, resolve_checkpoint, run_outputs, save_checkpoint
+from training.checkpoint import (EXPORTS, CheckpointError, checkpoints, clear_run, load_checkpoint, resolve_checkpoint, run_outputs,
+                                 save_checkpoint)
 from training.compile import compile_blocks, use_compile
 from training.distributed import World, close_world, init_world, on_main, sum_scalar, together
 from training.fsdp import shard_model
@@ -54,13 +60,17 @@ from training.step import (StepConfig, apply_gradients, backward_micro_batches, 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)  # flags, config file, the resumed run's arguments: all checked here
-    context = start(args)  # 1. the out folder, the process group, the data records, the pre-trained model
-    run = prepare(context)  # 2-4. batches, the block sampler, the optimizer; the resumed state; the logs
-    with StopFlag() as stop:  # SIGINT/SIGTERM: finish the step, save, exit; the handlers restored on any exit
+    with own_out(args), StopFlag(Path(args.out)) as stop:  # one run per --out; SIGINT/SIGTERM (see StopFlag)
+        context = start(args)  # 1. the out folder, the process group, the data records, the pre-trained model
+        run = prepare(context)  # 2-4. batches, the block sampler, the optimizer; the resumed state; the logs
+        stop.armed = True  # from here a signal finishes the step, saves and stops
         train(run, stop)  # 5.
-        finish(run, stopped=stop.requested)  # 6.
-    run.metrics.close()
-    close_world(context.world)
+        signum = stop.requested
+        finish(run, stopped=signum is not None)  # 6.
+        run.metrics.close()
+        close_world(context.world)
+    if signum is not None:  # exit status 128 + signal, so `train.py && next-step` does not go on
+        raise stopped_after_checkpoint(run, signum)
 
 
 @dataclass(frozen=True)
@@ -115,7 +125,7 @@ def start(args: argparse.Namespace) -> Context:
     distributed = args.fsdp or world.size > 1
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     torch.manual_seed(args.seed)
-    say = print if world.is_main else (lambda *a, **k: None)
+    say = tqdm.write if world.is_main else (lambda *a, **k: None)  # above the progress bar, not into it
     if world.is_main and replace_run:
         clear_run(out)
     data = args.data or default_data(out, say)
@@ -161,9 +171,19 @@ def load_pretrained(args: argparse.Namespace, world: World, device: torch.device
         raise UserError(f"--model {args.model}: the checkpoint has no tokenizer file; training needs one")
     model.train()
     model.gradient_checkpointing = args.grad_ckpt
-    if args.gamma > model.config.n_layers and METHODS[args.method].sampled:
-        raise UserError(f"--gamma: {args.gamma} exceeds the model's {model.config.n_layers} blocks")
+    check_fits_model(args, model.config, tokenizer)
     return model, tokenizer
+
+
+def check_fits_model(args: argparse.Namespace, config, tokenizer) -> None:
+    """Flags and tokenizer against the loaded model, before any work on it (calibration, the first step)."""
+    check_tokenizer_fits(tokenizer, config, args.model)
+    if args.gamma > config.n_layers and METHODS[args.method].sampled:
+        raise UserError(f"--gamma: {args.gamma} exceeds the model's {config.n_layers} blocks")
+    calibrates = METHODS[args.method].sampled and "ratios" in POLICIES[args.sampling].needs
+    for flag, length in (("--seq-len", args.seq_len), ("--calib-seq-len", args.calib_seq_len if calibrates else 0)):
+        if length > config.max_seq_len:
+            raise UserError(f"{flag}: {length} tokens exceed the model's context of {config.max_seq_len}")
 
 
 def prepare(c: Context) -> Run:
@@ -203,6 +223,8 @@ def batches(c: Context) -> tuple[BatchLoader, int]:
     loader = BatchLoader(dataset, batch_size=args.batch_size // world.size, seed=args.seed,
                          rank=world.rank, world_size=world.size)
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * loader.batches_per_epoch))
+    if args.warmup > total_steps:
+        raise UserError(f"--warmup: {args.warmup} steps exceed the run's {total_steps} steps")
     c.say(f"data: {len(c.records)} records -> {len(dataset)} blocks of {args.seq_len} tokens; {total_steps} steps")
     return loader, total_steps
 
@@ -271,9 +293,12 @@ def resume(c: Context, optimizer: GaLoreAdamW, scheduler, loader: BatchLoader, s
         raise UserError(f"--resume {c.resumed_from}: the checkpoint was written {how}")
     state = (load_sharded_checkpoint if c.distributed else load_checkpoint)(c.resumed_from, c.model, optimizer)
     scheduler.load_state_dict(state["scheduler"])
-    loader.load_state_dict(state["loader"])
-    if sampler:
-        sampler.load_state_dict(state["sampler"])
+    try:  # the data (its row count) and the sampler's configuration must be the checkpoint's
+        loader.load_state_dict(state["loader"])
+        if sampler:
+            sampler.load_state_dict(state["sampler"])
+    except ValueError as err:
+        raise CheckpointError(f"--resume {c.resumed_from}: {err}") from None
     c.say(f"resumed from {c.args.resume} at step {state['step']}")
     return state["step"]
 
@@ -311,7 +336,6 @@ def train(run: Run, stop: StopFlag) -> None:
         if stop.requested or step + 1 == run.total_steps or (args.save_every and (step + 1) % args.save_every == 0):
             save(run, step + 1)
         if stop.requested:
-            c.say(f"stopped by signal after step {step + 1}; resume with --resume {c.out}")
             return
     evaluated_at_end = args.eval_every and run.total_steps % args.eval_every == 0
     if run.heldout and evaluates(c) and not evaluated_at_end:
@@ -370,6 +394,9 @@ def export(c: Context) -> None:
     """The weights in formats other tools open: the LoRA adapter (PEFT) first, then the merged weights.
     Distributed: every rank gathers and writes them block by block; one process: written from memory."""
     args, out = c.args, c.out
+    if c.world.is_main:  # the run's own folders, cleared (a resumed run's old export: only with --overwrite)
+        for name in export_folders(args):
+            clear_output_folder(check_output_folder(out / name, "--out", overwrite=True))
     if METHODS[args.method].adapters:
         write_adapter = export_peft_sharded if c.distributed else write_peft_adapter
         write_adapter(c.model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
@@ -382,6 +409,12 @@ def export(c: Context) -> None:
         else:
             save_model(c.model, out / f"final-{fmt}", format=fmt, tokenizer=c.tokenizer)
         c.say(f"saved {fmt} weights to {out / f'final-{fmt}'}")
+
+
+def export_folders(args: argparse.Namespace) -> list[str]:
+    """The folders the final export writes: the LoRA adapter, then the merged weights in each format."""
+    formats = ("meta", "hf") if args.save_format == "both" else (args.save_format,)
+    return ["final-peft"] * METHODS[args.method].adapters + [f"final-{fmt}" for fmt in formats]
 
 
 def accumulate_gradients(model: torch.nn.Module, loader: BatchLoader, world, device: torch.device, grad_accum: int,
@@ -416,7 +449,8 @@ def diverged(what: str, step: int, out: Path) -> UserError:
 
 
 def check_out_folder(out: Path, resumed_from: Path | None, overwrite: bool) -> bool:
-    """Whether `out` holds another run to replace (with --overwrite); refuse one otherwise."""
+    """Whether `out` holds outputs to clear first: another run's (with --overwrite), or those of a run that
+    stopped before its first checkpoint (not a run to protect: nothing there can be resumed); refuse otherwise."""
     held = run_outputs(out)
     if resumed_from is not None and resumed_from.parent.resolve() == out.resolve():
         names = [p.name for p in checkpoints(out)]
@@ -424,21 +458,47 @@ def check_out_folder(out: Path, resumed_from: Path | None, overwrite: bool) -> b
         if newer:  # they belong to the abandoned continuation, and the newest checkpoint wins a later resume
             raise UserError(f"--resume {resumed_from}: {out} holds newer checkpoints ({', '.join(newer)}); "
                             f"resume the newest with --resume {out}, or branch off with another --out")
+        exported = [name for name in EXPORTS if (out / name).exists()]
+        if exported and not overwrite:  # (checked now, not after the training)
+            raise UserError(f"--resume {out}: the run was exported already ({', '.join(exported)}); pass "
+                            "--overwrite to replace the export when this run ends")
         return False
     if not held:
         return False
+    if not checkpoints(out) and not set(held) & set(EXPORTS):
+        return True
     if not overwrite:
         raise UserError(f"--out {out}: already holds a run ({', '.join(held)}); continue it with --resume {out}, "
                         "replace it with --overwrite, or choose another --out")
     return True
 
 
-class StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and exits. A context manager: the previous
-    handlers come back on leaving it, however it is left."""
+def own_out(args: argparse.Namespace) -> FolderLock | contextlib.nullcontext:
+    """One run owns --out: its main rank holds the folder's OS lock from before the check of what the folder
+    holds until the run ends (the OS drops it if the process dies); a second run gets one line with its pid."""
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # (before the process group exists)
+    return FolderLock(Path(args.out), "--out") if main_rank else contextlib.nullcontext()
 
-    def __init__(self):
-        self.requested = False
+
+def stopped_after_checkpoint(run: Run, signum: int) -> Stopped:
+    """What a stop by signal in the loop wrote (the checkpoint of the step it finished) and did not."""
+    c, newest = run.context, checkpoints(run.context.out)[-1]
+    exports = (f" ({', '.join(export_folders(c.args))})" if c.args.save_format != "none" else "")
+    return Stopped(f"by {SIGNALS[signum]} after step {int(newest.name.removeprefix('step-'))}: wrote the checkpoint "
+                   f"{newest}; the final evaluation and export{exports} were not done; resume with --resume {c.out}",
+                   signum)
+
+
+SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+
+class StopFlag:
+    """SIGINT (Ctrl-C) and SIGTERM. Once `armed` (the loop starts), the first sets `requested` (the signal's
+    number): the loop finishes its step, saves and stops. Before that, or a second signal: stop at once. Either
+    way the stop says what was written. A context manager: the previous handlers come back however it is left."""
+
+    def __init__(self, out: Path):
+        self.out, self.armed, self.requested = out, False, None
         self.previous = {}
 
     def __enter__(self) -> StopFlag:
@@ -450,7 +510,14 @@ class StopFlag:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        if self.armed and self.requested is None:
+            self.requested = signum
+            return
+        who = f"a second {SIGNALS[signum]}, at once" if self.requested is not None else SIGNALS[signum]
+        found = checkpoints(self.out)
+        written = (f": the newest checkpoint is {found[-1]}; resume with --resume {self.out}" if found else
+                   " before the first checkpoint: none was written; run the same command again")
+        raise Stopped(f"by {who}{written}", signum)
 
 
 if __name__ == "__main__":

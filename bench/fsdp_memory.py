@@ -27,7 +27,7 @@ from optim import GaLoreAdamW
 from optim.projector import RandomProjector
 from sampling import set_trainable
 from training.fsdp import data_parallel_mesh, shard_model
-from training.memory import StepTracker, build_model
+from training.memory import StepTracker, build_model, plan_blocks
 from training.methods import METHODS, SAMPLED_METHODS, param_groups
 
 GIB = 2**30
@@ -61,7 +61,9 @@ def simulate(model_name: str, world: int, method: str, gamma: int, micro_batch: 
             optimizer = GaLoreAdamW(groups, lr=1e-5, fp32_moments=True)
             ids = torch.randint(0, config.vocab_size, (micro_batch, seq_len))
             if layout == "plain":  # train.py's own tracker (frozen blocks take no hook); the peak of step 2
-                tracker = StepTracker(optimizer)
+                plan = plan_blocks(config.n_layers, [None, None], composed=False)  # every block simulated
+                tracker = StepTracker(optimizer, plan, {id(q): k for k, block in enumerate(model.layers)
+                                                        for q in block.parameters()})
                 tracker.track_external(model, optimizer)
             else:
                 tracker = FSDPMemTracker(model, optimizer)

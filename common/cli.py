@@ -11,14 +11,16 @@ import math
 import sys
 from typing import Callable
 
-from common.errors import UserError
+from common.errors import Stopped, UserError
 
-# Besides UserError, the library's own input checks raise ValueError / KeyError / OSError with the file or name.
-USER_ERRORS = (UserError, ValueError, KeyError, OSError)
+# The project's typed errors (UserError and its subclasses: records, caches, checkpoints) and the OS's (a
+# missing file, a full disk). Any other exception is a bug and keeps its traceback.
+USER_ERRORS = (UserError, OSError)
 
 
 def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> object:
-    """Call ``main(argv)`` (without ``--debug``); a user error becomes ``SystemExit("error: ...")``."""
+    """Call ``main(argv)`` (without ``--debug``); a user error becomes ``SystemExit("error: ...")``, a stop
+    by signal one line ``stopped: ...`` and exit status 130 (Ctrl-C) or 143 (SIGTERM)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
@@ -28,14 +30,17 @@ def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> o
         if debug:
             raise
         raise SystemExit(f"error: {describe(err)}") from None
+    except (Stopped, KeyboardInterrupt) as stop:
+        if debug:
+            raise
+        print(f"stopped: {stop if isinstance(stop, Stopped) else 'interrupted (Ctrl-C)'}", file=sys.stderr)
+        raise SystemExit(getattr(stop, "status", 130)) from None
 
 
 def describe(err: BaseException) -> str:
     """The error as one line; an OSError as ``<file>: <reason>``."""
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         text = f"{err.filename}: {err.strerror}"
-    elif isinstance(err, KeyError) and err.args:
-        text = str(err.args[0])
     else:
         text = str(err) or type(err).__name__
     return " ".join(text.split())

@@ -9,8 +9,10 @@ line it starts on) or a ``.jsonl`` file (one value per non-blank line); every ma
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -18,8 +20,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError
 
-class RecordError(ValueError):
+
+class RecordError(UserError):
     """A data file that cannot be read or holds a malformed record; CLIs print ``error: <message>``."""
 
     def __init__(self, path: str | Path, cause: str, line: int | None = None, record: int | None = None):
@@ -56,10 +60,34 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        failed = _write_failure(err, path)
+        if failed is not None:
+            raise failed from err
         raise
     _fsync_dir(path.parent)
+
+
+def _write_failure(err: BaseException, path: Path) -> OSError | None:
+    """A writer library's report of a failed write (a full disk) as the OSError it is, naming `path`:
+    safetensors reports Rust's ``(os error N)``, torch.save its stream writer's position check."""
+    if isinstance(err, OSError) or not isinstance(err, Exception):
+        return None
+    text = str(err)
+    code = re.search(r"\(os error (\d+)\)", text)
+    if code:
+        return OSError(int(code[1]), os.strerror(int(code[1])), str(path))
+    if "PytorchStreamWriter" in text or "inline_container" in text:
+        free = shutil.disk_usage(path.parent).free
+        return OSError(errno.EIO, f"the write failed ({text.splitlines()[0].strip()}); {free / 2**20:.0f} MiB free on "
+                                  "that disk", str(path))
+    return None
+
+
+def is_temporary(name: str) -> bool:
+    """Whether `name` is an `atomic_write` temporary file (only a killed process leaves one behind)."""
+    return re.fullmatch(r"\.[0-9a-f]{8}\..+", name) is not None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -102,7 +130,7 @@ def read_text(path: str | Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a UTF-8 byte-order mark is not text
     except UnicodeDecodeError as err:
         raise RecordError(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
     except OSError as err:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import UserError
 from common.io import write_json
 from data.arrow import read_split, task_split_dir
 
@@ -108,7 +109,7 @@ def commonsense_record(task: str, row: dict, doc_id: int) -> dict:
     try:
         instruction, answer = FORMATTERS[task](row)
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{task_split_dir(task)}: row {doc_id}: malformed ({type(err).__name__}: {err})") from None
+        raise UserError(f"{task_split_dir(task)}: row {doc_id}: malformed ({type(err).__name__}: {err})") from None
     return {
         "instruction": instruction,
         "input": "",
@@ -122,7 +123,7 @@ def commonsense_record(task: str, row: dict, doc_id: int) -> dict:
 def split_rows(task: str, num_rows: int, heldout: int, seed: int) -> tuple[list[int], list[int]]:
     """(train, held-out) row indices of one task, both sorted; depends only on (task, seed, sizes)."""
     if not 0 <= heldout < num_rows:
-        raise ValueError(f"{task}: cannot hold out {heldout} of {num_rows} rows and keep some for training")
+        raise UserError(f"{task}: cannot hold out {heldout} of {num_rows} rows and keep some for training")
     order = np.random.default_rng([seed, zlib.crc32(task.encode())]).permutation(num_rows).tolist()
     return sorted(order[heldout:]), sorted(order[:heldout])
 
@@ -142,7 +143,7 @@ def build_commonsense(
     """
     unknown = [t for t in tasks if t not in FORMATTERS]
     if unknown:
-        raise ValueError(f"unknown commonsense task(s) {unknown}; known: {', '.join(TASKS)}")
+        raise UserError(f"unknown commonsense task(s) {unknown}; known: {', '.join(TASKS)}")
     train, heldout = [], []
     for task in tasks:
         rows = read_split(task_split_dir(task))
@@ -163,7 +164,7 @@ def heldout_doc_ids(records: list[dict]) -> dict[str, list[int]]:
     doc_ids: dict[str, list[int]] = {}
     for i, record in enumerate(records):
         if "task" not in record or "doc_id" not in record:
-            raise ValueError(f"record {i} has no 'task'/'doc_id'; build it with data.commonsense")
+            raise UserError(f"record {i} has no 'task'/'doc_id'; build it with data.commonsense")
         doc_ids.setdefault(record["task"], []).append(record["doc_id"])
     return doc_ids
 

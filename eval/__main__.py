@@ -17,6 +17,7 @@ import torch
 from common import cli
 from common.errors import UserError
 from common.io import write_json, write_jsonl
+from common.outputs import check_output_file
 from eval.report import results_table
 
 from model.cli import DTYPES, add_model_flags
@@ -24,11 +25,13 @@ from model.cli import DTYPES, add_model_flags
 
 def _load(args):
     from model import load_model
+    from model.load import check_tokenizer_fits
 
     model, tokenizer = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype], ckpt_dir=args.ckpt_dir,
                                   tokenizer=args.tokenizer)  # fmt: skip
     if tokenizer is None:
         raise UserError(f"--model {args.model}: the checkpoint has no tokenizer; evaluation needs one")
+    check_tokenizer_fits(tokenizer, model.config, args.model)
     return model, tokenizer
 
 
@@ -58,6 +61,8 @@ def harness_main(argv: list[str]) -> None:
         resolve_tasks(args.tasks)  # a misspelt task fails before the model loads
     except KeyError as err:
         raise UserError(f"--tasks: {err.args[0]}") from None
+    if args.output:
+        check_output_file(args.output, "--output")
     model, tokenizer = _load(args)
     out = evaluate(model, tokenizer, args.tasks, num_fewshot=args.num_fewshot, limit=args.limit,
                    batch_size=args.batch_size, seed=args.seed, add_bos=args.add_bos,
@@ -81,9 +86,13 @@ def generate_main(argv: list[str]) -> None:
     p.add_argument("--limit", type=cli.number(int, at_least=1), default=None)
     p.add_argument("--output", default=None)
     args = p.parse_args(argv)
-    from eval.generative import read_llm_adapters, run_generative
+    from eval.generative import ANSWER_PATTERNS, read_llm_adapters, run_generative
 
+    if args.dataset not in ANSWER_PATTERNS:  # (scored after the generation: checked before it)
+        raise UserError(f"--dataset {args.dataset}: no answer pattern for it; known: {', '.join(ANSWER_PATTERNS)}")
     rows = read_llm_adapters(args.data)[: args.limit]
+    if args.output:
+        check_output_file(args.output, "--output")
     model, tokenizer = _load(args)
     out = run_generative(model, tokenizer, args.dataset, rows, args.num_beams, args.max_new_tokens)
     if args.output:
@@ -111,6 +120,9 @@ def mtbench_main(argv: list[str]) -> None:
 
     questions = mtbench.read_questions(args.questions)
     prompts = mtbench.read_judge_prompts(args.judge_prompts) if args.judge_prompts else None
+    for flag, path in (("--answers", None if args.judge_only else args.answers), ("--judgments", args.judgments)):
+        if path:
+            check_output_file(path, flag)
     if args.judge_only:
         from common.io import read_objects
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 
+from common.errors import UserError
 from eval.tasks import Task
 
 TARGET_DELIMITER = " "
@@ -30,10 +31,10 @@ def fewshot_docs(task: Task, pool: list[dict], k: int, doc_id: int, seed: int) -
         return []
     if task.fewshot_split != task.eval_split:
         if k > len(pool):
-            raise ValueError(f"{task.name}: {k} shots requested but the {task.fewshot_split} split has {len(pool)} rows")
+            raise UserError(f"{task.name}: {k} shots requested but the {task.fewshot_split} split has {len(pool)} rows")
         return pool[:k]
     if k >= len(pool):
-        raise ValueError(f"{task.name}: {k} shots requested from a split of {len(pool)} rows (the doc itself is excluded)")
+        raise UserError(f"{task.name}: {k} shots requested from a split of {len(pool)} rows (the doc itself is excluded)")
     rng = random.Random(f"{seed}/{task.name}/{doc_id}")
     picked = [i for i in rng.sample(range(len(pool)), k + 1) if i != doc_id][:k]
     return [pool[i] for i in picked]

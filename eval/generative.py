@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from common.errors import UserError
 from common.io import RecordError, read_objects
 from model.generate import beam_search, generate
 
@@ -40,7 +41,7 @@ def alpaca_prompt(instruction: str, input: str = "", indent: str = "") -> str:
 def extract_answer(dataset: str, text: str) -> str:
     """First answer keyword in the generated text ("" when there is none)."""
     if dataset not in ANSWER_PATTERNS:
-        raise KeyError(f"no answer pattern for dataset {dataset!r}; known: {', '.join(ANSWER_PATTERNS)}")
+        raise UserError(f"--dataset {dataset}: no answer pattern for it; known: {', '.join(ANSWER_PATTERNS)}")
     found = re.findall(ANSWER_PATTERNS[dataset], text.strip())
     return found[0] if found else ""
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from common.errors import UserError
 from eval import mmlu
 from eval.docs import load_docs
 from eval.fewshot import choice_requests, fewshot_docs, fewshot_prefix, normalisation_lengths
@@ -33,7 +34,7 @@ def select_doc_ids(task: Task, n_docs: int, limit: int | None, doc_ids: dict[str
         ids = list(doc_ids[task.name])
         bad = [i for i in ids if not 0 <= i < n_docs]
         if bad:
-            raise ValueError(f"{task.name}: doc ids {bad[:5]} outside the {n_docs} rows of the {task.eval_split} split")
+            raise UserError(f"{task.name}: doc ids {bad[:5]} outside the {n_docs} rows of the {task.eval_split} split")
         return ids
     return list(range(n_docs if limit is None else min(limit, n_docs)))
 

@@ -8,6 +8,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from common.errors import UserError
 from common.io import atomic_write, write_json
 from model.config import ModelConfig, checked, rope_scaling_from
 from model.families import FAMILIES
@@ -96,6 +97,13 @@ def _safetensors_files(path: Path) -> list[Path]:
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"{f}: missing safetensors file")
+    extra = sorted({p.name for p in path.glob("model*.safetensors")} - {f.name for f in files})
+    if extra:  # a stale export's files beside this one: which set is meant cannot be told
+        listed = f"{index.name} lists" if index.is_file() else "without an index, the weights are"
+        names = [f.name for f in files]
+        names = f"{names[0]} .. {names[-1]} ({len(names)} files)" if len(names) > 2 else ", ".join(names)
+        raise UserError(f"{path}: the shard files do not fit together: {listed} {names}, but the folder also holds "
+                        f"{', '.join(extra)}; remove the stale files or export again")
     return files
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from common.errors import UserError
 from model.config import CONFIGS, ModelConfig
 from model.families import FAMILIES
 from model.gguf_format import read_gguf
@@ -32,15 +33,15 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], device="cpu
         state.pop("output.weight", None)  # some tied exports repeat the embedding as output
     missing, unknown = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unknown:
-        raise ValueError(f"{source}: tensor names do not match the model (missing {missing[:5]}, unknown {unknown[:5]})")
+        raise UserError(f"{source}: tensor names do not match the model (missing {missing[:5]}, unknown {unknown[:5]})")
     for key, shape in expected.items():
         if state[key].shape != shape:
-            raise ValueError(f"{source}: tensor {key} has shape {tuple(state[key].shape)}, expected {tuple(shape)}")
+            raise UserError(f"{source}: tensor {key} has shape {tuple(state[key].shape)}, expected {tuple(shape)}")
         if not state[key].is_floating_point():  # before the cast, which would hide it
-            raise ValueError(f"{source}: tensor {key} has non-float dtype {state[key].dtype}")
+            raise UserError(f"{source}: tensor {key} has non-float dtype {state[key].dtype}")
         state[key] = state[key].to(device=device, dtype=dtype)
         if not torch.isfinite(state[key]).all():
-            raise ValueError(f"{source}: tensor {key} holds NaN or inf")
+            raise UserError(f"{source}: tensor {key} holds NaN or inf")
     if config.tie_embeddings:
         state["output.weight"] = state["tok_embeddings.weight"]
     model.load_state_dict(state, strict=True, assign=True)
@@ -90,7 +91,7 @@ def read_checkpoint(path: Path, weights: bool = True) -> tuple[ModelConfig, dict
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
     if not path.is_dir():
-        raise ValueError(f"{path}: not a checkpoint (expected a .gguf file or a Meta/Mistral/HF directory)")
+        raise UserError(f"{path}: not a checkpoint (expected a .gguf file or a Meta/Mistral/HF directory)")
     tokenizer = _find_tokenizer(path)
     if tokenizer is None and (path / "params.json").is_file():
         tokenizer = _find_tokenizer(path.parent)  # Meta's download: tokenizer.model beside the llama-2-7b/ folder
@@ -109,6 +110,13 @@ def read_checkpoint(path: Path, weights: bool = True) -> tuple[ModelConfig, dict
     return config, state, tokenizer
 
 
+def check_tokenizer_fits(tokenizer: Tokenizer, config: ModelConfig, model: str | Path) -> None:
+    """A command that runs the model on the tokenizer's ids: every id must have an embedding row."""
+    if tokenizer.vocab_size > config.vocab_size:
+        raise UserError(f"{getattr(tokenizer, 'source', None) or 'the tokenizer'}: its vocabulary of "
+                        f"{tokenizer.vocab_size} tokens does not fit the {config.vocab_size} embedding rows of {model}")
+
+
 def load_model(source: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
                ckpt_dir: str | Path | None = None, tokenizer: str | Path | None = None, weights: bool = True,
                ) -> tuple[Transformer, Tokenizer | None]:  # fmt: skip
@@ -119,17 +127,19 @@ def load_model(source: str | Path, device="cpu", dtype: torch.dtype = torch.floa
     not read (a Meta or HF folder reads only its config; a GGUF file is read whole).
     """
     path, named = _resolve(source, ckpt_dir)
-    config, state, found = read_checkpoint(path, weights)
-    if tokenizer is not None:
-        tokenizer = load_tokenizer(tokenizer)
-        if isinstance(tokenizer, SentencePieceTokenizer):
-            tokenizer.chat_template = FAMILIES[config.family].chat_template
-    else:
-        tokenizer = found
+    try:  # the format readers' errors name the file they read: a ValueError there is about a user's file
+        config, state, found = read_checkpoint(path, weights)
+        tokenizer = found if tokenizer is None else load_tokenizer(tokenizer)
+    except UserError:
+        raise
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    if tokenizer is not found and isinstance(tokenizer, SentencePieceTokenizer):
+        tokenizer.chat_template = FAMILIES[config.family].chat_template
     if named is not None:
         diff = [f for f in _SHAPE_FIELDS if getattr(config, f) != getattr(named, f)]
         if diff:
-            raise ValueError(f"{path}: checkpoint does not match config {named.name!r} (differs in {diff})")
+            raise UserError(f"{path}: checkpoint does not match config {named.name!r} (differs in {diff})")
         config.name = named.name
     if state is None:
         with torch.device("meta"):

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from common.errors import UserError
 from common.io import atomic_write, write_json
 from model.config import Llama3RopeScaling, ModelConfig, checked, meta_ffn_dim, rope_scaling_from
 from model.families import FAMILIES
@@ -192,6 +193,24 @@ def _load_pth(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _fitting_shards(path: Path, files: list[Path]) -> list[dict[str, torch.Tensor]]:
+    """The model-parallel shards consolidated.00.pth .. NN, refused when they are not one set (a stale file
+    of another export beside them): numbered without a gap, the same tensor names and shapes in each."""
+    names = [f.name for f in files]
+    if names != [f"consolidated.{i:02d}.pth" for i in range(len(files))]:
+        raise UserError(f"{path}: the shard files do not fit together: {', '.join(names)} are not numbered "
+                        f"consolidated.00.pth .. consolidated.{len(files) - 1:02d}.pth; remove the stale files")
+    shards = [_load_pth(f) for f in files]
+    shapes = [{k: tuple(v.shape) for k, v in shard.items()} for shard in shards]
+    for name, shard in zip(names[1:], shapes[1:]):
+        if shard != shapes[0]:
+            differ = min(k for k in shard.keys() | shapes[0].keys() if shard.get(k) != shapes[0].get(k))
+            raise UserError(f"{path}: the shard files do not fit together: {names[0]} and {name} differ in {differ} "
+                            f"({shapes[0].get(differ, 'missing')} vs {shard.get(differ, 'missing')}); remove the "
+                            "stale files or export again")
+    return shards
+
+
 def read_meta_dir(path: str | Path, tokenizer_vocab: int | None = None,
                   weights: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor] | None]:
     """Config and merged state dict (mmapped where possible) of a Meta or Mistral checkpoint directory
@@ -210,7 +229,7 @@ def read_meta_dir(path: str | Path, tokenizer_vocab: int | None = None,
     pth = sorted(path.glob("consolidated.*.pth"))
     safetensors = path / "consolidated.safetensors"
     if pth:
-        state = merge_shards([_load_pth(p) for p in pth], config.dim)
+        state = merge_shards(_fitting_shards(path, pth), config.dim)
     elif safetensors.is_file():
         try:
             state = load_file(safetensors)

@@ -8,7 +8,9 @@ import time
 import torch
 
 from common import cli
+from common.errors import UserError
 from common.io import write_json
+from common.outputs import check_output_file
 from model.cli import DTYPES, add_model_flags
 from sampling.cache import make_record
 from sampling.calibration import batches, boolq_passages, calibration_windows, describe, read_documents
@@ -42,13 +44,21 @@ def parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     """Read the calibration text, load the model named by the arguments and score it."""
     from model import load_model
+    from model.load import check_tokenizer_fits
 
     start = time.perf_counter()
     documents = read_documents(args.calib) if args.calib else None  # a bad file fails before the model loads
+    for flag, path in (("--out", args.out), ("--plot", args.plot)):
+        if path:
+            check_output_file(path, flag)
     model, tokenizer = load_model(args.model, device="cpu" if args.blockwise else args.device, dtype=DTYPES[args.dtype],
                                   ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)  # fmt: skip
     if tokenizer is None:
-        raise ValueError(f"{args.model}: the checkpoint has no tokenizer, so calibration text cannot be tokenized")
+        raise UserError(f"{args.model}: the checkpoint has no tokenizer, so calibration text cannot be tokenized")
+    check_tokenizer_fits(tokenizer, model.config, args.model)
+    if args.gamma > model.config.n_layers:  # before the calibration, not after it
+        raise UserError(f"--gamma: {args.gamma} exceeds the {model.config.n_layers} blocks of {args.model}; "
+                        f"pass --gamma {model.config.n_layers} or less")
     return score(model, tokenizer, args, documents, start)
 
 
@@ -64,7 +74,10 @@ def score(model: torch.nn.Module, tokenizer, args: argparse.Namespace, documents
     sum_sq = collect_input_sum_sq(model, batches(windows, args.batch_size), args.blockwise, args.device, progress=True)
     scores = outlier_report(model, sum_sq, args.M)
     ratios = scores["ratios"]
-    sampler = LayerSampler("owlore", args.gamma, period=1, seed=0, n_layers=len(ratios), ratios=ratios)
+    try:
+        sampler = LayerSampler("owlore", args.gamma, period=1, seed=0, n_layers=len(ratios), ratios=ratios)
+    except ValueError as err:  # e.g. fewer blocks with outliers than --gamma at this M
+        raise UserError(f"--M {args.M}: {err}; lower --M") from None
     extra = {"matrix_ratios": scores["matrix_ratios"], "gamma": args.gamma, "probabilities": sampler.probabilities,
              "inclusion_monte_carlo": sampler.inclusion_probabilities("monte_carlo")}
     try:

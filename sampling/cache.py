@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from common.errors import UserError
 from common.io import write_json
 from sampling.calibration import describe
 from sampling.outliers import outlier_ratios
@@ -27,7 +28,7 @@ SAMPLE = 1024
 CHUNK = 1 << 24
 
 
-class CacheError(ValueError):
+class CacheError(UserError):
     """An outlier-ratio cache that cannot be used: corrupt, or (StaleCacheError) made for something else."""
 
 

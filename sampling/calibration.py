@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.errors import UserError
 from common.io import RecordError, read_records, read_text
 from data.dataset import is_empty
 from data.tokenize import tokenize_record
@@ -70,7 +71,7 @@ def training_documents(records: list[dict], tokenizer: Any, n_tokens: int, templ
         try:
             ids, _ = tokenize_record(tokenizer, records[i], template=template)
         except ValueError as err:
-            raise ValueError(f"record {i}: {err}") from None
+            raise UserError(f"record {i}: {err}") from None
         documents.append(ids)
         total += len(ids)
         if total >= n_tokens:
@@ -94,7 +95,7 @@ def token_stream(documents: list[Document], tokenizer: Any) -> list[int]:
         else:
             bad = [t for t in doc if not 0 <= t < tokenizer.vocab_size]
             if bad:
-                raise ValueError(f"document {i}: token id {bad[0]} outside the vocabulary [0, {tokenizer.vocab_size})")
+                raise UserError(f"document {i}: token id {bad[0]} outside the vocabulary [0, {tokenizer.vocab_size})")
             stream += doc
     return stream
 
@@ -107,7 +108,7 @@ def calibration_windows(documents: list[Document], tokenizer: Any, n_windows: in
     stream = token_stream(documents, tokenizer)
     n_chunks = len(stream) // seq_len
     if n_chunks < n_windows:
-        raise ValueError(f"calibration source has {len(stream)} tokens, fewer than the {n_windows} x {seq_len} "
+        raise UserError(f"calibration source has {len(stream)} tokens, fewer than the {n_windows} x {seq_len} "
                          f"= {n_windows * seq_len} requested")
     picks = np.sort(np.random.default_rng(seed).choice(n_chunks, size=n_windows, replace=False))
     chunks = torch.tensor(stream[: n_chunks * seq_len], dtype=torch.long).view(n_chunks, seq_len)

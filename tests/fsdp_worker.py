@@ -24,14 +24,19 @@ import torch.distributed as dist  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 
 import train  # noqa: E402
+from common.errors import Stopped  # noqa: E402
 
 
 def runs(path: str) -> None:
-    """One process group for all runs (train.main would tear it down after each)."""
+    """One process group for all runs (train.main would tear it down after each); a run stopped by a signal
+    (`interrupt`) goes on to the next."""
     dist.init_process_group("gloo")
     train.close_world = lambda world: None
     for argv in json.loads(Path(path).read_text()):
-        train.main(argv)
+        try:
+            train.main(argv)
+        except Stopped:
+            pass
     dist.destroy_process_group()
 
 

@@ -37,6 +37,8 @@ def one_line(main, argv, capsys) -> str:
     (["generate", "--model", NO_MODEL, "--dataset", "boolq", "--data", "x.json", "--num-beams", "0"],
      "error: --num-beams: must be >= 1, got 0"),
     (["--tasks", "boolq"], "error: the following arguments are required: --model"),
+    (["generate", "--model", NO_MODEL, "--dataset", "gsm8k", "--data", "x.json"],
+     "error: --dataset gsm8k: no answer pattern for it; known: boolq"),
 ])
 def test_eval(argv, message, capsys):
     assert one_line(eval.__main__.main, argv, capsys).startswith(message)
@@ -95,3 +97,61 @@ def test_the_real_entry_points_print_one_line(command, tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() in (["error: --data: nope.json: no such file"],
                                                 ["error: --limit: must be >= 1, got 0"]), done.stderr
+
+
+def test_a_bug_keeps_its_traceback_and_only_typed_errors_are_one_line():
+    """A KeyError / ValueError from library code is a bug, not a user's mistake: it is not turned into a line."""
+    def buggy(argv):
+        return {}["missing state key"]
+
+    with pytest.raises(KeyError, match="missing state key"):
+        cli.run(buggy, [])
+    with pytest.raises(ValueError, match="not a user error"):
+        cli.run(lambda argv: int("not a user error"), [])
+    with pytest.raises(SystemExit, match=r"^error: x.json: No such file or directory$"):
+        cli.run(lambda argv: open("x.json"), [])
+
+
+def test_ctrl_c_is_one_line_and_exit_status_130(tmp_path):
+    """SIGINT at any moment: `stopped: ...`, status 130, never a KeyboardInterrupt traceback."""
+    import signal
+
+    script = ("import sys, time; sys.path.insert(0, '.'); from common import cli; "
+              "cli.run(lambda argv: (print('ready', flush=True), time.sleep(60)))")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err, out) == (130, "stopped: interrupted (Ctrl-C)\n", "")
+
+
+def test_sampling_gamma_beyond_the_model_is_refused_before_calibration(tiny_dir, tmp_path, capsys, monkeypatch):
+    import sampling.__main__ as sampling_main
+
+    monkeypatch.setattr(sampling_main, "score", lambda *a, **k: pytest.fail("calibrated before checking --gamma"))
+    assert one_line(sampling_cli.main, ["--model", str(tiny_dir), "--out", str(tmp_path / "s.json"), "--gamma", "5"],
+                    capsys) == f"error: --gamma: 5 exceeds the 4 blocks of {tiny_dir}; pass --gamma 4 or less"
+
+
+def test_eval_with_a_tokenizer_larger_than_the_embedding_is_one_line(tmp_path, capsys):
+    from common.assets import asset_path
+    from model import Transformer, get_config, save_model
+
+    save_model(Transformer(get_config("tiny", vocab_size=1000)), tmp_path, format="meta")
+    tokenizer = asset_path("mistral-v1-tokenizer")
+    assert one_line(eval.__main__.main, ["--model", str(tmp_path), "--tokenizer", str(tokenizer), "--tasks", "boolq",
+                                         "--limit", "1"], capsys) == (
+        f"error: {tokenizer}: its vocabulary of 32000 tokens does not fit the 1000 embedding rows of {tmp_path}")
+
+
+@pytest.mark.parametrize("where", ["folder", "under a file"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(where, tmp_path, capsys, monkeypatch):
+    """Before the model loads (the model named does not exist: a check after loading would name it)."""
+    (tmp_path / "file").write_text("x")
+    output = tmp_path if where == "folder" else tmp_path / "file" / "results.json"
+    cause = "is a folder; name a file" if where == "folder" else f"{tmp_path / 'file'} is a file, not a folder"
+    assert one_line(eval.__main__.main, ["--model", NO_MODEL, "--tasks", "boolq", "--output", str(output)],
+                    capsys) == f"error: --output {output}: {cause}"
+    assert one_line(sampling_cli.main, ["--model", NO_MODEL, "--out", str(output)], capsys) == (
+        f"error: --out {output}: {cause}")

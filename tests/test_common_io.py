@@ -1,4 +1,5 @@
 """common.io: the atomic write leaves no temporary file, honours the umask; the reader names file and line."""
+import errno
 import json
 import os
 import stat
@@ -106,3 +107,48 @@ def test_exported_model_files_follow_the_umask(tmp_path):
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) >= 4 and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}
     assert not [p for p in files if p.name.startswith(".")]
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_records(tmp_path):
+    (tmp_path / "a.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([{"x": 1}]).encode())
+    (tmp_path / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + b'{"x": 1}\n{"x": 2}\n')
+    assert read_records(tmp_path / "a.json") == [(1, {"x": 1})]
+    assert read_records(tmp_path / "a.jsonl") == [(1, {"x": 1}), (2, {"x": 2})]
+
+
+WRITE_LIMITED = """
+import resource, sys
+import torch
+sys.path.insert(0, {root!r})
+from common.io import atomic_write
+from safetensors.torch import save_file
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # writes past 100 kB fail as on a full disk
+writer = sys.argv[2]
+try:
+    atomic_write(sys.argv[1], lambda tmp: save_file({{"w": torch.zeros(100_000)}}, tmp) if writer == "safetensors"
+                 else torch.save({{"w": torch.zeros(100_000)}}, tmp))
+except OSError as err:
+    print(type(err).__name__, err.errno, err.filename, err.strerror)
+"""
+
+
+@pytest.mark.parametrize("writer", ["safetensors", "torch"])
+def test_a_writer_library_failing_on_a_full_disk_is_an_oserror_naming_the_file(tmp_path, writer):
+    """safetensors and torch.save report a failed write in their own exception types; a command line turns only
+    OSError into one line, so atomic_write reports it as one (the real ENOSPC gives `No space left on device`)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    target = tmp_path / "model.out"
+    done = subprocess.run([sys.executable, "-c", WRITE_LIMITED.format(root=root), str(target), writer],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kind, code, filename, reason = done.stdout.strip().split(" ", 3)
+    assert (kind, filename) == ("OSError", str(target))
+    if writer == "safetensors":
+        assert (int(code), reason) == (errno.EFBIG, os.strerror(errno.EFBIG))
+    else:
+        assert reason.startswith("the write failed (") and reason.endswith("MiB free on that disk")
+    assert list(tmp_path.iterdir()) == []  # no partial file, no temporary

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from common.errors import UserError
 from eval.generative import alpaca_prompt, extract_answer, read_llm_adapters, run_generative
 from model import Transformer, get_config
 from model.generate import beam_search, generate
@@ -52,7 +53,7 @@ def test_answer_extraction_takes_the_first_match(dataset, text, expected):
 
 
 def test_unknown_dataset_and_bad_records_are_clear_errors(tmp_path):
-    with pytest.raises(KeyError, match="no answer pattern for dataset 'gsm8k'"):
+    with pytest.raises(UserError, match="--dataset gsm8k: no answer pattern for it"):
         extract_answer("gsm8k", "42")
     path = tmp_path / "test.json"
     path.write_text(json.dumps([{"instruction": "x", "answer": "true"}, {"instruction": "y", "output": "z"}]))

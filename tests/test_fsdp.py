@@ -283,7 +283,7 @@ def test_only_rank0_reads_the_weights_and_its_load_error_stops_every_rank(tiny_d
     state = torch.load(bad / "consolidated.00.pth")
     state["layers.1.attention.wq.weight"][0, 0] = float("nan")
     torch.save(state, bad / "consolidated.00.pth")
-    done = two_processes(ROOT / "train.py", *common(bad, data_file, tmp_path / "bad-run", "--fsdp"), timeout=120)
+    done = two_processes(ROOT / "train.py", *common(bad, data_file, tmp_path / "bad-run", "--fsdp"), timeout=300)
     assert done.returncode != 0
     assert done.stderr.count("tensor layers.1.attention.wq.weight holds NaN or inf") == 2, done.stderr[-3000:]
 

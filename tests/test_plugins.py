@@ -14,6 +14,7 @@ import yaml
 import train
 from common import cli
 from common.assets import asset_path
+from common.errors import Stopped
 from common.plugins import PluginError, import_plugin
 from model import Transformer, get_config, save_model
 from model.families import FAMILIES
@@ -117,8 +118,9 @@ def test_a_policy_of_a_plugin_file_is_a_sampling_choice_and_trains(tiny_dir, dat
 def test_a_policy_gets_a_run_input_of_the_plugin_and_a_resume_imports_the_plugin_again(
         tiny_dir, data_file, tmp_path, plugin, monkeypatch):
     interrupt_after(2, monkeypatch)
-    run(tiny_dir, data_file, tmp_path, "--plugin", str(plugin), "--method", "owlore", "--sampling",
-        "shallow_output", "--max-steps", "4", "--gamma", "2", "--period", "1", "--save-every", "0")
+    with pytest.raises(Stopped):  # (after saving step 2)
+        run(tiny_dir, data_file, tmp_path, "--plugin", str(plugin), "--method", "owlore", "--sampling",
+            "shallow_output", "--max-steps", "4", "--gamma", "2", "--period", "1", "--save-every", "0")
     monkeypatch.undo()
     assert trainer_state(tmp_path)["sampler"]["inputs"] == {"depth": [3, 2, 1, 0]}  # from the plugin's provider
     assert trainer_state(tmp_path)["step"] == 2

@@ -14,7 +14,7 @@ import train
 import training.step
 from data import BatchLoader, build_dataset, load_records
 from model import load_model, save_model
-from common.errors import UserError
+from common.errors import Stopped, UserError
 from training.checkpoint import checkpoints
 from training.distributed import World
 
@@ -67,7 +67,8 @@ def test_sigint_then_resume_is_bit_identical(tiny_dir, data_file, tmp_path, firs
     args = ("--method", "owlore", "--period", "2", "--gamma", "2", "--max-steps", "5")
     run(tiny_dir, data_file, tmp_path / "straight", *args)
     interrupt_after(first, monkeypatch)
-    run(tiny_dir, data_file, tmp_path / "split", *args)
+    with pytest.raises(Stopped, match=rf"^by Ctrl-C after step {first}: wrote the checkpoint "):
+        run(tiny_dir, data_file, tmp_path / "split", *args)
     assert [p.name for p in (tmp_path / "split").glob("step-*")] == [f"step-{first:06d}"]
     monkeypatch.undo()
     train.main(["--resume", str(tmp_path / "split")])  # the saved arguments are restored

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import train
+from common.errors import Stopped
 from helpers import final_weights, run
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,8 @@ def test_sigint_then_resume_is_bit_identical(tiny_dir, data_file, tmp_path, monk
         return result
 
     monkeypatch.setattr(train, "accumulate_gradients", interrupted_after_three_steps)
-    run(tiny_dir, data_file, tmp_path / "split", *args)
+    with pytest.raises(Stopped):  # (after saving step 3)
+        run(tiny_dir, data_file, tmp_path / "split", *args)
     assert [p.name for p in (tmp_path / "split").glob("step-*")] == ["step-000003"]
     monkeypatch.undo()
     run(tiny_dir, data_file, tmp_path / "split", *args, "--resume", str(tmp_path / "split"))

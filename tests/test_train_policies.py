@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model import load_model
-from common.errors import UserError
+from common.errors import Stopped, UserError
 from common.io import write_json
 from sampling.cache import make_record
 from sampling.htsr import block_alphas
@@ -71,7 +71,8 @@ def test_sigint_then_resume_with_a_dynamic_policy_is_bit_identical(tiny_dir, dat
             "--max-steps", "5")
     run(tiny_dir, data_file, tmp_path / "straight", *args)
     interrupt_after(first, monkeypatch)
-    run(tiny_dir, data_file, tmp_path / "split", *args)
+    with pytest.raises(Stopped):  # (after saving step `first`)
+        run(tiny_dir, data_file, tmp_path / "split", *args)
     monkeypatch.undo()
     OBSERVED.clear()
     run(tiny_dir, data_file, tmp_path / "split", *args, "--resume", str(tmp_path / "split"))

@@ -162,7 +162,7 @@ def load_config_file(path: str) -> dict:
     file = config_path(path)
     if not file.is_file():
         raise UserError(f"--config: {path}: neither a file nor a recipe ({', '.join(recipe_names())})")
-    text = file.read_text()
+    text = file.read_text(encoding="utf-8-sig")  # a byte-order mark is not YAML or JSON
     try:
         values = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
@@ -206,11 +206,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else argv
     first = preparse(argv, "--config", "--resume")
     saved_tokens, config_tokens, saved, config = [], [], None, {}
-    if first.resume:
-        checkpoint = resolve_checkpoint(first.resume)
-        saved = {k: v for k, v in (read_trainer_state(checkpoint).get("args") or {}).items() if k not in NOT_RESTORED}
-    if first.config:
+    if first.config:  # read first: a value from the file means what its flag means, `resume:` too
         config = load_config_file(first.config)
+        if config.get("config") is not None:
+            raise UserError(f"{first.config}: config: a config file cannot name another one")
+    resume = first.resume or (None if config.get("resume") is None else str(config["resume"]))
+    if resume:
+        checkpoint = resolve_checkpoint(resume)
+        saved = {k: v for k, v in (read_trainer_state(checkpoint).get("args") or {}).items() if k not in NOT_RESTORED}
     import_plugins([*plugin_list((saved or {}).get("plugin"), "--resume"),  # before the parser takes its choices
                     *plugin_list(config.get("plugin"), first.config), *first.plugin])
     parser = build_parser()
@@ -231,7 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    if k not in HARMLESS_ON_RESUME and getattr(args, k) != v}
         if changed and not args.allow_changes:
             listed = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changed.items())
-            raise UserError(f"--resume {first.resume}: these flags change the run being resumed: {listed}; "
+            raise UserError(f"--resume {resume}: these flags change the run being resumed: {listed}; "
                             "pass --allow-changes to continue with them")
         args.changed_on_resume = changed
     return args
@@ -289,6 +292,8 @@ def check_consistency(args: argparse.Namespace) -> None:
         raise UserError("--fused: is for full-weight methods; LoRA adapters are small")
     if args.compile and args.fsdp:
         raise UserError("--compile: not with --fsdp or several ranks; pass --no-compile")
+    if args.max_steps and args.warmup > args.max_steps:
+        raise UserError(f"--warmup: {args.warmup} steps exceed --max-steps {args.max_steps}")
     if args.batch_size % args.grad_accum:
         raise UserError(f"--batch-size: {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
     if args.dtype == "fp16":

@@ -20,7 +20,8 @@ import torch
 from common.errors import UserError
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
-RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "final-meta", "final-hf", "final-peft", "sampling_counts.png",
+EXPORTS = ("final-meta", "final-hf", "final-peft")
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", *EXPORTS, "sampling_counts.png",
                "training_curves.png", "tensorboard")
 CHECKPOINT_FILES = ("model.pt", "optimizer.pt", "trainer.pt")
 
@@ -113,8 +114,9 @@ def clear_run(run_dir: Path) -> None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder itself, or the newest complete one inside a run folder."""
-    path = Path(path)
+    """A checkpoint folder itself, or the newest complete one inside a run folder; symbolic links resolved, so
+    the run folder is the checkpoint's real parent (not the link's)."""
+    path = Path(path).resolve()
     if (path / "trainer.pt").is_file():
         return path
     found = checkpoints(path)
@@ -123,7 +125,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
-def _read(file: Path, **kwargs):
+def read_file(file: Path, **kwargs):
+    """A checkpoint file, loaded with weights_only=True; missing or unreadable: CheckpointError naming it."""
     if not file.is_file():
         raise CheckpointError(f"{file}: missing; the checkpoint is incomplete")
     try:
@@ -135,7 +138,7 @@ def _read(file: Path, **kwargs):
 
 def read_trainer_state(path: Path) -> dict:
     """trainer.pt of a checkpoint folder (step, scheduler, sampler, loader, RNG, arguments)."""
-    return _read(path / "trainer.pt")
+    return read_file(path / "trainer.pt")
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -145,7 +148,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
             raise CheckpointError(f"{path / name}: missing; the checkpoint is incomplete")
     device = next(model.parameters()).device
     trainer_state = read_trainer_state(path)
-    weights, optim_state = _read(path / "model.pt", map_location=device), _read(path / "optimizer.pt", map_location=device)
+    weights, optim_state = read_file(path / "model.pt", map_location=device), read_file(path / "optimizer.pt", map_location=device)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:

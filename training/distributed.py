@@ -68,9 +68,11 @@ def together(fn: Callable[[], T], world: World) -> T:
         error = err
     messages: list = [None] * world.size
     dist.all_gather_object(messages, None if error is None else f"{type(error).__name__}: {error}")
+    failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
+    if failed:  # every rank has the messages before any rank raises and closes its connections
+        dist.barrier()
     if error is not None:
         raise error
-    failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
     if failed:
         rank, message = failed[0]
         raise UserError(f"rank {rank} stopped: {message}")

@@ -20,6 +20,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from common import cli
+from common.lock import FolderLock
+from common.outputs import check_output_folder, clear_output_folder
 from common.plugins import add_plugin_flag, import_plugins, plugin_list
 from model.cli import DTYPES, add_model_flags
 from model.load import load_model
@@ -27,35 +29,57 @@ from model.peft_format import write_peft_adapter
 from model.gguf_format import WRITE_TYPES
 from model.save import save_model
 from optim.lora import apply_lora, merge_lora
-from training.checkpoint import read_trainer_state, resolve_checkpoint
+from training.checkpoint import CheckpointError, read_file, read_trainer_state, resolve_checkpoint
+from training.dcp_reader import SafeReader, read_metadata
 
 FORMATS = ("hf", "meta", "gguf", "peft")
 
 
 def export_checkpoint(checkpoint: Path, format: str, out: Path, model_source: str | None = None,
                       ckpt_dir: str | None = None, tokenizer: str | None = None, meta_shards: int = 1,
-                      dtype: torch.dtype | None = None, gguf_type: str = "F16") -> Path:  # fmt: skip
-    """Write `checkpoint` (a step-NNNNNN folder) as `format` into `out` (in `dtype`, default the trained one)."""
+                      dtype: torch.dtype | None = None, gguf_type: str = "F16",
+                      overwrite: bool = False) -> Path:  # fmt: skip
+    """Write `checkpoint` (a step-NNNNNN folder) as `format` into `out` (in `dtype`, default the trained one);
+    `out` must be empty unless `overwrite` (then it is cleared), and is locked while written."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r} ({', '.join(FORMATS)})")
     sharded = (checkpoint / "shards" / ".metadata").is_file()  # DCP, written by several ranks or with --fsdp
     for name in ("shards/.metadata" if sharded else "model.pt", "trainer.pt"):
         if not (checkpoint / name).is_file():
-            raise FileNotFoundError(f"{checkpoint}: not a training checkpoint ({name} is missing)")
+            raise CheckpointError(f"{checkpoint}: not a training checkpoint ({name} is missing)")
     args = read_trainer_state(checkpoint).get("args") or {}
-    if sharded:  # read into this one process below, each tensor whole (DCP reshards)
-        saved = dcp.FileSystemReader(checkpoint / "shards").read_metadata().state_dict_metadata
-        state, dtype = None, dtype or saved["model.tok_embeddings.weight"].properties.dtype
-    else:
-        state = torch.load(checkpoint / "model.pt", map_location="cpu", mmap=True, weights_only=True)
-        dtype = dtype or next(v.dtype for v in state.values() if v.is_floating_point())
     source = model_source or args.get("model")
     if source is None:
-        raise ValueError(f"{checkpoint}: trainer.pt does not name the base model; pass --model")
-    model, tok = load_model(source, dtype=dtype, ckpt_dir=ckpt_dir or args.get("ckpt_dir"),
-                            tokenizer=tokenizer or args.get("tokenizer"))  # fmt: skip
+        raise CheckpointError(f"{checkpoint}: trainer.pt does not name the base model; pass --model")
     lora = args.get("method") == "lora"
-    if lora:
+    if format == "peft" and not lora:
+        raise CheckpointError(f"{checkpoint}: --format peft needs a LoRA run (this one used --method {args.get('method')})")
+    ckpt_dir, tokenizer = ckpt_dir or args.get("ckpt_dir"), tokenizer or args.get("tokenizer")
+    reads = [checkpoint, *(Path(p) for p in (source, ckpt_dir, tokenizer) if p)]
+    with FolderLock(out, "--out"):  # one writer; checked before the work, cleared just before writing
+        entries = check_output_folder(out, "--out", overwrite, reads)
+        model, tok = _exported_model(checkpoint, sharded, args, source, ckpt_dir, tokenizer, dtype)
+        clear_output_folder(entries)
+        if format == "peft":
+            write_peft_adapter(model, out, base_model=str(source), dropout=args.get("lora_dropout", 0.0))
+        else:
+            if lora:
+                merge_lora(model)
+            save_model(model, out, format=format, tokenizer=tok, meta_shards=meta_shards, gguf_type=gguf_type)
+    return out
+
+
+def _exported_model(checkpoint: Path, sharded: bool, args: dict, source: str, ckpt_dir: str | None,
+                    tokenizer: str | None, dtype: torch.dtype | None):
+    """The base model with the checkpoint's weights (and its LoRA adapters, not merged)."""
+    if sharded:  # read into this one process below, each tensor whole (DCP reshards)
+        saved = read_metadata(checkpoint / "shards" / ".metadata").state_dict_metadata  # never plain pickle
+        state, dtype = None, dtype or saved["model.tok_embeddings.weight"].properties.dtype
+    else:
+        state = read_file(checkpoint / "model.pt", map_location="cpu", mmap=True)
+        dtype = dtype or next(v.dtype for v in state.values() if v.is_floating_point())
+    model, tok = load_model(source, dtype=dtype, ckpt_dir=ckpt_dir, tokenizer=tokenizer)
+    if args.get("method") == "lora":
         apply_lora(model, args["lora_rank"], args["lora_alpha"], args.get("lora_dropout", 0.0))
     try:
         if sharded:
@@ -67,21 +91,13 @@ def export_checkpoint(checkpoint: Path, format: str, out: Path, model_source: st
                     raise RuntimeError(f"tensor {name} is {got}, expected {tuple(t.shape)}")
             with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
                 warnings.simplefilter("ignore", UserWarning)
-                dcp.load(state, checkpoint_id=checkpoint / "shards", no_dist=True)
+                dcp.load(state, storage_reader=SafeReader(checkpoint / "shards"), no_dist=True)
         else:
             model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         what = "shards/" if sharded else "model.pt"
-        raise ValueError(f"{checkpoint}: {what} does not fit the base model {source}: {str(e).splitlines()[0]}") from None
-    if format == "peft":
-        if not lora:
-            raise ValueError(f"{checkpoint}: --format peft needs a LoRA run (this one used --method {args.get('method')})")
-        write_peft_adapter(model, out, base_model=str(source), dropout=args.get("lora_dropout", 0.0))
-        return out
-    if lora:
-        merge_lora(model)
-    save_model(model, out, format=format, tokenizer=tok, meta_shards=meta_shards, gguf_type=gguf_type)
-    return out
+        raise CheckpointError(f"{checkpoint}: {what} does not fit the base model {source}: {str(e).splitlines()[0]}") from None
+    return model, tok
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", help="output folder (default: the checkpoint folder name + -FORMAT)")
     p.add_argument("--model", help="base model of the run (default: the one in trainer.pt)")
+    p.add_argument("--overwrite", action="store_true", help="clear --out first when it holds files")
     p.add_argument("--meta-shards", type=cli.number(int, at_least=1), default=1, help="Meta model-parallel files (13B: 2, 70B: 8)")
     p.add_argument("--gguf-type", default="F16", choices=WRITE_TYPES, help="type of the GGUF matrices")
     add_model_flags(p, dtype_default=None)
@@ -100,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     import_plugins([*plugin_list(saved.get("plugin"), str(checkpoint / "trainer.pt")), *(args.plugin or [])])
     out = Path(args.out) if args.out else checkpoint.with_name(f"{checkpoint.name}-{args.format}")
     export_checkpoint(checkpoint, args.format, out, args.model, args.ckpt_dir, args.tokenizer, args.meta_shards,
-                      DTYPES[args.dtype] if args.dtype else None, args.gguf_type)  # fmt: skip
+                      DTYPES[args.dtype] if args.dtype else None, args.gguf_type, args.overwrite)  # fmt: skip
     print(f"wrote {args.format} folder {out}")
 
 

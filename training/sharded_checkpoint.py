@@ -21,13 +21,15 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor import empty as dtensor_empty
 
 from optim.projector import build_projector
 from optim.sharded import replicated
-from training.checkpoint import make_durable, publish, read_trainer_state, rng_state, set_rng_state
+from training.checkpoint import CheckpointError, make_durable, publish, read_trainer_state, rng_state, set_rng_state
+from training.dcp_reader import SafeReader, read_metadata
 
 
 def optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -84,24 +86,28 @@ def load_sharded_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim
     """Restore a sharded model and its optimizer in place from a DCP checkpoint written with any world size;
     returns the trainer state (RNG already restored)."""
     if not (path / "shards" / ".metadata").is_file() or not (path / "trainer.pt").is_file():
-        raise FileNotFoundError(f"checkpoint {path} is not a complete --fsdp checkpoint (shards/.metadata and "
-                                "trainer.pt); a checkpoint written without --fsdp resumes without --fsdp")
+        raise CheckpointError(f"{path}: not a complete --fsdp checkpoint (shards/.metadata and trainer.pt); "
+                              "a checkpoint written without --fsdp resumes without --fsdp")
     trainer_state = read_trainer_state(path)
-    meta = trainer_state.pop("optimizer")
-    saved = dcp.FileSystemReader(path / "shards").read_metadata().state_dict_metadata
+    meta = trainer_state.pop("optimizer", None)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path / 'trainer.pt'}: has no optimizer layout; not written by an --fsdp run")
+    saved = read_metadata(path / "shards" / ".metadata").state_dict_metadata  # never plain pickle
     params = dict(model.named_parameters())
     template = {}
     for key, placement in meta["layout"].items():
         name = key.split("/", 1)[0]
         if name not in params:
-            raise ValueError(f"checkpoint {path}: optimizer state for {name}, which this model does not have")
-        info = saved[f"optim.{key}"]
+            raise CheckpointError(f"{path}: optimizer state for {name}, which this model does not have")
+        info = saved.get(f"optim.{key}")
+        if not isinstance(info, TensorStorageMetadata):
+            raise CheckpointError(f"{path / 'shards'}: holds no tensor optim.{key}, which trainer.pt lists")
         param = params[name]
         placements = param.placements if placement == "shard0" else replicated(param.device_mesh.ndim)
         template[key] = dtensor_empty(*info.size, dtype=info.properties.dtype, device_mesh=param.device_mesh,
                                       placements=placements)
     model_state = get_model_state_dict(model)
-    dcp.load({"model": model_state, "optim": template}, checkpoint_id=path / "shards")
+    dcp.load({"model": model_state, "optim": template}, storage_reader=SafeReader(path / "shards"))
     set_model_state_dict(model, model_state)
 
     optimizer.state.clear()
@@ -114,8 +120,8 @@ def load_sharded_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim
         else:
             state[rest] = value
     if len(meta["param_groups"]) != len(optimizer.param_groups):
-        raise ValueError(f"checkpoint {path} has {len(meta['param_groups'])} optimizer groups, this run "
-                         f"{len(optimizer.param_groups)}")
+        raise CheckpointError(f"{path}: has {len(meta['param_groups'])} optimizer groups, this run "
+                              f"{len(optimizer.param_groups)}")
     for group, saved_group in zip(optimizer.param_groups, meta["param_groups"]):
         spec = saved_group.get("projector")
         group.update({**saved_group, "projector": build_projector(**spec) if spec else None})

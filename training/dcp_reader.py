@@ -1,0 +1,68 @@
+"""Reading a DCP checkpoint (``shards/``) without running code from it.
+
+torch's FileSystemReader loads ``shards/.metadata`` with plain ``pickle.load``: a crafted file runs any code.
+`SafeReader` unpickles it with a restricted unpickler that admits only the types DCP writes there (its metadata
+dataclasses, torch.Size, dtypes, layouts, paths) and refuses anything else before it is called. Byte entries
+(which DCP loads with ``torch.load(weights_only=False)``) are not admitted either: our checkpoints hold tensors
+only, which DCP reads with ``weights_only=True``. Every shard file the metadata points to must lie in the folder.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+from training.checkpoint import CheckpointError
+
+_METADATA = "torch.distributed.checkpoint.metadata"
+ALLOWED = frozenset({
+    *((_METADATA, name) for name in ("Metadata", "TensorStorageMetadata", "TensorProperties", "ChunkStorageMetadata",
+                                     "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),  # a layout by its name, from torch's own table
+    *(("pathlib", name) for name in ("Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")),
+})
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if (module, name) not in ALLOWED and not dtype:
+            raise pickle.UnpicklingError(f"it references {module}.{name}, which is not checkpoint metadata")
+        return super().find_class(module, name)
+
+
+def read_metadata(file: Path) -> Metadata:
+    """A DCP ``.metadata`` file, unpickled with only the checkpoint-metadata types; a tampered, foreign or
+    damaged file is a CheckpointError naming it."""
+    try:
+        with open(file, "rb") as handle:
+            metadata = _MetadataUnpickler(handle).load()
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing; the checkpoint is incomplete") from None
+    except Exception as err:  # refused global, truncated stream, a bad __setstate__ value: many types
+        cause = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{file}: refused ({cause}); not a checkpoint this project wrote") from None
+    if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data, dict):
+        raise CheckpointError(f"{file}: refused (holds a {type(metadata).__name__}, not DCP metadata)")
+    for info in metadata.storage_data.values():
+        relative = getattr(info, "relative_path", None)
+        if not isinstance(relative, str) or Path(relative).name != relative or relative in ("", ".", ".."):
+            raise CheckpointError(f"{file}: refused (a shard file outside its folder: {relative!r})")
+    return metadata
+
+
+class SafeReader(FileSystemReader):
+    """torch's FileSystemReader with `read_metadata` above: ``dcp.load(..., storage_reader=SafeReader(dir))``."""
+
+    def read_metadata(self, *args, **kwargs) -> Metadata:
+        rank = kwargs.get("rank")
+        metadata = read_metadata(Path(self._get_metadata_path(rank)))
+        if metadata.storage_meta is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
