@@ -204,7 +204,8 @@ def check_train(z: dict, work: Path, smoke: bool) -> dict:
     started = time.perf_counter()
     run_train(common + ["--out", str(work / "straight"), "--max-steps", str(n)])
     run_train(common + ["--out", str(work / "split"), "--max-steps", str(half)])
-    run_train(common + ["--out", str(work / "split"), "--max-steps", str(n), "--resume", str(work / "split"), "--allow-changes"])
+    run_train(common + ["--out", str(work / "split"), "--max-steps", str(n), "--resume", str(work / "split"), "--allow-changes",
+               "--overwrite"])  # (the first half exported its weights)
     seconds = time.perf_counter() - started
     straight, split = losses(work / "straight"), losses(work / "split")
     resumed = [s for s in range(half + 1, n + 1)]
