@@ -13,10 +13,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -27,7 +24,6 @@ from tqdm import tqdm
 
 from common import cli
 from common.errors import Stopped, UserError
-from common.lock import FolderLock
 from common.outputs import check_output_folder, clear_output_folder
 from data import BatchLoader, build_dataset, load_records
 from data.commonsense import TRAIN_FILE, build_commonsense
@@ -41,7 +37,7 @@ from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibrat
                       plot_sampling_counts, read_documents)
 from sampling.calibration import training_documents
 from training.args import parse_args, resolve_svd, step_config, write_config
-from training.checkpoint import (EXPORTS, CheckpointError, checkpoints, clear_run, load_checkpoint, resolve_checkpoint, run_outputs,
+from training.checkpoint import (CheckpointError, checkpoints, clear_run, load_checkpoint, resolve_checkpoint,
                                  save_checkpoint)
 from training.compile import compile_blocks, use_compile
 from training.distributed import World, close_world, init_world, on_main, sum_scalar, together
@@ -50,6 +46,8 @@ from training.heldout import HeldOut
 from training.inputs import check_providers, provide_inputs, register_input
 from training.memory import MemoryReport, format_report, simulate_memory
 from training.methods import METHODS, active_block_indices
+from training.out_folder import check_out_folder, own_out
+from training.stop import SIGNALS, StopFlag
 from training.metrics import current_memory_bytes, peak_memory_bytes
 from training.runlog import RunLog
 from training.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
@@ -448,38 +446,6 @@ def diverged(what: str, step: int, out: Path) -> UserError:
     return UserError(f"step {step}: {what}; stopped without saving ({kept}); try a lower --lr")
 
 
-def check_out_folder(out: Path, resumed_from: Path | None, overwrite: bool) -> bool:
-    """Whether `out` holds outputs to clear first: another run's (with --overwrite), or those of a run that
-    stopped before its first checkpoint (not a run to protect: nothing there can be resumed); refuse otherwise."""
-    held = run_outputs(out)
-    if resumed_from is not None and resumed_from.parent.resolve() == out.resolve():
-        names = [p.name for p in checkpoints(out)]
-        newer = names[names.index(resumed_from.name) + 1:] if resumed_from.name in names else []
-        if newer:  # they belong to the abandoned continuation, and the newest checkpoint wins a later resume
-            raise UserError(f"--resume {resumed_from}: {out} holds newer checkpoints ({', '.join(newer)}); "
-                            f"resume the newest with --resume {out}, or branch off with another --out")
-        exported = [name for name in EXPORTS if (out / name).exists()]
-        if exported and not overwrite:  # (checked now, not after the training)
-            raise UserError(f"--resume {out}: the run was exported already ({', '.join(exported)}); pass "
-                            "--overwrite to replace the export when this run ends")
-        return False
-    if not held:
-        return False
-    if not checkpoints(out) and not set(held) & set(EXPORTS):
-        return True
-    if not overwrite:
-        raise UserError(f"--out {out}: already holds a run ({', '.join(held)}); continue it with --resume {out}, "
-                        "replace it with --overwrite, or choose another --out")
-    return True
-
-
-def own_out(args: argparse.Namespace) -> FolderLock | contextlib.nullcontext:
-    """One run owns --out: its main rank holds the folder's OS lock from before the check of what the folder
-    holds until the run ends (the OS drops it if the process dies); a second run gets one line with its pid."""
-    main_rank = int(os.environ.get("RANK", "0")) == 0  # (before the process group exists)
-    return FolderLock(Path(args.out), "--out") if main_rank else contextlib.nullcontext()
-
-
 def stopped_after_checkpoint(run: Run, signum: int) -> Stopped:
     """What a stop by signal in the loop wrote (the checkpoint of the step it finished) and did not."""
     c, newest = run.context, checkpoints(run.context.out)[-1]
@@ -487,37 +453,6 @@ def stopped_after_checkpoint(run: Run, signum: int) -> Stopped:
     return Stopped(f"by {SIGNALS[signum]} after step {int(newest.name.removeprefix('step-'))}: wrote the checkpoint "
                    f"{newest}; the final evaluation and export{exports} were not done; resume with --resume {c.out}",
                    signum)
-
-
-SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
-
-
-class StopFlag:
-    """SIGINT (Ctrl-C) and SIGTERM. Once `armed` (the loop starts), the first sets `requested` (the signal's
-    number): the loop finishes its step, saves and stops. Before that, or a second signal: stop at once. Either
-    way the stop says what was written. A context manager: the previous handlers come back however it is left."""
-
-    def __init__(self, out: Path):
-        self.out, self.armed, self.requested = out, False, None
-        self.previous = {}
-
-    def __enter__(self) -> StopFlag:
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if self.armed and self.requested is None:
-            self.requested = signum
-            return
-        who = f"a second {SIGNALS[signum]}, at once" if self.requested is not None else SIGNALS[signum]
-        found = checkpoints(self.out)
-        written = (f": the newest checkpoint is {found[-1]}; resume with --resume {self.out}" if found else
-                   " before the first checkpoint: none was written; run the same command again")
-        raise Stopped(f"by {who}{written}", signum)
 
 
 if __name__ == "__main__":

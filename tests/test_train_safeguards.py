@@ -15,6 +15,7 @@ import torch
 import yaml
 
 import train
+from training.stop import StopFlag
 from common.errors import Stopped, UserError
 from model.hf_format import read_hf_dir
 from helpers import ROOT, final_weights, run
@@ -194,7 +195,7 @@ def test_a_length_beyond_the_model_context_is_refused_before_calibration(tiny_di
 def test_a_second_signal_stops_at_once_and_says_so(tmp_path):
     """The first asks for a clean stop (the loop saves); the second does not wait for it. Before the loop is
     armed, the first stops at once."""
-    with train.StopFlag(tmp_path) as stop:
+    with StopFlag(tmp_path) as stop:
         with pytest.raises(Stopped, match=r"^by Ctrl-C before the first checkpoint: none was written; run the same"):
             os.kill(os.getpid(), signal.SIGINT)
         stop.armed = True
