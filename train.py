@@ -44,7 +44,8 @@ from training.distributed import World, close_world, init_world, on_main, sum_sc
 from training.fsdp import shard_model
 from training.heldout import HeldOut
 from training.inputs import check_providers, provide_inputs, register_input
-from training.memory import MemoryReport, format_report, simulate_memory
+from training.memory import MemoryReport, format_report
+from training.memory_cache import memory_report
 from training.methods import METHODS, active_block_indices
 from training.out_folder import check_out_folder, own_out
 from training.stop import SIGNALS, StopFlag
@@ -303,11 +304,12 @@ def resume(c: Context, optimizer: GaLoreAdamW, scheduler, loader: BatchLoader, s
 
 def estimate_memory(c: Context) -> MemoryReport:
     """The memory of one step, simulated on fake tensors, printed before the first step."""
-    estimate = simulate_memory(c.model.config, c.step, c.dtype, world_size=c.world.size, max_micro_batches=2)
+    estimate, cached = memory_report(c.model.config, c.step, c.dtype, world_size=c.world.size, max_micro_batches=2)
     micro_batch = c.step.batch_size // (c.world.size * c.step.grad_accum)
     unsharded = " of an unsharded rank (per-rank --fsdp numbers: python -m bench.fsdp_memory)" if c.args.fsdp else ""
     c.say(f"memory of one step{unsharded} of {c.step.method} ({c.dtype}, micro-batch {micro_batch}x{c.step.seq_len}), "
-          f"simulated on fake tensors in {estimate.seconds:.1f} s:\n" + format_report(estimate))
+          f"simulated on fake tensors{' (read from the cache)' if cached else ''} in {estimate.seconds:.1f} s:\n"
+          + format_report(estimate))
     return estimate
 
 

@@ -32,7 +32,8 @@ from model.cli import DTYPES
 from common.plugins import import_plugins, preparse
 from training.args import apply_presets, build_parser, check_consistency, step_config
 from training.methods import METHODS
-from training.memory import CATEGORIES, GIB, Session, format_report, prepare, run_steps, simulate_memory
+from training.memory import (CATEGORIES, GIB, Session, format_report, prepare, reach_steady_state, run_steps,
+                             simulate_memory)
 from training.step import StepConfig
 
 # This project's differences from the official run that change memory (docs/method.md): GaLore's paper
@@ -69,6 +70,7 @@ def measure_memory(config, args: StepConfig, dtype: torch.dtype, steps: int = 2,
     """Peak live tensor bytes of the same steps `simulate_memory` runs, on real CPU tensors."""
     torch.manual_seed(0)
     s = prepare(config, args, dtype, max_micro_batches=max_micro_batches)
+    reach_steady_state(s)
     baseline = live_bytes(s)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run_steps(s, steps)

@@ -39,6 +39,7 @@ import numpy as np
 
 from bench.reproduce_report import TASKS, report
 from common import cli
+from common.code_version import code_version
 from common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,15 +57,6 @@ class Job:
 
 def recipe_hash(arm: str) -> str:
     return hashlib.sha256((ROOT / "recipes" / f"{arm}.yaml").read_bytes()).hexdigest()[:12] if arm != "base" else "-"
-
-
-def code_version() -> str:
-    """A hash of the Python sources and recipes: a run made by other code is not a finished run."""
-    digest = hashlib.sha256()
-    for path in sorted([*ROOT.glob("*.py"), *ROOT.glob("*/*.py"), *ROOT.glob("recipes/*.yaml")]):
-        if not path.parent.name.startswith((".", "tests")):
-            digest.update(path.relative_to(ROOT).as_posix().encode() + path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def protocol(a: argparse.Namespace) -> dict:

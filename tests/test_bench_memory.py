@@ -13,7 +13,7 @@ import bench.step_compare
 from bench.memory import measure_memory, preset_flags, train_args
 from model import get_config
 from optim import measured_state_bytes
-from training.memory import prepare, run_steps, simulate_memory
+from training.memory import prepare, reach_steady_state, run_steps, simulate_memory
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +49,7 @@ def test_categories_are_the_real_parameters_and_optimizer_state():
     args = train_args(flags("owlore", "paper"))
     report = simulate_memory(config, args, torch.bfloat16)
     session = prepare(config, args, torch.bfloat16)
+    reach_steady_state(session)
     run_steps(session, 2)
     params = sum(p.numel() * 2 for p in session.model.parameters()) + session.model.rope.numel() * 4
     steady = report.phases["step 2 forward (micro-batch 1)"]

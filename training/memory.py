@@ -36,7 +36,6 @@ from torch.utils._pytree import tree_flatten
 
 from model.config import ModelConfig
 from model.transformer import Transformer
-from sampling import POLICIES, LayerSampler
 from training.args import resolve_svd
 from training.methods import SAMPLED_METHODS
 from training.step import (StepConfig, apply_gradients, backward_micro_batches, build_optimizer, gradient_norm,
@@ -117,8 +116,9 @@ class StepTracker(MemTracker):
     update inside backward), optimizer step.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, plan: Plan, param_block: dict[int, int]):
+    def __init__(self, optimizer: torch.optim.Optimizer, plan: Plan, param_block: dict[int, int], unreported: int = 0):
         super().__init__()
+        self.unreported = unreported  # steps before the reported ones (`setup_sets`)
         self.optimizer = optimizer
         self.plan = plan
         self.param_block = param_block  # id(parameter) -> its block
@@ -193,7 +193,8 @@ class StepTracker(MemTracker):
     def start_step(self, k: int) -> None:
         self.start_unit(None)
         self.state_changes = True  # (start_period may free state)
-        self.step_label, self.micro_batch, self._after_backward = f"step {k + 1}", 0, True
+        label = "setup" if k < self.unreported else f"step {k + 1 - self.unreported}"
+        self.step_label, self.micro_batch, self._after_backward = label, 0, True
 
     def _update_snap(self, u_type, winfo, old_mem_consumed=None, old_reftype=None) -> None:
         super()._update_snap(u_type, winfo, old_mem_consumed, old_reftype)
@@ -244,6 +245,8 @@ class StepTracker(MemTracker):
                 self._offer(vector, phase, self._full_where(self._where(), 0))
 
     def _offer(self, vector: list[int], phase: str, where: str) -> None:
+        if phase.startswith("setup"):
+            return
         best = self.phases.get(phase)
         if best is not None and vector[0] <= best.total and vector[0] <= self.peak.total:
             return
@@ -319,16 +322,26 @@ def build_model(config: ModelConfig, dtype: torch.dtype) -> Transformer:
 
 
 def active_sets(config: ModelConfig, args: StepConfig, steps: int) -> list[list[int] | None]:
-    """Blocks made trainable before each simulated step (None: no change). With --keep-inactive-state the
-    draws cover every block once, so the last step holds the state of all of them (its steady state)."""
+    """Blocks made trainable before each simulated step (None: no change). Sampled methods draw the top gamma
+    blocks, the draw with the largest peak: their gradients live through the whole backward of the blocks below
+    (tests/test_memory_composed.py checks it against every draw of a small model). Adjacent, the drawn blocks
+    compose into one simulated block, so the simulation runs 3 blocks whatever the model's depth."""
     if args.method not in SAMPLED_METHODS:
         return [None] * steps
-    if args.keep_inactive_state:
-        g, n = args.gamma, config.n_layers
-        cover = [sorted({(i + j) % n for j in range(g)}) for i in range(0, n, g)]
-        return cover + [None] * max(steps - len(cover), 1)
-    sampler = LayerSampler(POLICIES["uniform"], args.gamma, args.period, args.seed, config.n_layers)
-    return [sampler.active_layers(0)] + [None] * (steps - 1)
+    n = config.n_layers
+    return [list(range(n - min(args.gamma, n), n))] + [None] * (steps - 1)
+
+
+def setup_sets(config: ModelConfig, args: StepConfig) -> list[list[int]]:
+    """Steps run before the simulated ones and left out of the report. With --keep-inactive-state every block
+    holds optimizer state once each has been drawn (the steady state of a long run): one step that trains every
+    block but the first draw's creates it, so that step 1 refreshes the drawn blocks' projectors with every
+    other block's state alive, the worst moment of such a run (instead of one step per group of gamma blocks)."""
+    if args.method not in SAMPLED_METHODS or not args.keep_inactive_state:
+        return []
+    drawn = set(active_sets(config, args, 1)[0])
+    rest = [i for i in range(config.n_layers) if i not in drawn]
+    return [rest] if rest else []
 
 
 @dataclass
@@ -369,7 +382,7 @@ def prepare(config: ModelConfig, args: StepConfig, dtype: torch.dtype, world_siz
 def run_steps(s: Session, steps: int, on_step=lambda k: None, sets: list[list[int] | None] | None = None) -> None:
     """`steps` iterations of train.py's loop body (data, loss and sampling aside); `on_step(k)` before each.
     `sets`: the blocks made trainable before each step (default: `active_sets`)."""
-    for k, active in enumerate(sets or active_sets(s.model.config, s.args, steps)):
+    for k, active in enumerate(active_sets(s.model.config, s.args, steps) if sets is None else sets):
         on_step(k)
         if active is not None:
             start_period(s.model, s.optimizer, active, s.args)
@@ -380,31 +393,39 @@ def run_steps(s: Session, steps: int, on_step=lambda k: None, sets: list[list[in
         s.scheduler.step()
 
 
+def reach_steady_state(s: Session) -> None:
+    """Run the `setup_sets` steps (the state a long run holds before the steps `run_steps` measures)."""
+    setup = setup_sets(s.model.config, s.args)
+    run_steps(s, len(setup), sets=setup)
+
+
 def simulate_memory(config: ModelConfig, args: StepConfig, dtype: torch.dtype, steps: int = 2,
                     world_size: int = 1, max_micro_batches: int | None = None, composed: bool = True) -> MemoryReport:
     """Peak live memory of `steps` training steps of train.py with `args` (its step's flags) on `config`.
 
-    Step 1 creates the optimizer state and computes every projector; later steps are the steady state.
+    Step 1 creates the optimizer state and computes every projector; later steps are the steady state
+    (`setup_sets`: with --keep-inactive-state the other blocks' state exists before step 1).
     `composed`: simulate one block of each run of identical ones and compose the rest (module doc); False
     runs every block.
     """
     started = time.perf_counter()
     outer_trained = not (args.method in SAMPLED_METHODS and args.freeze_embeddings)
-    plan = plan_blocks(config.n_layers, active_sets(config, args, steps), outer_trained, composed)
+    setup = setup_sets(config, args)
+    plan = plan_blocks(config.n_layers, setup + active_sets(config, args, steps), outer_trained, composed)
     with torch.device("meta"):
         n_params = sum(p.numel() for p in build_model(config, dtype).parameters())
     with FakeTensorMode(allow_non_fake_inputs=True):
         s = prepare(replace(config, n_layers=plan.n_layers), args, dtype, world_size, max_micro_batches,
                     n_params=n_params)
         param_block = {id(p): k for k, block in enumerate(s.model.layers) for p in block.parameters()}
-        tracker = StepTracker(s.optimizer, plan, param_block)
+        tracker = StepTracker(s.optimizer, plan, param_block, unreported=len(setup))
         _mark(tracker, s.optimizer)
         tracker.track_external(s.model, s.optimizer)
         for k, block in enumerate(s.model.layers):  # the parameters of the copies left out, live throughout
             tracker.extra[0] += (plan.repeat[k] - 1) * sum(p.untyped_storage().nbytes() for p in block.parameters())
         tracker.extra[1] = tracker.extra[0]
         with tracker:
-            run_steps(s, steps, tracker.start_step, plan.sets)
+            run_steps(s, len(plan.sets), tracker.start_step, plan.sets)
             tracker.start_unit(None)
         if s.fused:
             s.fused.remove()
