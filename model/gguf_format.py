@@ -182,9 +182,9 @@ def tokenizer_fields(tokenizer: Tokenizer) -> list[tuple]:
     elif isinstance(tokenizer, HFTokenizer):
         fields = _bpe_fields(tokenizer)
     if fields is None:
-        raise ValueError(f"a GGUF export takes a GGUF, SentencePiece or byte-level BPE tokenizer with a pre-tokenizer "
-                         f"llama.cpp knows, not this {type(tokenizer).__name__} ({source}); save without the tokenizer "
-                         f"or as hf")  # fmt: skip
+        raise ValueError(f"a GGUF export takes a GGUF or SentencePiece tokenizer, or a byte-level BPE one whose "
+                         f"pre-tokenizer llama.cpp knows, not this {type(tokenizer).__name__} ({source}); save "
+                         f"without the tokenizer or as hf")  # fmt: skip
     return fields + [("tokenizer.chat_template", template_source(tokenizer.chat_template), GGUFValueType.STRING, None)]
 
 

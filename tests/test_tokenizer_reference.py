@@ -98,5 +98,5 @@ def test_tokenizer_json_without_a_llama_cpp_pre_tokenizer_is_refused(tmp_path):
     tk.save(str(tmp_path / "tok" / "tokenizer.json"))
     (tmp_path / "tok" / "tokenizer_config.json").write_text('{"eos_token": "</s>"}')
     model = Transformer(get_config("tiny", vocab_size=2, dim=32, n_layers=1))
-    with pytest.raises(ValueError, match="a GGUF export takes a GGUF, SentencePiece or byte-level BPE tokenizer"):
+    with pytest.raises(ValueError, match="or a byte-level BPE one whose pre-tokenizer llama.cpp knows, not this HFTokenizer"):
         save_model(model, tmp_path / "out", format="gguf", tokenizer=load_tokenizer(tmp_path / "tok"))
