@@ -21,7 +21,7 @@ import sentencepiece as spm
 
 from model.tokenizer_base import Tokenizer
 from model.tokenizer_bpe import llama3_tokenizer
-from model.tokenizer_gguf import gguf_tokenizer
+from model.tokenizer_gguf import tokenizer_from_gguf
 from model.tokenizer_hf import load_hf_tokenizer
 from model.tokenizer_spm import SentencePieceTokenizer
 
@@ -69,10 +69,3 @@ def _load_sentencepiece(path: Path) -> spm.SentencePieceProcessor:
         raise ValueError(f"{path} is neither a tiktoken ranks file nor a SentencePiece model: {e}") from None
     return processor
 
-
-def tokenizer_from_gguf(path: str | Path, metadata: dict | None = None) -> Tokenizer:
-    """The tokenizer embedded in a GGUF file's metadata (``gpt2`` byte-level BPE or ``llama`` SentencePiece).
-
-    ``metadata``: the file's fields as ``{key: field.contents()}`` when the caller has already read them.
-    """
-    return gguf_tokenizer(Path(path), metadata)

@@ -51,8 +51,12 @@ def read_gguf_metadata(path: Path) -> dict:
     return {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
 
 
-def gguf_tokenizer(path: Path, metadata: dict | None = None) -> Tokenizer:
-    """Tokenizer of a GGUF file; ``metadata`` (its key -> value fields, if already read) saves re-reading."""
+def tokenizer_from_gguf(path: str | Path, metadata: dict | None = None) -> Tokenizer:
+    """The tokenizer embedded in a GGUF file's metadata (``gpt2`` byte-level BPE or ``llama`` SentencePiece).
+
+    ``metadata``: the file's fields as ``{key: field.contents()}`` when the caller has already read them.
+    """
+    path = Path(path)
     meta = read_gguf_metadata(path) if metadata is None else metadata
     kind = meta.get("tokenizer.ggml.model")
     for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.eos_token_id"):

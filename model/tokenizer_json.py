@@ -104,7 +104,7 @@ def _byte_level(tok: TiktokenTokenizer) -> tokenizers.Tokenizer:
         return "".join(to_unicode[b] for b in token)
 
     vocab = {text(t): i for t, i in tok.ranks.items()}
-    vocab.update(tok.special_tokens)  # at their ids (specials may sit below normal tokens, as in SmolLM2)
+    vocab.update(tok.special_tokens)  # at their ids, after the ranks
     merges = []
     for token, rank in tok.ranks.items():
         for k in range(1, len(token)):
