@@ -240,6 +240,10 @@ def test_gguf_bad_inputs(tmp_path):
         tokenizer_from_gguf(_write_vocab(tmp_path / "b.gguf", "bert", tokens, types))
     with pytest.raises(ValueError, match="has no tokenizer.ggml.merges"):
         tokenizer_from_gguf(_write_vocab(tmp_path / "c.gguf", "gpt2", tokens, types))
+    with pytest.raises(ValueError, match="tokenizer.ggml.merges do not fit tokenizer.ggml.tokens"):
+        tokenizer_from_gguf(_write_vocab(tmp_path / "m.gguf", "gpt2", tokens, types, merges=[*merges, "x yz"]))
+    with pytest.raises(ValueError, match="the vocabulary has duplicate tokens"):
+        tokenizer_from_gguf(_write_vocab(tmp_path / "u.gguf", "gpt2", [*tokens, "he"], [*types, 1], merges=merges))
     with pytest.raises(ValueError, match="eos_token_id 999 is outside"):
         tokenizer_from_gguf(_write_vocab(tmp_path / "d.gguf", "gpt2", tokens, types, merges=merges, eos=999))
     corrupt = tmp_path / "corrupt.gguf"
