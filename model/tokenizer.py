@@ -1,4 +1,6 @@
-"""Tokenizers: one interface over SentencePiece (LLaMA-2, Mistral v1), LLaMA-3 tiktoken and GGUF vocabularies.
+"""Tokenizers: one interface over three libraries. `tokenizers` reads tokenizer.json folders and GGUF byte-level
+BPE vocabularies, tiktoken Meta's LLaMA-3 ``tokenizer.model``, sentencepiece LLaMA-2 / Mistral v1 ones and GGUF
+"llama" vocabularies.
 
 Every tokenizer has ``encode(text, bos=False, eos=False)``, ``encode_special(text, bos=False, eos=False)``,
 ``decode(ids, skip_special=True)`` and the attributes ``bos_id`` (None when the model adds no BOS, e.g.
