@@ -6,6 +6,7 @@ Tensor names and the q/k row order (interleaved for "llama", rotate_half for "qw
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from model.families import FAMILIES
 from model.chat import template_source
 from model.tensor_names import from_ours, to_ours
 from model.tokenizer_base import Tokenizer
+from model.tokenizer_gguf import IGNORE_MERGES, pre_tokenizer_name
+from model.tokenizer_hf import HFTokenizer
 from model.tokenizer_spm import SentencePieceTokenizer
 from model.transformer import rope_frequencies
 
@@ -113,7 +116,7 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], d
 
 
 WRITE_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16", "Q8_0": "MOSTLY_Q8_0"}  # -> file type
-_NORMAL, _UNKNOWN, _CONTROL, _UNUSED, _BYTE = 1, 2, 3, 5, 6  # llama.cpp's token types
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6  # llama.cpp's token types
 
 
 def _source_fields(source: Path) -> list[tuple]:
@@ -140,17 +143,48 @@ def _sentencepiece_fields(tokenizer: SentencePieceTokenizer) -> list[tuple]:
     return fields
 
 
+def _bpe_fields(tokenizer: HFTokenizer) -> list[tuple] | None:
+    """A byte-level BPE tokenizer.json as llama.cpp's "gpt2" fields (tokens, types, merges, pre-tokenizer
+    name); None when llama.cpp could not split or merge alike. An NFC normalizer (Qwen2's) is left out, as
+    llama.cpp's own conversion does."""
+    tk = tokenizer.tk
+    data = json.loads(tk.to_str())
+    model, pre = data["model"], pre_tokenizer_name(tk)
+    if (model["type"] != "BPE" or pre is None or data["decoder"] is None or data["decoder"]["type"] != "ByteLevel"
+            or data["normalizer"] not in (None, {"type": "NFC"}) or model.get("ignore_merges", False) != (pre in IGNORE_MERGES)):
+        return None  # fmt: skip
+    tokens = [tk.id_to_token(i) for i in range(tokenizer.vocab_size)]
+    added = {t.content for t in tk.get_added_tokens_decoder().values()}
+    types = [_CONTROL if t in tokenizer.special_tokens else _USER_DEFINED if t in added else _NORMAL for t in tokens]
+    V = GGUFValueType
+    fields = [("tokenizer.ggml.model", "gpt2", V.STRING, None), ("tokenizer.ggml.pre", pre, V.STRING, None),
+              ("tokenizer.ggml.tokens", tokens, V.ARRAY, V.STRING),
+              ("tokenizer.ggml.token_type", types, V.ARRAY, V.INT32),
+              ("tokenizer.ggml.merges", [m if isinstance(m, str) else " ".join(m) for m in model["merges"]], V.ARRAY, V.STRING),
+              ("tokenizer.ggml.eos_token_id", tokenizer.eos_id, V.UINT32, None),
+              ("tokenizer.ggml.add_bos_token", tokenizer.bos_id is not None, V.BOOL, None)]  # fmt: skip
+    for key, i in (("bos", tokenizer.bos_id), ("padding", tokenizer.pad_id)):
+        if i is not None:
+            fields.append((f"tokenizer.ggml.{key}_token_id", i, V.UINT32, None))
+    return fields
+
+
 def tokenizer_fields(tokenizer: Tokenizer) -> list[tuple]:
-    """GGUF `tokenizer.*` fields of a tokenizer read from a GGUF file (its own, copied) or a SentencePiece
-    model, with its chat template; other tokenizers: ValueError."""
+    """GGUF `tokenizer.*` fields of a tokenizer read from a GGUF file (its own, copied), a SentencePiece
+    model or a byte-level BPE tokenizer.json that llama.cpp can split, with its chat template; other
+    tokenizers: ValueError."""
     source = Path(getattr(tokenizer, "source", "") or "")
+    fields = None
     if source.suffix == ".gguf" and source.is_file():
         fields = [f for f in _source_fields(source) if f[0] != "tokenizer.chat_template"]
     elif isinstance(tokenizer, SentencePieceTokenizer):
         fields = _sentencepiece_fields(tokenizer)
-    else:
-        raise ValueError(f"a GGUF export takes a GGUF or SentencePiece tokenizer, not a {type(tokenizer).__name__} "
-                         f"({source}); save without the tokenizer or as hf")  # fmt: skip
+    elif isinstance(tokenizer, HFTokenizer):
+        fields = _bpe_fields(tokenizer)
+    if fields is None:
+        raise ValueError(f"a GGUF export takes a GGUF or SentencePiece tokenizer, or a byte-level BPE one whose "
+                         f"pre-tokenizer llama.cpp knows, not this {type(tokenizer).__name__} ({source}); save "
+                         f"without the tokenizer or as hf")  # fmt: skip
     return fields + [("tokenizer.chat_template", template_source(tokenizer.chat_template), GGUFValueType.STRING, None)]
 
 

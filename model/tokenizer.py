@@ -1,4 +1,6 @@
-"""Tokenizers: one interface over SentencePiece (LLaMA-2, Mistral v1), LLaMA-3 tiktoken and GGUF vocabularies.
+"""Tokenizers: one interface over three libraries. `tokenizers` reads tokenizer.json folders and GGUF byte-level
+BPE vocabularies, tiktoken Meta's LLaMA-3 ``tokenizer.model``, sentencepiece LLaMA-2 / Mistral v1 ones and GGUF
+"llama" vocabularies.
 
 Every tokenizer has ``encode(text, bos=False, eos=False)``, ``encode_special(text, bos=False, eos=False)``,
 ``decode(ids, skip_special=True)`` and the attributes ``bos_id`` (None when the model adds no BOS, e.g.
@@ -21,7 +23,7 @@ import sentencepiece as spm
 
 from model.tokenizer_base import Tokenizer
 from model.tokenizer_bpe import llama3_tokenizer
-from model.tokenizer_gguf import gguf_tokenizer
+from model.tokenizer_gguf import tokenizer_from_gguf
 from model.tokenizer_hf import load_hf_tokenizer
 from model.tokenizer_spm import SentencePieceTokenizer
 
@@ -69,10 +71,3 @@ def _load_sentencepiece(path: Path) -> spm.SentencePieceProcessor:
         raise ValueError(f"{path} is neither a tiktoken ranks file nor a SentencePiece model: {e}") from None
     return processor
 
-
-def tokenizer_from_gguf(path: str | Path, metadata: dict | None = None) -> Tokenizer:
-    """The tokenizer embedded in a GGUF file's metadata (``gpt2`` byte-level BPE or ``llama`` SentencePiece).
-
-    ``metadata``: the file's fields as ``{key: field.contents()}`` when the caller has already read them.
-    """
-    return gguf_tokenizer(Path(path), metadata)

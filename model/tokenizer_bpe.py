@@ -1,15 +1,15 @@
-"""Byte-level BPE tokenizers on ``tiktoken``: LLaMA-3 (ranks file) and GPT-2-style vocabularies (from GGUF).
+"""Meta's LLaMA-3 ``tokenizer.model`` (tiktoken ranks) on ``tiktoken``, and GPT-2's byte <-> unicode map.
 
-tiktoken merges the adjacent pair whose concatenation has the lowest rank and returns ranks as ids, so a
-vocabulary can be used only when rank == id agrees with the merge order (checked in ``tokenizer_gguf``).
+A tiktoken file stores only the ranks; tiktoken merges the adjacent pair whose concatenation has the lowest
+rank and returns ranks as ids.
 """
 from __future__ import annotations
 
-import base64
-import binascii
+import hashlib
 from pathlib import Path
 
 import tiktoken
+from tiktoken.load import load_tiktoken_bpe
 
 from model.tokenizer_base import Tokenizer
 
@@ -18,15 +18,6 @@ LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
     r"|\s+(?!\S)|\s+"
 )
-# GPT-2's pre-tokenizer.
-GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-# SmolLM2 / StarCoder: first every digit is split off alone, then GPT-2's pattern runs on the pieces in
-# between. As one pattern: a digit is its own piece, nothing else may cross into a digit, and a
-# whitespace run that ends right before a digit stays whole (in the two-pass split it ended its piece).
-DIGITS_THEN_GPT2_PATTERN = (
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?=\p{N})|\s+(?!\S)|\s+"
-)
-
 LLAMA3_NUM_SPECIAL = 256
 LLAMA3_NAMED_SPECIALS = [
     "<|begin_of_text|>",
@@ -47,42 +38,23 @@ LLAMA3_NAMED_SPECIALS = [
 class TiktokenTokenizer(Tokenizer):
     """A tiktoken ``Encoding`` (ranks are ids) plus the model's special ids."""
 
-    def __init__(
-        self,
-        name: str,
-        pattern: str,
-        ranks: dict[bytes, int],
-        special_tokens: dict[str, int],
-        bos_id: int | None,
-        eos_id: int,
-        pad_id: int | None,
-        stop_ids: frozenset[int],
-        chat_template: str,
-    ):
+    def __init__(self, name: str, pattern: str, ranks: dict[bytes, int], special_tokens: dict[str, int],
+                 bos_id: int | None, eos_id: int, stop_ids: frozenset[int], chat_template: str):  # fmt: skip
         self.encoding = tiktoken.Encoding(
             name=name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=special_tokens
         )
         self.special_tokens = dict(special_tokens)
         self.ranks, self.pattern = ranks, pattern  # kept to write the vocabulary as a tokenizer.json
         self.vocab_size = self.encoding.n_vocab
-        self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+        self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, None
         self.stop_ids = stop_ids
         self.chat_template = chat_template
         self._special_ids = frozenset(special_tokens.values())
-        single = bytes(b for b in range(256) if bytes([b]) in ranks)
-        self._known_bytes = single if len(single) < 256 else None  # None: every byte can be encoded
 
     def _encode(self, text: str, special: bool) -> list[int]:
-        if self._known_bytes is not None:
-            self._check_bytes(text)
         if special:
             return self.encoding.encode(text, allowed_special="all")
         return self.encoding.encode(text, allowed_special=set(), disallowed_special=())
-
-    def _check_bytes(self, text: str) -> None:
-        unknown = text.encode("utf-8", "surrogatepass").translate(None, delete=self._known_bytes)
-        if unknown:
-            raise ValueError(f"text contains byte 0x{unknown[0]:02x}, which this vocabulary cannot represent")
 
     def _decode(self, ids: list[int], skip_special: bool) -> str:
         if skip_special:
@@ -91,19 +63,17 @@ class TiktokenTokenizer(Tokenizer):
 
 
 def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
-    """Parse a tiktoken ranks file: one "<base64 token bytes> <rank>" per line."""
-    ranks: dict[bytes, int] = {}
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                token, rank = line.split()
-                ranks[base64.b64decode(token, validate=True)] = int(rank)
-            except (ValueError, binascii.Error):
-                raise ValueError(f"{path}:{lineno}: not a '<base64> <rank>' line: {line[:60]!r}") from None
+    """A tiktoken ranks file ("<base64 token bytes> <rank>" lines) read by tiktoken's own loader."""
+    # tiktoken caches every file it reads under its path; the hash makes it reread a file that changed.
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    try:
+        ranks = load_tiktoken_bpe(str(path), expected_hash=digest)
+    except ValueError as e:
+        raise ValueError(f"{path}: not a tiktoken ranks file ({e})") from None
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise ValueError(f"{path}: ranks are not the distinct integers 0..{len(ranks) - 1}")
+    if any(bytes([b]) not in ranks for b in range(256)):
+        raise ValueError(f"{path}: the ranks lack some of the 256 single bytes")
     return ranks
 
 
@@ -116,8 +86,8 @@ def llama3_tokenizer(path: Path) -> TiktokenTokenizer:
     specials = {name: len(ranks) + i for i, name in enumerate(names)}
     eos = specials["<|end_of_text|>"]
     stops = frozenset({eos, specials["<|eom_id|>"], specials["<|eot_id|>"]})
-    bos = specials["<|begin_of_text|>"]
-    return TiktokenTokenizer(path.name, LLAMA3_PATTERN, ranks, specials, bos, eos, None, stops, "llama3")
+    return TiktokenTokenizer(path.name, LLAMA3_PATTERN, ranks, specials, specials["<|begin_of_text|>"], eos, stops,
+                             "llama3")  # fmt: skip
 
 
 def gpt2_byte_decoder() -> dict[str, int]:
@@ -130,10 +100,3 @@ def gpt2_byte_decoder() -> dict[str, int]:
     shifted = [b for b in range(256) if b not in set(printable)]
     decoder.update({chr(256 + n): b for n, b in enumerate(shifted)})
     return decoder
-
-
-def gpt2_token_bytes(token: str, decoder: dict[str, int]) -> bytes:
-    try:
-        return bytes(decoder[c] for c in token)
-    except KeyError as e:
-        raise ValueError(f"token {token!r} has character {e.args[0]!r} outside GPT-2's byte alphabet") from None

@@ -1,11 +1,12 @@
 """Our tokenizers written as Hugging Face ``tokenizer.json`` + ``tokenizer_config.json`` (for ``AutoTokenizer``).
 
+A `tokenizers` tokenizer (a tokenizer.json folder, a GGUF "gpt2" vocabulary) is written as it is.
 SentencePiece BPE (LLaMA-2, Mistral v1, GGUF "llama" vocabularies) becomes a ``tokenizers`` BPE with
 byte fallback: the dummy-prefix "▁" is prepended to each stretch of text between special tokens and spaces
 become "▁" (SentencePiece's own normalisation, applied piece by piece as ``encode_special`` does); merges
 are the vocabulary's pieces that split into two pieces, highest SentencePiece score first.
 
-tiktoken vocabularies (LLaMA-3, GGUF "gpt2" ones) become a byte-level BPE: the pre-tokenizer regex, then
+LLaMA-3's tiktoken vocabulary becomes a byte-level BPE: the pre-tokenizer regex, then
 GPT-2's byte-to-unicode map; a piece found whole in the vocabulary is taken as is (``ignore_merges``, as
 tiktoken does), otherwise the merges are every split of a token into two tokens, lowest rank first.
 
@@ -24,6 +25,7 @@ from model.chat import template_source
 from common.io import atomic_write, copy_file, write_json
 from model.tokenizer_base import Tokenizer
 from model.tokenizer_bpe import TiktokenTokenizer, gpt2_byte_decoder
+from model.tokenizer_hf import HFTokenizer
 from model.tokenizer_spm import SentencePieceTokenizer
 
 # What an HF tokenizer folder may hold besides config.json; copied as they are when the source was one.
@@ -34,7 +36,9 @@ HF_TOKENIZER_FILES = (
 
 
 def to_tokenizers(tok: Tokenizer) -> tokenizers.Tokenizer:
-    """The ``tokenizers`` equivalent of a SentencePiece or tiktoken tokenizer."""
+    """The ``tokenizers`` equivalent of a tokenizer (a `tokenizers` one is itself)."""
+    if isinstance(tok, HFTokenizer):
+        return tok.tk
     if isinstance(tok, SentencePieceTokenizer):
         out = _sentencepiece(tok)
     elif isinstance(tok, TiktokenTokenizer):
@@ -60,6 +64,8 @@ def _piece(tok: Tokenizer, i: int) -> str:
         return by_id[i]
     if isinstance(tok, SentencePieceTokenizer):
         return tok.sp.id_to_piece(i)
+    if isinstance(tok, HFTokenizer):
+        return tok.tk.id_to_token(i)
     raise ValueError(f"token id {i} is not a special token")
 
 
@@ -98,7 +104,7 @@ def _byte_level(tok: TiktokenTokenizer) -> tokenizers.Tokenizer:
         return "".join(to_unicode[b] for b in token)
 
     vocab = {text(t): i for t, i in tok.ranks.items()}
-    vocab.update(tok.special_tokens)  # at their ids (specials may sit below normal tokens, as in SmolLM2)
+    vocab.update(tok.special_tokens)  # at their ids, after the ranks
     merges = []
     for token, rank in tok.ranks.items():
         for k in range(1, len(token)):

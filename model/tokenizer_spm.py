@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import sentencepiece as spm
 
 from model.tokenizer_base import Tokenizer
 
+if TYPE_CHECKING:
+    from model.chat import ChatTemplate
+
 
 class SentencePieceTokenizer(Tokenizer):
     """LLaMA-2 / Mistral v1 SentencePiece model (bos 1, eos 2, no pad: SentencePiece's pad -1 becomes None)."""
 
-    def __init__(self, processor: spm.SentencePieceProcessor, chat_template: str = "llama2"):
+    def __init__(self, processor: spm.SentencePieceProcessor, chat_template: str | ChatTemplate = "llama2"):
         self.sp = processor
         self.vocab_size = processor.vocab_size()
         self.bos_id = _optional_id(processor.bos_id())

@@ -112,8 +112,20 @@ def test_load_tokenizer_bad_files(tmp_path):
     with pytest.raises(ValueError, match="corrupt.model is neither a tiktoken ranks file nor a SentencePiece"):
         load_tokenizer(corrupt)
     bad_line = _write_ranks(tmp_path / "bad.model", ["IQ== 0", "Ig== 1", "Iw== x"])
-    with pytest.raises(ValueError, match=r"bad.model:3: not a '<base64> <rank>' line"):
+    with pytest.raises(ValueError, match=r"bad.model: not a tiktoken ranks file \(Error parsing line b'Iw== x'"):
         load_tokenizer(bad_line)
     gap = _write_ranks(tmp_path / "gap.model", ["IQ== 0", "Ig== 2"])
     with pytest.raises(ValueError, match="gap.model: ranks are not the distinct integers 0..1"):
         load_tokenizer(gap)
+    few = _write_ranks(tmp_path / "few.model", [f"{base64.b64encode(bytes([b])).decode()} {b}" for b in range(255)])
+    with pytest.raises(ValueError, match="few.model: the ranks lack some of the 256 single bytes"):
+        load_tokenizer(few)
+
+
+def test_changed_ranks_file_is_reread(tmp_path):
+    # tiktoken's loader caches files by path: a file rewritten in place must not come back stale.
+    lines = [f"{base64.b64encode(bytes([b])).decode()} {b}" for b in range(256)]
+    path = _write_ranks(tmp_path / "r.model", lines)
+    assert load_tokenizer(path).encode("ab") == [97, 98]
+    _write_ranks(path, lines + [f"{base64.b64encode(b'ab').decode()} 256"])
+    assert load_tokenizer(path).encode("ab") == [256]

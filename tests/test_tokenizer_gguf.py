@@ -219,11 +219,17 @@ def test_gguf_tokenizer_from_metadata_already_read(tmp_path):
     assert tok.encode("hello") == [260] and tok.eos_id == 2
 
 
-def test_gguf_merges_out_of_id_order_are_rejected(tmp_path):
-    tokens, types, merges = _tiny_gpt2_vocab()
-    bad = _write_vocab(tmp_path / "bad.gguf", "gpt2", tokens, types, merges=[merges[1], merges[0], *merges[2:]])
-    with pytest.raises(ValueError, match="out of id order"):
-        tokenizer_from_gguf(bad)
+def test_gguf_merge_priority_is_the_stored_order_not_the_ids(tmp_path):
+    table = _bytes_to_unicode()
+    tokens = ["<|endoftext|>"] + [table[b] for b in range(256)] + ["he", "el"]  # "he" has the lower id
+    types = [3] + [1] * 258
+
+    def pieces(merges):
+        tok = tokenizer_from_gguf(_write_vocab(tmp_path / "v.gguf", "gpt2", tokens, types, merges=merges))
+        return [tok.decode([i]) for i in tok.encode("hel")]
+
+    assert pieces(["h e", "e l"]) == ["he", "l"]
+    assert pieces(["e l", "h e"]) == ["h", "el"]  # out of id order: the merges still decide
 
 
 def test_gguf_bad_inputs(tmp_path):
@@ -234,6 +240,10 @@ def test_gguf_bad_inputs(tmp_path):
         tokenizer_from_gguf(_write_vocab(tmp_path / "b.gguf", "bert", tokens, types))
     with pytest.raises(ValueError, match="has no tokenizer.ggml.merges"):
         tokenizer_from_gguf(_write_vocab(tmp_path / "c.gguf", "gpt2", tokens, types))
+    with pytest.raises(ValueError, match="tokenizer.ggml.merges do not fit tokenizer.ggml.tokens"):
+        tokenizer_from_gguf(_write_vocab(tmp_path / "m.gguf", "gpt2", tokens, types, merges=[*merges, "x yz"]))
+    with pytest.raises(ValueError, match="the vocabulary has duplicate tokens"):
+        tokenizer_from_gguf(_write_vocab(tmp_path / "u.gguf", "gpt2", [*tokens, "he"], [*types, 1], merges=merges))
     with pytest.raises(ValueError, match="eos_token_id 999 is outside"):
         tokenizer_from_gguf(_write_vocab(tmp_path / "d.gguf", "gpt2", tokens, types, merges=merges, eos=999))
     corrupt = tmp_path / "corrupt.gguf"
