@@ -253,9 +253,9 @@ def outlier_ratios(c: Context) -> list[float]:
         return calibration_windows(documents, c.tokenizer, args.calib_windows, args.calib_seq_len,
                                    seed=args.seed).to(c.model.output.weight.device).split(4)
 
-    try:  # a --calib named must match the cache's tokens; a stale default cache is recomputed, a --scores one refused
+    try:  # the cache must match these tokens (a --scores one without --calib: any); stale: default recomputed, --scores refused
         ratios = on_main(lambda: load_or_compute_ratios(  # (rank 0 holds the weights)
-            c.model, args.model, windows() if args.calib else windows, args.M, scores,
+            c.model, args.model, windows if args.scores and not args.calib else windows(), args.M, scores,
             calibration_source=args.calib or c.data, on_stale="error" if args.scores else "recompute",
             progress=True), c.world)
     except CacheError as err:
