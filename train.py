@@ -37,10 +37,11 @@ from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibrat
                       plot_sampling_counts, read_documents)
 from sampling.calibration import training_documents
 from training.args import parse_args, resolve_svd, step_config, write_config
-from training.checkpoint import (CheckpointError, checkpoints, clear_run, load_checkpoint, resolve_checkpoint,
-                                 save_checkpoint)
+from training.checkpoint import (CheckpointError, checkpoints, clear_run, load_checkpoint, read_trainer_state,
+                                 resolve_checkpoint, save_checkpoint)
 from training.compile import compile_blocks, use_compile
 from training.distributed import World, close_world, init_world, on_main, sum_scalar, together
+from training.fingerprints import check_fingerprints, run_fingerprints
 from training.fsdp import shard_model
 from training.heldout import HeldOut
 from training.inputs import check_providers, provide_inputs, register_input
@@ -89,6 +90,7 @@ class Context:
     eval_records: list[dict] | None
     model: torch.nn.Module
     tokenizer: object
+    fingerprints: dict  # of the inputs (training.fingerprints), recorded in each checkpoint
 
     def resolved_args(self) -> dict:
         return {**vars(self.args), "data": self.data, "svd": self.step.svd}
@@ -132,10 +134,14 @@ def start(args: argparse.Namespace) -> Context:
     records = load_records(data)  # bad data files fail before the model loads
     eval_records = load_records(args.eval_data) if args.eval_data else None
     model, tokenizer = load_pretrained(args, world, device, dtype, distributed)
+    fingerprints = on_main(lambda: run_fingerprints(data, args.calib, tokenizer, model), world)  # (rank 0: weights)
+    if resumed_from:  # the same inputs as the checkpoint's, before any work on them
+        check_fingerprints(resumed_from, read_trainer_state(resumed_from).get("fingerprints"), fingerprints,
+                           args.allow_changes, say)
     step = step_config(args)
     step = replace(step, svd=resolve_svd(step.svd, sum(p.numel() for p in model.parameters())))
     return Context(args, out, resumed_from, data, step, world, distributed, device, dtype, say, records, eval_records,
-                   model, tokenizer)
+                   model, tokenizer, fingerprints)
 
 
 def open_world(device_flag: str | None, fsdp: bool) -> tuple[World, torch.device]:
@@ -370,7 +376,7 @@ def save(run: Run, step: int) -> None:
         return
     saved_args = {k: v for k, v in c.resolved_args().items() if k != "changed_on_resume"}
     state = dict(step=step, scheduler=run.scheduler.state_dict(), loader=run.loader.state_dict(),
-                 sampler=run.sampler.state_dict() if run.sampler else None, args=saved_args)
+                 sampler=run.sampler.state_dict() if run.sampler else None, args=saved_args, fingerprints=c.fingerprints)
     write = save_sharded_checkpoint if c.distributed else save_checkpoint
     c.say(f"checkpoint: {write(c.out, step, c.model, run.optimizer, state, keep=c.args.keep_checkpoints)}")
 
