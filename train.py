@@ -131,8 +131,9 @@ def start(args: argparse.Namespace) -> Context:
     data = args.data or default_data(out, say)
     if world.is_main:
         write_config(args, out, resumed_from, resolved={"data": data})
-    records = load_records(data)  # bad data files fail before the model loads
-    eval_records = load_records(args.eval_data) if args.eval_data else None
+    with cli.warnings_to(say):  # (fields ignored: a plain line)
+        records = load_records(data)  # bad data files fail before the model loads
+        eval_records = load_records(args.eval_data) if args.eval_data else None
     model, tokenizer = load_pretrained(args, world, device, dtype, distributed)
     fingerprints = on_main(lambda: run_fingerprints(data, args.calib, tokenizer, model), world)  # (rank 0: weights)
     if resumed_from:  # the same inputs as the checkpoint's, before any work on them
@@ -215,8 +216,9 @@ def batches(c: Context) -> tuple[BatchLoader, int]:
     """2. Training data: fixed-length blocks, a seeded order every rank agrees on; and the number of steps."""
     args, world = c.args, c.world
     try:
-        dataset = build_dataset(c.records, c.tokenizer, args.seq_len, pack=not args.no_pack,
-                                mask_prompt=not args.train_on_prompt, template=args.template)
+        with cli.warnings_to(c.say):  # its statistics (rows dropped, truncated): plain lines of the run's log
+            dataset = build_dataset(c.records, c.tokenizer, args.seq_len, pack=not args.no_pack,
+                                    mask_prompt=not args.train_on_prompt, template=args.template)
     except ValueError as err:
         raise UserError(f"{c.data}: {err}") from None
     if len(dataset) < args.batch_size:
@@ -335,8 +337,9 @@ def train(run: Run, stop: StopFlag) -> None:
         if run.heldout and args.eval_every and (step + 1) % args.eval_every == 0 and evaluates(c):
             record.update(run.heldout.evaluate(c.model))
         run.metrics.write(**record)
+        blocks = {} if record["active_blocks"] is None else {"blocks": ",".join(map(str, record["active_blocks"]))}
         progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                             tok_s=f"{record['tokens_per_s']:.0f}", blocks=",".join(map(str, record["active_blocks"] or [])))
+                             tok_s=f"{record['tokens_per_s']:.0f}", **blocks)
         if stop.requested or step + 1 == run.total_steps or (args.save_every and (step + 1) % args.save_every == 0):
             save(run, step + 1)
         if stop.requested:
@@ -359,10 +362,11 @@ def train_step(run: Run, step: int) -> dict:
     grad_norm = gradient_norm(trainable_with_grad(run.groups), config.max_grad_norm)  # None with --fused: stepped
     if grad_norm is not None and not math.isfinite(grad_norm):  # (summed over ranks by FSDP in backward)
         raise diverged(f"gradient norm is {grad_norm}", step + 1, c.out)
+    lr = run.scheduler.get_last_lr()[0]  # the lr this step used (--fused stepped with it in backward)
     apply_gradients(run.optimizer)
     run.scheduler.step()
     seconds = time.perf_counter() - started
-    return dict(step=step + 1, loss=loss, lr=run.scheduler.get_last_lr()[0], grad_norm=grad_norm,
+    return dict(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm,
                 tokens_per_s=n_tokens / seconds, step_s=seconds,
                 active_blocks=active_block_indices(c.model) if run.sampler else None,
                 peak_memory=peak_memory_bytes(c.device), memory=current_memory_bytes(c.device))

@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Callable
 
 from common.errors import Stopped, UserError
@@ -25,7 +28,8 @@ def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> o
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
-        return main(argv)
+        with warnings_to(lambda line: print(line, file=sys.stderr)):
+            return main(argv)
     except USER_ERRORS as err:
         if debug:
             raise
@@ -35,6 +39,24 @@ def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> o
             raise
         print(f"stopped: {stop if isinstance(stop, Stopped) else 'interrupted (Ctrl-C)'}", file=sys.stderr)
         raise SystemExit(getattr(stop, "status", 130)) from None
+
+
+@contextmanager
+def warnings_to(say: Callable[[str], None]) -> Iterator[None]:
+    """The UserWarnings raised inside (a data file's fields ignored, rows dropped), each as its message alone
+    through `say`, as they come: a plain line, not a category and a source line. Other warnings pass through."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, UserWarning):
+                say(str(message))
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.simplefilter("always", UserWarning)  # each time it happens, also a second run in one process
+        warnings.showwarning = show
+        yield
 
 
 def describe(err: BaseException) -> str:

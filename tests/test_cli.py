@@ -155,3 +155,15 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(where, tmp_
                     capsys) == f"error: --output {output}: {cause}"
     assert one_line(sampling_cli.main, ["--model", NO_MODEL, "--out", str(output)], capsys) == (
         f"error: --out {output}: {cause}")
+
+
+def test_a_warning_is_its_message_alone_on_one_line(capsys):
+    """A data file's ignored fields or dropped rows: the message, not `UserWarning` and a source line."""
+    import warnings
+
+    def main(argv):
+        warnings.warn("data.json: ignoring unknown field(s) 'extra' (first in record 0)")
+        warnings.warn("data.json: ignoring unknown field(s) 'extra' (first in record 0)")  # each time, not once
+
+    cli.run(main, [])
+    assert capsys.readouterr().err.splitlines() == ["data.json: ignoring unknown field(s) 'extra' (first in record 0)"] * 2
