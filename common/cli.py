@@ -68,8 +68,39 @@ def describe(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each flag's help ends with its default, ``(default: X)``, unless the sentence already says it, or with
+    ``(required)``; descriptions keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text.lower():
+            return text
+        if action.required:
+            return f"{text} (required)"
+        return f"{text} (default: {shown_default(action)})"
+
+
+def shown_default(action: argparse.Action) -> str:
+    value = action.default
+    if value is None:
+        return "none"
+    if isinstance(value, bool) and action.nargs == 0:  # a switch
+        return "on" if value else "off"
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return text.replace("%", "%%")  # (argparse expands %(...)s in help)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises UserError (``--flag: cause``) instead of printing usage and exiting."""
+    """argparse that raises UserError (``--flag: cause``) instead of printing usage and exiting; its help
+    shows every flag's default and lists --debug (handled by `run`, before parsing)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["formatter_class"] = HelpFormatter  # (a raw description, as some callers ask, included)
+        super().__init__(*args, **kwargs)
+        if kwargs.get("add_help", True):
+            self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                              help="show the full traceback of an error instead of one line (default: off)")
 
     def error(self, message: str):
         raise UserError(message.removeprefix("argument "))

@@ -103,7 +103,7 @@ def _exported_model(checkpoint: Path, sharded: bool, args: dict, source: str, ck
 def main(argv: list[str] | None = None) -> None:
     p = cli.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a step-NNNNNN folder, or a run folder (its newest checkpoint)")
-    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--format", required=True, choices=FORMATS, help="what to write: hf (transformers), meta, gguf (llama.cpp) or peft (LoRA adapter)")
     p.add_argument("--out", help="output folder (default: the checkpoint folder name + -FORMAT)")
     p.add_argument("--model", help="base model of the run (default: the one in trainer.pt)")
     p.add_argument("--overwrite", action="store_true", help="clear --out first when it holds files")
