@@ -20,13 +20,14 @@ from common.io import write_json, write_jsonl
 from common.outputs import check_output_file
 from eval.report import results_table
 
-from model.cli import DTYPES, add_model_flags
+from model.cli import DTYPES, add_model_flags, check_model_source, device_name
 
 
 def _load(args):
     from model import load_model
     from model.load import check_tokenizer_fits
 
+    check_model_source(args.model)  # (after the other flags and files: the last check before the loading)
     model, tokenizer = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype], ckpt_dir=args.ckpt_dir,
                                   tokenizer=args.tokenizer)  # fmt: skip
     if tokenizer is None:
@@ -37,7 +38,7 @@ def _load(args):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="Meta/Mistral/HF dir, .gguf file or config name")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device to evaluate on")
+    p.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu", help="torch device to evaluate on")
     add_model_flags(p)
 
 
@@ -48,7 +49,7 @@ def harness_main(argv: list[str]) -> None:
     p.add_argument("--num-fewshot", type=cli.number(int, at_least=0), default=0, help="solved examples before each question")
     p.add_argument("--limit", type=cli.number(int, at_least=1), default=None, help="first N rows of each task (each MMLU subject)")
     p.add_argument("--batch-size", type=cli.number(int, at_least=1), default=16, help="requests scored per forward pass")
-    p.add_argument("--seed", type=int, default=1234, help="seed of the few-shot example draw")
+    p.add_argument("--seed", type=cli.number(int), default=1234, help="seed of the few-shot example draw")
     p.add_argument("--add-bos", action="store_true", help="prepend BOS to contexts (harness HF default: no)")
     p.add_argument("--share-context", choices=["auto", "yes", "no"], default="auto",
                    help="run a doc's context once for all choices (auto: only with few-shot prompts)")

@@ -33,7 +33,7 @@ def one_line(main, argv, capsys) -> str:
     (["--model", NO_MODEL, "--limit", "-1"], "error: --limit: must be >= 1, got -1"),
     (["--model", NO_MODEL, "--num-fewshot", "-1"], "error: --num-fewshot: must be >= 0, got -1"),
     (["--model", NO_MODEL, "--tasks", "boolq,nope"], "error: --tasks: unknown task 'nope'"),
-    (["--model", NO_MODEL, "--tasks", "boolq"], f"error: {NO_MODEL}: no such checkpoint file or directory"),
+    (["--model", NO_MODEL, "--tasks", "boolq"], f"error: --model: {NO_MODEL!r} is neither a known model"),
     (["generate", "--model", NO_MODEL, "--dataset", "boolq", "--data", "x.json", "--num-beams", "0"],
      "error: --num-beams: must be >= 1, got 0"),
     (["--tasks", "boolq"], "error: the following arguments are required: --model"),

@@ -18,7 +18,7 @@ import yaml
 from common.cli import ArgumentParser, number
 from common.errors import UserError
 from common.plugins import add_plugin_flag, import_plugins, plugin_list, preparse
-from model.cli import add_model_flags
+from model.cli import add_model_flags, check_model_source, device_name
 from data.templates import TEMPLATES
 from optim.projector import PROJ_TYPES, PROJECTORS, SVD_METHODS
 from optim.schedule import SCHEDULES
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fused", action="store_true", help="step each parameter in its grad hook and free the grad")
     a("--chunked-ce", action="store_true", help="cross-entropy in chunks, never the full fp32 logits")
     add_model_flags(p, dtype_default=None)  # --ckpt-dir, --tokenizer, --dtype
-    a("--device", help="default: cuda if available, else cpu")
+    a("--device", type=device_name, help="torch device (default: cuda if available, else cpu)")
     a("--grad-ckpt", action="store_true", help="activation checkpointing per block")
     a("--compile", action=argparse.BooleanOptionalAction,
       help="torch.compile each decoder block (default: on for CUDA, off on CPU, where it did not win; "
@@ -304,20 +304,11 @@ def check_consistency(args: argparse.Namespace) -> None:
     for flag, value in (("--data", args.data), ("--eval-data", args.eval_data), ("--calib", args.calib)):
         if value and not Path(value).is_file():
             raise UserError(f"{flag}: {value}: no such file")
-    check_model_source(args.model, args.ckpt_dir)
-
-
-def check_model_source(model: str, ckpt_dir: str | None) -> None:
-    """--model is a known config name or an existing checkpoint file or folder."""
-    from model.config import CONFIGS
-
-    if model in CONFIGS:
-        if ckpt_dir is not None and not Path(ckpt_dir).is_dir():
-            raise UserError(f"--ckpt-dir: {ckpt_dir}: no such folder")
-        return
-    if not Path(model).exists():
-        raise UserError(f"--model: {model!r} is neither a known model ({', '.join(CONFIGS)}) "
-                        "nor an existing checkpoint file or folder")
+    check_model_source(args.model)
+    if args.lora_dropout >= 1:
+        raise UserError(f"--lora-dropout: must be < 1, got {args.lora_dropout}")
+    if args.scores and Path(args.scores).is_dir():
+        raise UserError(f"--scores {args.scores}: is a folder; name a file")
 
 
 def write_config(args: argparse.Namespace, out: Path, resumed_from: Path | None = None, resolved: dict | None = None,
