@@ -87,15 +87,20 @@ def cached_ratios(path: str | Path, model: nn.Module, model_name: str, M: float,
     record = read_cache(path)
     checks = [("model name", record["model_name"], model_name), ("M", float(record["M"]), float(M)),
               ("number of blocks", len(record["ratios"]), len(model.layers))]
-    if calibration is not None:
-        names = {"tokens_sha256": "calibration tokens", "n_windows": "number of calibration windows",
-                 "seq_len": "calibration window length"}
-        checks += [(names[key], record["calibration"].get(key), calibration[key]) for key in CALIBRATION_KEY]
     for what, cached, current in checks:
         if cached != current:
             raise StaleCacheError(f"{path}: stale outlier-ratio cache: {what} is {cached!r} there but {current!r} now")
     if record["fingerprint"] != weight_fingerprint(model):
         raise StaleCacheError(f"{path}: stale outlier-ratio cache: the model weights changed since it was written")
+    if calibration is not None:
+        cached = record["calibration"]
+        shape = lambda c: f"{c.get('n_windows')} x {c.get('seq_len')}"  # noqa: E731
+        if shape(cached) != shape(calibration):
+            raise StaleCacheError(f"{path}: stale outlier-ratio cache: the calibration windows are {shape(cached)} "
+                                  f"tokens there but {shape(calibration)} now")
+        if cached.get("tokens_sha256") != calibration["tokens_sha256"]:
+            raise StaleCacheError(f"{path}: stale outlier-ratio cache: the calibration tokens differ (there: from "
+                                  f"{cached.get('source')}; now: from {calibration['source']})")
     return [float(r) for r in record["ratios"]]
 
 

@@ -123,6 +123,6 @@ def test_the_default_ratio_cache_follows_edited_training_data(tiny_dir, data_fil
     data.write_text(json.dumps([{**row, "output": row["output"].upper()} for row in json.loads(data.read_text())]))
     capsys.readouterr()
     run(tiny_dir, data, tmp_path / "run", "--method", "owlore", "--max-steps", "1", "--calib-seq-len", "64", "--overwrite")
-    assert "stale outlier-ratio cache: calibration tokens" in capsys.readouterr().err
+    assert "stale outlier-ratio cache: the calibration tokens differ" in capsys.readouterr().err
     after = json.loads((tmp_path / "run" / "outlier_scores.json").read_text())["calibration"]["tokens_sha256"]
     assert after != before

@@ -94,7 +94,7 @@ def test_same_tokens_in_another_shape_are_another_calibration(tmp_path):
     model, path = tiny_model(), tmp_path / "ratios.json"
     load_or_compute_ratios(model, "tiny", calib(), 3.0, path)
     reshaped = [torch.cat(calib()).reshape(8, 8)]
-    with pytest.raises(StaleCacheError, match="number of calibration windows is 4 there but 8 now"):
+    with pytest.raises(StaleCacheError, match="the calibration windows are 4 x 16 tokens there but 8 x 8 now"):
         load_or_compute_ratios(model, "tiny", reshaped, 3.0, path, on_stale="error")
 
 
