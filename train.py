@@ -37,10 +37,11 @@ from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibrat
                       plot_sampling_counts, read_documents)
 from sampling.calibration import training_documents
 from training.args import parse_args, resolve_svd, step_config, write_config
-from training.checkpoint import (CheckpointError, checkpoints, clear_run, load_checkpoint, resolve_checkpoint,
-                                 save_checkpoint)
+from training.checkpoint import (CheckpointError, checkpoints, clear_run, load_checkpoint, read_trainer_state,
+                                 resolve_checkpoint, save_checkpoint)
 from training.compile import compile_blocks, use_compile
 from training.distributed import World, close_world, init_world, on_main, sum_scalar, together
+from training.fingerprints import check_fingerprints, run_fingerprints
 from training.fsdp import shard_model
 from training.heldout import HeldOut
 from training.inputs import check_providers, provide_inputs, register_input
@@ -90,6 +91,7 @@ class Context:
     eval_records: list[dict] | None
     model: torch.nn.Module
     tokenizer: object
+    fingerprints: dict  # of the inputs (training.fingerprints), recorded in each checkpoint
 
     def resolved_args(self) -> dict:
         return {**vars(self.args), "data": self.data, "svd": self.step.svd}
@@ -130,13 +132,18 @@ def start(args: argparse.Namespace) -> Context:
     data = args.data or default_data(out, say)
     if world.is_main:
         write_config(args, out, resumed_from, resolved={"data": data})
-    records = load_records(data)  # bad data files fail before the model loads
-    eval_records = load_records(args.eval_data) if args.eval_data else None
+    with cli.warnings_to(say):  # (fields ignored: a plain line)
+        records = load_records(data)  # bad data files fail before the model loads
+        eval_records = load_records(args.eval_data) if args.eval_data else None
     model, tokenizer = load_pretrained(args, world, device, dtype, distributed)
+    fingerprints = on_main(lambda: run_fingerprints(data, args.calib, tokenizer, model), world)  # (rank 0: weights)
+    if resumed_from:  # the same inputs as the checkpoint's, before any work on them
+        check_fingerprints(resumed_from, read_trainer_state(resumed_from).get("fingerprints"), fingerprints,
+                           args.allow_changes, say)
     step = step_config(args)
     step = replace(step, svd=resolve_svd(step.svd, sum(p.numel() for p in model.parameters())))
     return Context(args, out, resumed_from, data, step, world, distributed, device, dtype, say, records, eval_records,
-                   model, tokenizer)
+                   model, tokenizer, fingerprints)
 
 
 def open_world(device_flag: str | None, fsdp: bool) -> tuple[World, torch.device]:
@@ -210,8 +217,9 @@ def batches(c: Context) -> tuple[BatchLoader, int]:
     """2. Training data: fixed-length blocks, a seeded order every rank agrees on; and the number of steps."""
     args, world = c.args, c.world
     try:
-        dataset = build_dataset(c.records, c.tokenizer, args.seq_len, pack=not args.no_pack,
-                                mask_prompt=not args.train_on_prompt, template=args.template)
+        with cli.warnings_to(c.say):  # its statistics (rows dropped, truncated): plain lines of the run's log
+            dataset = build_dataset(c.records, c.tokenizer, args.seq_len, pack=not args.no_pack,
+                                    mask_prompt=not args.train_on_prompt, template=args.template)
     except ValueError as err:
         raise UserError(f"{c.data}: {err}") from None
     if len(dataset) < args.batch_size:
@@ -254,9 +262,9 @@ def outlier_ratios(c: Context) -> list[float]:
         return calibration_windows(documents, c.tokenizer, args.calib_windows, args.calib_seq_len,
                                    seed=args.seed).to(c.model.output.weight.device).split(4)
 
-    try:  # a --calib named must match the cache's tokens; a stale default cache is recomputed, a --scores one refused
+    try:  # the cache must match these tokens (a --scores one without --calib: any); stale: default recomputed, --scores refused
         ratios = on_main(lambda: load_or_compute_ratios(  # (rank 0 holds the weights)
-            c.model, args.model, windows() if args.calib else windows, args.M, scores,
+            c.model, args.model, windows if args.scores and not args.calib else windows(), args.M, scores,
             calibration_source=args.calib or c.data, on_stale="error" if args.scores else "recompute",
             progress=True), c.world)
     except CacheError as err:
@@ -331,8 +339,9 @@ def train(run: Run, stop: StopFlag) -> None:
         if run.heldout and args.eval_every and (step + 1) % args.eval_every == 0 and evaluates(c):
             record.update(run.heldout.evaluate(c.model))
         run.metrics.write(**record)
+        blocks = {} if record["active_blocks"] is None else {"blocks": ",".join(map(str, record["active_blocks"]))}
         progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                             tok_s=f"{record['tokens_per_s']:.0f}", blocks=",".join(map(str, record["active_blocks"] or [])))
+                             tok_s=f"{record['tokens_per_s']:.0f}", **blocks)
         if stop.requested or step + 1 == run.total_steps or (args.save_every and (step + 1) % args.save_every == 0):
             save(run, step + 1)
         if stop.requested:
@@ -355,10 +364,11 @@ def train_step(run: Run, step: int) -> dict:
     grad_norm = gradient_norm(trainable_with_grad(run.groups), config.max_grad_norm)  # None with --fused: stepped
     if grad_norm is not None and not math.isfinite(grad_norm):  # (summed over ranks by FSDP in backward)
         raise diverged(f"gradient norm is {grad_norm}", step + 1, c.out)
+    lr = run.scheduler.get_last_lr()[0]  # the lr this step used (--fused stepped with it in backward)
     apply_gradients(run.optimizer)
     run.scheduler.step()
     seconds = time.perf_counter() - started
-    return dict(step=step + 1, loss=loss, lr=run.scheduler.get_last_lr()[0], grad_norm=grad_norm,
+    return dict(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm,
                 tokens_per_s=n_tokens / seconds, step_s=seconds,
                 active_blocks=active_block_indices(c.model) if run.sampler else None,
                 peak_memory=peak_memory_bytes(c.device), memory=current_memory_bytes(c.device))
@@ -372,7 +382,7 @@ def save(run: Run, step: int) -> None:
         return
     saved_args = {k: v for k, v in c.resolved_args().items() if k != "changed_on_resume"}
     state = dict(step=step, scheduler=run.scheduler.state_dict(), loader=run.loader.state_dict(),
-                 sampler=run.sampler.state_dict() if run.sampler else None, args=saved_args)
+                 sampler=run.sampler.state_dict() if run.sampler else None, args=saved_args, fingerprints=c.fingerprints)
     write = save_sharded_checkpoint if c.distributed else save_checkpoint
     c.say(f"checkpoint: {write(c.out, step, c.model, run.optimizer, state, keep=c.args.keep_checkpoints)}")
 

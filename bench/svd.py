@@ -58,12 +58,12 @@ def compare(m: int, n: int, rank: int, decay: float, oversample: int, power_iter
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="256x688 and 256x256 at rank 16 (smoke run)")
-    parser.add_argument("--rank", type=int, default=None)
+    parser.add_argument("--rank", type=int, default=None, help="projector rank (default: the sizes' own)")
     parser.add_argument("--decay", type=float, default=1.0, help="spectrum s_i = (i+1)^-decay")
-    parser.add_argument("--oversample", type=int, default=8)
-    parser.add_argument("--power-iters", type=int, default=2)
+    parser.add_argument("--oversample", type=int, default=8, help="randomized SVD: extra sketch columns")
+    parser.add_argument("--power-iters", type=int, default=2, help="randomized SVD: power iterations")
     parser.add_argument("--repeats", type=int, default=3, help="randomized timings: best of N")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random matrices and sketches")
     args = parser.parse_args(argv)
     shapes = [(256, 688), (256, 256)] if args.small else [(4096, 11008), (4096, 4096)]
     rank = args.rank or (16 if args.small else 128)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Callable
 
 from common.errors import Stopped, UserError
@@ -25,7 +28,8 @@ def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> o
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
-        return main(argv)
+        with warnings_to(lambda line: print(line, file=sys.stderr)):
+            return main(argv)
     except USER_ERRORS as err:
         if debug:
             raise
@@ -37,6 +41,24 @@ def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> o
         raise SystemExit(getattr(stop, "status", 130)) from None
 
 
+@contextmanager
+def warnings_to(say: Callable[[str], None]) -> Iterator[None]:
+    """The UserWarnings raised inside (a data file's fields ignored, rows dropped), each as its message alone
+    through `say`, as they come: a plain line, not a category and a source line. Other warnings pass through."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, UserWarning):
+                say(str(message))
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.simplefilter("always", UserWarning)  # each time it happens, also a second run in one process
+        warnings.showwarning = show
+        yield
+
+
 def describe(err: BaseException) -> str:
     """The error as one line; an OSError as ``<file>: <reason>``."""
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
@@ -46,8 +68,39 @@ def describe(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each flag's help ends with its default, ``(default: X)``, unless the sentence already says it, or with
+    ``(required)``; descriptions keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text.lower():
+            return text
+        if action.required:
+            return f"{text} (required)"
+        return f"{text} (default: {shown_default(action)})"
+
+
+def shown_default(action: argparse.Action) -> str:
+    value = action.default
+    if value is None:
+        return "none"
+    if isinstance(value, bool) and action.nargs == 0:  # a switch
+        return "on" if value else "off"
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return text.replace("%", "%%")  # (argparse expands %(...)s in help)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises UserError (``--flag: cause``) instead of printing usage and exiting."""
+    """argparse that raises UserError (``--flag: cause``) instead of printing usage and exiting; its help
+    shows every flag's default and lists --debug (handled by `run`, before parsing)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["formatter_class"] = HelpFormatter  # (a raw description, as some callers ask, included)
+        super().__init__(*args, **kwargs)
+        if kwargs.get("add_help", True):
+            self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                              help="show the full traceback of an error instead of one line (default: off)")
 
     def error(self, message: str):
         raise UserError(message.removeprefix("argument "))

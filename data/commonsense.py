@@ -174,9 +174,9 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = cli.ArgumentParser(prog="python -m data.commonsense", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--heldout-per-task", type=cli.number(int, at_least=0), default=100)
-    parser.add_argument("--max-train-per-task", type=cli.number(int, at_least=1), default=None)
-    parser.add_argument("--seed", type=cli.number(int, at_least=0), default=0)
+    parser.add_argument("--heldout-per-task", type=cli.number(int, at_least=0), default=100, help="rows of each task's train split kept out as held-out evaluation data")
+    parser.add_argument("--max-train-per-task", type=cli.number(int, at_least=1), default=None, help="training rows per task at most (default: all)")
+    parser.add_argument("--seed", type=cli.number(int, at_least=0), default=0, help="seed of the held-out draw")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of: " + ", ".join(TASKS))
     args = parser.parse_args(argv)
     paths = build_commonsense(args.out, args.heldout_per_task, args.max_train_per_task, args.seed, tuple(args.tasks.split(",")))

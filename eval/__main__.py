@@ -20,13 +20,14 @@ from common.io import write_json, write_jsonl
 from common.outputs import check_output_file
 from eval.report import results_table
 
-from model.cli import DTYPES, add_model_flags
+from model.cli import DTYPES, add_model_flags, check_model_source, device_name
 
 
 def _load(args):
     from model import load_model
     from model.load import check_tokenizer_fits
 
+    check_model_source(args.model)  # (after the other flags and files: the last check before the loading)
     model, tokenizer = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype], ckpt_dir=args.ckpt_dir,
                                   tokenizer=args.tokenizer)  # fmt: skip
     if tokenizer is None:
@@ -37,7 +38,7 @@ def _load(args):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="Meta/Mistral/HF dir, .gguf file or config name")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu", help="torch device to evaluate on")
     add_model_flags(p)
 
 
@@ -45,10 +46,10 @@ def harness_main(argv: list[str]) -> None:
     p = cli.ArgumentParser(prog="python -m eval", description="lm-evaluation-harness-style multiple choice")
     _common(p)
     p.add_argument("--tasks", default="commonsense", help="comma-separated tasks/groups: commonsense, mmlu, arc_easy, ...")
-    p.add_argument("--num-fewshot", type=cli.number(int, at_least=0), default=0)
+    p.add_argument("--num-fewshot", type=cli.number(int, at_least=0), default=0, help="solved examples before each question")
     p.add_argument("--limit", type=cli.number(int, at_least=1), default=None, help="first N rows of each task (each MMLU subject)")
-    p.add_argument("--batch-size", type=cli.number(int, at_least=1), default=16)
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--batch-size", type=cli.number(int, at_least=1), default=16, help="requests scored per forward pass")
+    p.add_argument("--seed", type=cli.number(int), default=1234, help="seed of the few-shot example draw")
     p.add_argument("--add-bos", action="store_true", help="prepend BOS to contexts (harness HF default: no)")
     p.add_argument("--share-context", choices=["auto", "yes", "no"], default="auto",
                    help="run a doc's context once for all choices (auto: only with few-shot prompts)")
@@ -81,10 +82,10 @@ def generate_main(argv: list[str]) -> None:
     _common(p)
     p.add_argument("--dataset", required=True, help="boolq, piqa, social_i_qa, hellaswag, winogrande, ARC-Easy, ...")
     p.add_argument("--data", required=True, help="LLM-Adapters test.json")
-    p.add_argument("--num-beams", type=cli.number(int, at_least=1), default=4)
-    p.add_argument("--max-new-tokens", type=cli.number(int, at_least=1), default=32)
-    p.add_argument("--limit", type=cli.number(int, at_least=1), default=None)
-    p.add_argument("--output", default=None)
+    p.add_argument("--num-beams", type=cli.number(int, at_least=1), default=4, help="beam-search width of the generation")
+    p.add_argument("--max-new-tokens", type=cli.number(int, at_least=1), default=32, help="tokens generated per answer at most")
+    p.add_argument("--limit", type=cli.number(int, at_least=1), default=None, help="first N rows of the data only")
+    p.add_argument("--output", default=None, help="JSON file for the accuracy and the generations")
     args = p.parse_args(argv)
     from eval.generative import ANSWER_PATTERNS, read_llm_adapters, run_generative
 
@@ -105,11 +106,11 @@ def mtbench_main(argv: list[str]) -> None:
     _common(p)
     p.add_argument("--questions", required=True, help="FastChat question.jsonl")
     p.add_argument("--answers", required=True, help="answer JSONL (written, or read with --judge-only)")
-    p.add_argument("--model-id", default=None)
-    p.add_argument("--max-new-tokens", type=cli.number(int, at_least=1), default=1024)
+    p.add_argument("--model-id", default=None, help="name of the model in the answer file (default: --model)")
+    p.add_argument("--max-new-tokens", type=cli.number(int, at_least=1), default=1024, help="tokens generated per answer at most")
     p.add_argument("--judge-only", action="store_true", help="judge existing --answers without loading a model")
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--judge-model", default="gpt-4")
+    p.add_argument("--judge-model", default="gpt-4", help="model name the judge API serves")
     p.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
     p.add_argument("--references", default=None, help="reference answers (FastChat answer format)")
     p.add_argument("--judgments", default=None, help="JSONL of judgments to write")

@@ -11,7 +11,7 @@ from common import cli
 from common.errors import UserError
 from common.io import write_json
 from common.outputs import check_output_file
-from model.cli import DTYPES, add_model_flags
+from model.cli import DTYPES, add_model_flags, check_model_source, device_name
 from sampling.cache import make_record
 from sampling.calibration import batches, boolq_passages, calibration_windows, describe, read_documents
 from sampling.htsr import block_alphas, spearman
@@ -26,16 +26,16 @@ def parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(prog="python -m sampling", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="load_model source: config name, .gguf, Meta or HF dir")
     p.add_argument("--calib", help=".txt/.json/.jsonl calibration file (default: BoolQ validation passages)")
-    p.add_argument("--n-windows", type=cli.number(int, at_least=1), default=128)
-    p.add_argument("--seq-len", type=cli.number(int, at_least=2), default=2048)
-    p.add_argument("--seed", type=cli.number(int, at_least=0), default=0)
-    p.add_argument("--batch-size", type=cli.number(int, at_least=1), default=4)
+    p.add_argument("--n-windows", type=cli.number(int, at_least=1), default=128, help="calibration windows")
+    p.add_argument("--seq-len", type=cli.number(int, at_least=2), default=2048, help="tokens per calibration window")
+    p.add_argument("--seed", type=cli.number(int, at_least=0), default=0, help="seed of the calibration window draw")
+    p.add_argument("--batch-size", type=cli.number(int, at_least=1), default=4, help="calibration windows per forward pass")
     p.add_argument("--M", type=cli.number(float, above=0), default=13.0, help="outlier threshold multiple of the mean (OWL's M)")
     p.add_argument("--gamma", type=cli.number(int, at_least=1), default=5, help="blocks per draw, for the reported inclusion probabilities")
     p.add_argument("--out", required=True, help="scores JSON (also a valid ratio cache)")
     p.add_argument("--htsr", action="store_true", help="also compute HT-SR alphas and their Spearman rho with D")
     p.add_argument("--plot", help="PNG with ratios, sampling probabilities and alphas per block")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_name, default="cpu", help="torch device the model runs on")
     add_model_flags(p)  # --ckpt-dir, --tokenizer, --dtype
     p.add_argument("--blockwise", action="store_true", help="move one block at a time to --device (low memory)")
     return p
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> dict:
     for flag, path in (("--out", args.out), ("--plot", args.plot)):
         if path:
             check_output_file(path, flag)
+    check_model_source(args.model)
     model, tokenizer = load_model(args.model, device="cpu" if args.blockwise else args.device, dtype=DTYPES[args.dtype],
                                   ckpt_dir=args.ckpt_dir, tokenizer=args.tokenizer)  # fmt: skip
     if tokenizer is None:

@@ -3,8 +3,11 @@
 The weight fingerprint hashes, per parameter, its name and shape, a fixed strided sample of 1024
 values and an exact integer checksum of all its values (the bf16 bit patterns summed as int64). Values
 are taken at bf16 precision, so an fp32 and a bf16 load of the same checkpoint agree, while any
-changed weight changes the checksum. A cache whose fingerprint, M, model name or calibration tokens
-differ from the current ones is stale: recomputed, or refused where the caller says so.
+changed weight changes the checksum. A cache whose fingerprint, M, model name, block count or calibration
+(its tokens and their shape) differ from the current ones is stale: recomputed, or refused where the caller
+says so. Every value the record holds is part of that key except the calibration's provenance (its source and
+seed: how the tokens were drawn; the tokens themselves are compared) and the outputs (the ratios and what
+`python -m sampling` adds beside them).
 """
 from __future__ import annotations
 
@@ -26,6 +29,9 @@ from sampling.outliers import outlier_ratios
 
 SAMPLE = 1024
 CHUNK = 1 << 24
+KEY = ("model_name", "fingerprint", "M")  # plus the block count, len(ratios)
+CALIBRATION_KEY = ("tokens_sha256", "n_windows", "seq_len")
+PROVENANCE = ("source", "seed")  # of the calibration: described, not compared
 
 
 class CacheError(UserError):
@@ -81,13 +87,20 @@ def cached_ratios(path: str | Path, model: nn.Module, model_name: str, M: float,
     record = read_cache(path)
     checks = [("model name", record["model_name"], model_name), ("M", float(record["M"]), float(M)),
               ("number of blocks", len(record["ratios"]), len(model.layers))]
-    if calibration is not None:
-        checks.append(("calibration tokens", record["calibration"].get("tokens_sha256"), calibration["tokens_sha256"]))
     for what, cached, current in checks:
         if cached != current:
             raise StaleCacheError(f"{path}: stale outlier-ratio cache: {what} is {cached!r} there but {current!r} now")
     if record["fingerprint"] != weight_fingerprint(model):
         raise StaleCacheError(f"{path}: stale outlier-ratio cache: the model weights changed since it was written")
+    if calibration is not None:
+        cached = record["calibration"]
+        shape = lambda c: f"{c.get('n_windows')} x {c.get('seq_len')}"  # noqa: E731
+        if shape(cached) != shape(calibration):
+            raise StaleCacheError(f"{path}: stale outlier-ratio cache: the calibration windows are {shape(cached)} "
+                                  f"tokens there but {shape(calibration)} now")
+        if cached.get("tokens_sha256") != calibration["tokens_sha256"]:
+            raise StaleCacheError(f"{path}: stale outlier-ratio cache: the calibration tokens differ (there: from "
+                                  f"{cached.get('source')}; now: from {calibration['source']})")
     return [float(r) for r in record["ratios"]]
 
 

@@ -33,7 +33,7 @@ def one_line(main, argv, capsys) -> str:
     (["--model", NO_MODEL, "--limit", "-1"], "error: --limit: must be >= 1, got -1"),
     (["--model", NO_MODEL, "--num-fewshot", "-1"], "error: --num-fewshot: must be >= 0, got -1"),
     (["--model", NO_MODEL, "--tasks", "boolq,nope"], "error: --tasks: unknown task 'nope'"),
-    (["--model", NO_MODEL, "--tasks", "boolq"], f"error: {NO_MODEL}: no such checkpoint file or directory"),
+    (["--model", NO_MODEL, "--tasks", "boolq"], f"error: --model: {NO_MODEL!r} is neither a known model"),
     (["generate", "--model", NO_MODEL, "--dataset", "boolq", "--data", "x.json", "--num-beams", "0"],
      "error: --num-beams: must be >= 1, got 0"),
     (["--tasks", "boolq"], "error: the following arguments are required: --model"),
@@ -155,3 +155,15 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(where, tmp_
                     capsys) == f"error: --output {output}: {cause}"
     assert one_line(sampling_cli.main, ["--model", NO_MODEL, "--out", str(output)], capsys) == (
         f"error: --out {output}: {cause}")
+
+
+def test_a_warning_is_its_message_alone_on_one_line(capsys):
+    """A data file's ignored fields or dropped rows: the message, not `UserWarning` and a source line."""
+    import warnings
+
+    def main(argv):
+        warnings.warn("data.json: ignoring unknown field(s) 'extra' (first in record 0)")
+        warnings.warn("data.json: ignoring unknown field(s) 'extra' (first in record 0)")  # each time, not once
+
+    cli.run(main, [])
+    assert capsys.readouterr().err.splitlines() == ["data.json: ignoring unknown field(s) 'extra' (first in record 0)"] * 2

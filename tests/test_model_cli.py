@@ -17,7 +17,8 @@ from training.args import parse_args
 def test_every_cli_takes_the_same_dtype_names(name, canonical, tmp_path):
     (tmp_path / "x.json").write_text("[]")
     (tmp_path / "d").mkdir()
-    common = ["--dtype", name, "--tokenizer", "t.model", "--ckpt-dir", str(tmp_path / "d")]
+    (tmp_path / "t.model").write_bytes(b"")  # (the flags are checked to exist, not read)
+    common = ["--dtype", name, "--tokenizer", str(tmp_path / "t.model"), "--ckpt-dir", str(tmp_path / "d")]
     outliers = outliers_parser().parse_args(["--model", "m", "--out", "o", *common])
     parsed = [outliers]
     if canonical == "fp16":  # the same name, refused for training (fp16 would need loss scaling)
@@ -27,7 +28,7 @@ def test_every_cli_takes_the_same_dtype_names(name, canonical, tmp_path):
         parsed.append(parse_args(["--data", str(tmp_path / "x.json"), *common]))
     for args in parsed:
         assert args.dtype == canonical and DTYPES[args.dtype] is not None
-        assert (args.tokenizer, args.ckpt_dir) == ("t.model", str(tmp_path / "d"))
+        assert (args.tokenizer, args.ckpt_dir) == (str(tmp_path / "t.model"), str(tmp_path / "d"))
     with pytest.raises(UserError, match="--dtype"):
         parse_args(["--data", str(tmp_path / "x.json"), "--dtype", "int8"])
 

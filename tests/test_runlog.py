@@ -93,3 +93,20 @@ def test_smoothed_loss_is_a_debiased_moving_average():
     out = smoothed(values)
     assert out[1] == pytest.approx((0.09 * 1 + 0.1 * 3) / (1 - 0.81))
     assert max(out[20:]) - min(out[20:]) < 0.25 * (max(values) - min(values))  # the zig-zag is damped
+
+
+@pytest.mark.slow
+def test_train_logs_the_lr_each_step_used_no_empty_blocks_and_data_statistics_as_plain_lines(
+        tiny_dir, data_file, tmp_path, capsys, recwarn):
+    """Constant schedule, warmup 2: steps 1, 2, 3 use lr x 0, 0.5, 1 (the scheduler steps after the optimizer).
+    A method without sampled blocks shows no `blocks=`; truncated rows are a plain `data:` line, no warning."""
+    from helpers import run
+
+    records = run(tiny_dir, data_file, tmp_path, "--method", "full", "--max-steps", "3", "--warmup", "2",
+                  "--schedule", "constant", "--seq-len", "16")
+    assert [r["lr"] for r in records if "lr" in r] == [0.0, 1.5e-3, 3e-3]
+    out, err = capsys.readouterr()
+    assert "blocks=" not in err and "loss=" in err
+    assert [line for line in out.splitlines() if line.startswith("data: {")] == [
+        "data: {'truncated': 8} (from 8 records -> 8 rows; dropped_no_target counts rows with no response token)"]
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]

@@ -87,3 +87,31 @@ def test_corrupt_cache_files_raise(tmp_path, content, message):
 def test_no_cache_and_no_calibration_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no calibration batches"):
         load_or_compute_ratios(tiny_model(), "tiny", None, 3.0, tmp_path / "missing.json")
+
+
+def test_same_tokens_in_another_shape_are_another_calibration(tmp_path):
+    """4 windows of 16 tokens and 8 windows of 8 hash the same bytes; the shape is part of the key."""
+    model, path = tiny_model(), tmp_path / "ratios.json"
+    load_or_compute_ratios(model, "tiny", calib(), 3.0, path)
+    reshaped = [torch.cat(calib()).reshape(8, 8)]
+    with pytest.raises(StaleCacheError, match="the calibration windows are 4 x 16 tokens there but 8 x 8 now"):
+        load_or_compute_ratios(model, "tiny", reshaped, 3.0, path, on_stale="error")
+
+
+def test_every_recorded_value_is_part_of_the_key(tmp_path):
+    """What the cache writes is either compared (changing it makes the cache stale), provenance or the output."""
+    model, path = tiny_model(), tmp_path / "ratios.json"
+    load_or_compute_ratios(model, "tiny", calib(), 3.0, path)
+    record = json.loads(path.read_text())
+    assert set(record) == {*cache.KEY, "calibration", "ratios"}
+    assert set(record["calibration"]) == {*cache.CALIBRATION_KEY, *cache.PROVENANCE}
+    current = cache.describe(calib(), "batches given in Python", seed=None)
+    edits = [{"model_name": "other"}, {"fingerprint": "0" * 64}, {"M": 4.0}, {"ratios": [0.5]}]
+    assert {key for edit in edits for key in edit} == {*cache.KEY, "ratios"}
+    edits += [{"calibration": {**record["calibration"], key: 7}} for key in cache.CALIBRATION_KEY]
+    for edit in edits:
+        path.write_text(json.dumps(record | edit))
+        with pytest.raises(StaleCacheError):
+            cached_ratios(path, model, "tiny", 3.0, current)
+    path.write_text(json.dumps(record | {"calibration": {**record["calibration"], "source": "elsewhere", "seed": 3}}))
+    assert cached_ratios(path, model, "tiny", 3.0, current) == record["ratios"]  # the same tokens from another source

@@ -18,7 +18,7 @@ import yaml
 from common.cli import ArgumentParser, number
 from common.errors import UserError
 from common.plugins import add_plugin_flag, import_plugins, plugin_list, preparse
-from model.cli import add_model_flags
+from model.cli import add_model_flags, check_model_source, device_name
 from data.templates import TEMPLATES
 from optim.projector import PROJ_TYPES, PROJECTORS, SVD_METHODS
 from optim.schedule import SCHEDULES
@@ -60,13 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--model", default="smollm2-135m", help="named config, Meta/Mistral/HF dir or .gguf file")
     a("--data", help="training data (Alpaca/LLM-Adapters JSON(L), LMFlow JSON, chat JSONL, .txt); "
                "default: the commonsense set of data/commonsense.py, built into --out")
-    a("--template", default="alpaca", choices=TEMPLATES)
+    a("--template", default="alpaca", choices=TEMPLATES, help="prompt template of instruction records")
     a("--train-on-prompt", action=argparse.BooleanOptionalAction, default=True,
       help="train on every token, prompt included, as the official run (--no-train-on-prompt masks the prompt)")
     a("--no-pack", action="store_true", help="pad/truncate each record instead of packing")
-    a("--seq-len", type=number(int, at_least=2), default=512)
+    a("--seq-len", type=number(int, at_least=2), default=512, help="tokens per training row")
     # method
-    a("--method", default="owlore", choices=METHODS)
+    a("--method", default="owlore", choices=METHODS, help="what is trained: OwLore, its ablations or a baseline (docs/method.md)")
     a("--gamma", type=COUNT, help="blocks trained at a time (default: 2 for lisa as the official LISA baseline, "
                                    "5 otherwise as the official OwLore script)")
     a("--period", type=COUNT, help="steps between block draws, K (default: 3 for lisa, 50 otherwise; same sources)")
@@ -79,14 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
            "memory bounded by gamma blocks)")
     a("--M", type=POSITIVE, default=13.0, help="outlier threshold multiple of the mean Wanda score")
     a("--scores", help="outlier-ratio cache (JSON); computed and written when missing")
-    a("--calib-windows", type=COUNT, default=128)
-    a("--calib-seq-len", type=number(int, at_least=2), default=2048)
+    a("--calib-windows", type=COUNT, default=128, help="calibration windows for the outlier ratios (OWL: 128)")
+    a("--calib-seq-len", type=number(int, at_least=2), default=2048, help="tokens per calibration window (OWL: 2048)")
     a("--calib", help="calibration text file (default: the training data)")
     a("--rank", type=COUNT, default=256, help="GaLore rank, as the official script (GaLore's paper: 128)")
     a("--update-proj-gap", type=COUNT, default=100,
       help="steps between projector updates, as the official script (GaLore's paper: 200)")
     a("--galore-scale", type=POSITIVE, default=1.0, help="GaLore update scale, as the official script (GaLore's paper: 0.25)")
-    a("--proj-type", default="std", choices=PROJ_TYPES)
+    a("--proj-type", default="std", choices=PROJ_TYPES, help="GaLore projection side: std projects the smaller side, reverse_std the larger; left, right or full")
     a("--svd", choices=("auto", *SVD_METHODS),
       help="projector SVD (default: exact, as the official code; randomized with --lean); "
            "auto: randomized for models of >= 1B parameters, exact below")
@@ -95,26 +95,26 @@ def build_parser() -> argparse.ArgumentParser:
     a("--svd-power-iters", type=NONNEG, default=2, help="randomized SVD: power iterations (raise for flat spectra)")
     a("--reproject-moments", action="store_true", help="carry Adam's first moment into each new subspace")
     a("--fp32-moments", action="store_true", help="Adam moments in fp32 for bf16 weights (they can decay)")
-    a("--lora-rank", type=COUNT, default=8)
-    a("--lora-alpha", type=POSITIVE, default=16.0)
-    a("--lora-dropout", type=number(float, at_least=0), default=0.05)
+    a("--lora-rank", type=COUNT, default=8, help="LoRA rank r (--method lora)")
+    a("--lora-alpha", type=POSITIVE, default=16.0, help="LoRA scale alpha; the update is scaled by alpha / r")
+    a("--lora-dropout", type=number(float, at_least=0), default=0.05, help="dropout on the LoRA input")
     # optimisation
-    a("--lr", type=POSITIVE, default=3e-4)
+    a("--lr", type=POSITIVE, default=3e-4, help="peak learning rate")
     a("--eps", type=NONNEG_FLOAT, help=f"Adam eps (default: 1e-6 for galore/owlore as galore-torch, "
                                         f"{HF_ADAMW_EPS:g} otherwise as HF Trainer's AdamW)")
-    a("--weight-decay", type=NONNEG_FLOAT, default=0.0)
-    a("--schedule", default="linear", choices=SCHEDULES)
-    a("--warmup", type=NONNEG, default=0)
+    a("--weight-decay", type=NONNEG_FLOAT, default=0.0, help="AdamW decoupled weight decay")
+    a("--schedule", default="linear", choices=SCHEDULES, help="learning-rate schedule after the warmup")
+    a("--warmup", type=NONNEG, default=0, help="linear warmup steps from lr 0")
     a("--max-steps", type=COUNT, help="optimizer steps (default: --epochs worth of steps)")
-    a("--epochs", type=POSITIVE, default=1.0)
+    a("--epochs", type=POSITIVE, default=1.0, help="passes over the training data when --max-steps is not given")
     a("--batch-size", type=COUNT, default=16, help="global batch per optimizer step")
-    a("--grad-accum", type=COUNT, default=1)
+    a("--grad-accum", type=COUNT, default=1, help="micro-batches per optimizer step (--batch-size must divide)")
     a("--max-grad-norm", type=NONNEG_FLOAT, help="global-norm clipping (default: 1.0, the HF Trainer default the "
       "official run inherits; 0 turns it off; off by default with --fused, which cannot clip)")
     a("--fused", action="store_true", help="step each parameter in its grad hook and free the grad")
     a("--chunked-ce", action="store_true", help="cross-entropy in chunks, never the full fp32 logits")
     add_model_flags(p, dtype_default=None)  # --ckpt-dir, --tokenizer, --dtype
-    a("--device", help="default: cuda if available, else cpu")
+    a("--device", type=device_name, help="torch device (default: cuda if available, else cpu)")
     a("--grad-ckpt", action="store_true", help="activation checkpointing per block")
     a("--compile", action=argparse.BooleanOptionalAction,
       help="torch.compile each decoder block (default: on for CUDA, off on CPU, where it did not win; "
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--memory-report", action=argparse.BooleanOptionalAction, default=True,
       help="simulate the step's memory on fake tensors before training and report it beside the measured peak")
     a("--lean", action="store_true", help="lean-memory preset: fused, chunked CE, grad ckpt, randomized SVD")
-    a("--seed", type=NONNEG, default=111)
+    a("--seed", type=NONNEG, default=111, help="seed of the data order, block draws, calibration windows and initialisation")
     # output
     a("--out", default="runs/latest", help="run folder (default: runs/latest; with --resume: the resumed run's)")
     a("--overwrite", action="store_true", help="replace the run that --out already holds")
@@ -174,7 +174,7 @@ def load_config_file(path: str) -> dict:
 
 def as_tokens(parser: argparse.ArgumentParser, values: dict, source: str) -> list[str]:
     """`values` ({dest: value}) as command-line tokens, checked by parsing them alone."""
-    actions = {action.dest: action for action in parser._actions if action.option_strings and action.dest != "help"}
+    actions = {action.dest: action for action in parser._actions if action.option_strings and action.dest not in ("help", "debug")}
     unknown = sorted(set(values) - set(actions))
     if unknown:
         raise UserError(f"{source}: unknown keys {', '.join(unknown)}")
@@ -304,20 +304,11 @@ def check_consistency(args: argparse.Namespace) -> None:
     for flag, value in (("--data", args.data), ("--eval-data", args.eval_data), ("--calib", args.calib)):
         if value and not Path(value).is_file():
             raise UserError(f"{flag}: {value}: no such file")
-    check_model_source(args.model, args.ckpt_dir)
-
-
-def check_model_source(model: str, ckpt_dir: str | None) -> None:
-    """--model is a known config name or an existing checkpoint file or folder."""
-    from model.config import CONFIGS
-
-    if model in CONFIGS:
-        if ckpt_dir is not None and not Path(ckpt_dir).is_dir():
-            raise UserError(f"--ckpt-dir: {ckpt_dir}: no such folder")
-        return
-    if not Path(model).exists():
-        raise UserError(f"--model: {model!r} is neither a known model ({', '.join(CONFIGS)}) "
-                        "nor an existing checkpoint file or folder")
+    check_model_source(args.model)
+    if args.lora_dropout >= 1:
+        raise UserError(f"--lora-dropout: must be < 1, got {args.lora_dropout}")
+    if args.scores and Path(args.scores).is_dir():
+        raise UserError(f"--scores {args.scores}: is a folder; name a file")
 
 
 def write_config(args: argparse.Namespace, out: Path, resumed_from: Path | None = None, resolved: dict | None = None,

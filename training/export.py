@@ -23,7 +23,7 @@ from common import cli
 from common.lock import FolderLock
 from common.outputs import check_output_folder, clear_output_folder
 from common.plugins import add_plugin_flag, import_plugins, plugin_list
-from model.cli import DTYPES, add_model_flags
+from model.cli import DTYPES, add_model_flags, check_model_source
 from model.load import load_model
 from model.peft_format import write_peft_adapter
 from model.gguf_format import WRITE_TYPES
@@ -103,7 +103,7 @@ def _exported_model(checkpoint: Path, sharded: bool, args: dict, source: str, ck
 def main(argv: list[str] | None = None) -> None:
     p = cli.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a step-NNNNNN folder, or a run folder (its newest checkpoint)")
-    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--format", required=True, choices=FORMATS, help="what to write: hf (transformers), meta, gguf (llama.cpp) or peft (LoRA adapter)")
     p.add_argument("--out", help="output folder (default: the checkpoint folder name + -FORMAT)")
     p.add_argument("--model", help="base model of the run (default: the one in trainer.pt)")
     p.add_argument("--overwrite", action="store_true", help="clear --out first when it holds files")
@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     add_model_flags(p, dtype_default=None)
     add_plugin_flag(p)
     args = p.parse_args(argv)
+    if args.model:
+        check_model_source(args.model)
     checkpoint = resolve_checkpoint(args.checkpoint)
     saved = read_trainer_state(checkpoint).get("args") or {}
     import_plugins([*plugin_list(saved.get("plugin"), str(checkpoint / "trainer.pt")), *(args.plugin or [])])
