@@ -18,6 +18,7 @@ from common import cli
 from common.errors import UserError
 from common.io import write_json, write_jsonl
 from common.outputs import check_output_file
+from common.plugins import add_plugin_flag, import_plugins, preparse
 from eval.report import results_table
 
 from model.cli import DTYPES, add_model_flags, check_model_source, device_name
@@ -40,6 +41,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="Meta/Mistral/HF dir, .gguf file or config name")
     p.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu", help="torch device to evaluate on")
     add_model_flags(p)
+    add_plugin_flag(p)
 
 
 def harness_main(argv: list[str]) -> None:
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _dispatch(argv: list[str]) -> None:
+    import_plugins(preparse(argv).plugin)  # a plugin's model family, before the model loads
     commands = {"generate": generate_main, "mtbench": mtbench_main}
     if argv and argv[0] in commands:
         commands[argv[0]](argv[1:])

@@ -11,6 +11,7 @@ from common import cli
 from common.errors import UserError
 from common.io import write_json
 from common.outputs import check_output_file
+from common.plugins import add_plugin_flag, import_plugins, preparse
 from model.cli import DTYPES, add_model_flags, check_model_source, device_name
 from sampling.cache import make_record
 from sampling.calibration import batches, boolq_passages, calibration_windows, describe, read_documents
@@ -38,6 +39,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=device_name, default="cpu", help="torch device the model runs on")
     add_model_flags(p)  # --ckpt-dir, --tokenizer, --dtype
     p.add_argument("--blockwise", action="store_true", help="move one block at a time to --device (low memory)")
+    add_plugin_flag(p)
     return p
 
 
@@ -117,6 +119,7 @@ def _print_summary(record: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import_plugins(preparse(argv or []).plugin)  # a plugin's model family, before the model loads
     run(parser().parse_args(argv))
 
 

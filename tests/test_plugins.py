@@ -200,3 +200,26 @@ def test_a_family_of_a_plugin_trains_and_its_checkpoint_exports_with_the_plugin_
     export_main([str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")])  # the run's plugin again
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert (config["model_type"], config["architectures"]) == ("plugin_llama", ["PluginLlamaForCausalLM"])
+
+
+def test_eval_and_sampling_load_a_model_of_a_plugin_family_given_by_plugin(tmp_path, plugin):
+    family = plugin.parent / "my_family.py"
+    import_plugin(str(family))
+    torch.manual_seed(0)
+    config = get_config("tiny", n_layers=2, vocab_size=32000, max_seq_len=64, family="plugin_llama")
+    save_model(Transformer(config), tmp_path / "m", format="hf", tokenizer=asset_path("mistral-v1-tokenizer"))
+    forget_plugin()
+    calib = tmp_path / "calib.txt"
+    calib.write_text("Plain calibration text for the plugin family. " * 40)
+    from eval.__main__ import main as eval_main
+    from sampling.__main__ import main as sampling_main
+    with pytest.raises(SystemExit, match="plugin_llama"):  # without the plugin the family is unknown: one line
+        eval_main(["--model", str(tmp_path / "m"), "--tasks", "boolq", "--limit", "1", "--device", "cpu"])
+    eval_main(["--plugin", str(family), "--model", str(tmp_path / "m"), "--tasks", "boolq", "--limit", "2",
+               "--dtype", "float32", "--device", "cpu", "--output", str(tmp_path / "r.json")])
+    assert json.loads((tmp_path / "r.json").read_text())["config"]["n_examples"] == 2
+    forget_plugin()
+    cli.run(sampling_main, ["--plugin", str(family), "--model", str(tmp_path / "m"), "--calib", str(calib),
+                            "--n-windows", "2", "--seq-len", "16", "--gamma", "1", "--M", "2", "--dtype", "float32",
+                            "--out", str(tmp_path / "s.json")])
+    assert len(json.loads((tmp_path / "s.json").read_text())["ratios"]) == 2
