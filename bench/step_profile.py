@@ -25,15 +25,18 @@ from common import cli
 from common.errors import UserError
 from model import get_config
 from training.memory import Session, prepare, reach_steady_state, run_steps
+from training.compile import compile_blocks
 from training.methods import METHODS
 from training.step import apply_gradients, backward_micro_batches, gradient_norm, trainable_with_grad
 
 
-def session(config, method: str, a: argparse.Namespace) -> Session:
+def session(config, method: str, a: argparse.Namespace, compiled: bool = False) -> Session:
     flags = ["--method", method, "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len), "--gamma",
              str(a.gamma), "--rank", str(a.rank), "--period", "1000000", *a.flags.split()]
     torch.manual_seed(0)
     s = prepare(config, train_args(flags), torch.float32)
+    if compiled:
+        compile_blocks(s.model)  # as train.py does, after LoRA wrapped the linears
     reach_steady_state(s)
     run_steps(s, 2)  # the draw, the state, the projectors; later steps are the steady state
     return s
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=cli.number(int, at_least=1), default=7, help="timed steps per method, interleaved (default: %(default)s)")
     p.add_argument("--top", type=cli.number(int, at_least=1), default=8, help="operators listed per method (default: %(default)s)")
     p.add_argument("--flags", default="", help="more train.py flags for every method (default: none)")
+    p.add_argument("--compile", action="store_true",
+                   help="also each method with its blocks compiled (train.py --compile), in the same rounds (default: off)")
     p.add_argument("--threads", type=cli.number(int, at_least=0), default=0, help="torch threads, 0 = torch's choice (default: %(default)s)")
     a = p.parse_args(argv)
     for m in a.methods:
@@ -97,18 +102,28 @@ def main(argv: list[str] | None = None) -> None:
     config = get_config("llama2-7b", dim=a.dim, n_layers=a.layers, n_heads=a.heads, n_kv_heads=a.heads,
                         ffn_dim=a.ffn, vocab_size=a.vocab, max_seq_len=max(a.seq_len, 128))
     sessions = {m: session(config, m, a) for m in a.methods}
-    times: dict[str, list[float]] = {m: [] for m in a.methods}
+    if a.compile:
+        torch._dynamo.utils.counters.clear()
+        sessions |= {f"{m} compiled": session(config, m, a, compiled=True) for m in a.methods}
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    names = list(sessions)
+    times: dict[str, list[float]] = {m: [] for m in names}
     for _ in range(a.rounds):
-        for m in a.methods:
+        for m in names:
             times[m].append(timed_step(sessions[m]))
     print(f"{a.rounds} rounds, {torch.get_num_threads()} threads; step seconds (median) and the per-round ratio to full")
     print("| method | median step s | ratio to full, median | range | forward+backward s | optimizer s |")
     print("|---|---|---|---|---|---|")
-    for m in a.methods:
+    for m in names:
         ratios = [t / f for t, f in zip(times[m], times["full"])]
         split = phases(sessions[m])
         print(f"| {m} | {statistics.median(times[m]):.3f} | {statistics.median(ratios):.3f} | "
               f"{min(ratios):.3f}-{max(ratios):.3f} | {split['forward+backward']:.3f} | {split['optimizer']:.3f} |")
+    if a.compile:
+        print(f"compiled / eager per round (median): " + ", ".join(
+            f"{m} {statistics.median(c / e for c, e in zip(times[f'{m} compiled'], times[m])):.3f}" for m in a.methods)
+              + f"; graphs compiled in all: {graphs}, after the warm-up steps: "
+              + str(torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs))
     for m in a.methods:
         print(f"\n{m}: top operators of one step (self CPU)")
         for name, ms, share in top_ops(sessions[m], a.top):
