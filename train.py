@@ -37,12 +37,13 @@ from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibrat
                       plot_sampling_counts, read_documents)
 from sampling.calibration import training_documents
 from training.args import parse_args, resolve_svd, step_config, write_config
-from training.checkpoint import (CheckpointError, checkpoints, clear_run, load_checkpoint, resolve_checkpoint,
-                                 save_checkpoint)
+from training.checkpoint import (CheckpointError, checkpoints, clear_run, is_legacy, load_checkpoint,
+                                 resolve_checkpoint, save_checkpoint)
 from training.compile import compile_blocks, use_compile
 from training.distributed import World, close_world, init_world, on_main, sum_scalar, together
 from training.fsdp import shard_model
 from training.heldout import HeldOut
+from training.legacy_checkpoint import load_legacy_checkpoint
 from training.inputs import check_providers, provide_inputs, register_input
 from training.memory import MemoryReport, format_report, simulate_memory
 from training.methods import METHODS, active_block_indices
@@ -50,7 +51,6 @@ from training.out_folder import check_out_folder, own_out
 from training.stop import SIGNALS, StopFlag
 from training.metrics import current_memory_bytes, peak_memory_bytes
 from training.runlog import RunLog
-from training.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 from training.sharded_export import export_peft_sharded, export_sharded
 from training.step import (StepConfig, apply_gradients, backward_micro_batches, build_optimizer, gradient_norm,
                            start_period, trainable_with_grad)
@@ -284,12 +284,15 @@ def shard_units(c: Context) -> Callable[[list[dict]], list[dict]]:
 
 
 def resume(c: Context, optimizer: GaLoreAdamW, scheduler, loader: BatchLoader, sampler: LayerSampler | None) -> int:
-    """Weights, optimizer, scheduler, sampler, data position and RNG, exactly where they were; the step."""
-    if (c.resumed_from / "shards").is_dir() != c.distributed:  # DCP shards (several ranks or --fsdp), or model.pt
-        how = ("by one process without --fsdp; resume it so" if c.distributed else
-               "by several ranks or with --fsdp; resume it with --fsdp (on any number of processes) or under torchrun")
-        raise UserError(f"--resume {c.resumed_from}: the checkpoint was written {how}")
-    state = (load_sharded_checkpoint if c.distributed else load_checkpoint)(c.resumed_from, c.model, optimizer)
+    """Weights, optimizer, scheduler, sampler, data position and RNG, exactly where they were; the step.
+    A checkpoint written by any number of processes resumes on any other (DCP reshards)."""
+    if is_legacy(c.resumed_from):  # model.pt of an earlier version: one process, positions not names
+        if c.distributed:
+            raise UserError(f"--resume {c.resumed_from}: a checkpoint of an earlier version (model.pt) resumes in "
+                            "one process without --fsdp only; its next checkpoint resumes anywhere")
+        state = load_legacy_checkpoint(c.resumed_from, c.model, optimizer)
+    else:
+        state = load_checkpoint(c.resumed_from, c.model, optimizer)
     scheduler.load_state_dict(state["scheduler"])
     try:  # the data (its row count) and the sampler's configuration must be the checkpoint's
         loader.load_state_dict(state["loader"])
@@ -366,13 +369,10 @@ def save(run: Run, step: int) -> None:
     """A checkpoint after `step` steps, of finite weights only (checked on every rank: the verdicts agree)."""
     c = run.context
     check_weights(c.model, step, c.out)
-    if not (c.world.is_main or c.distributed):
-        return
     saved_args = {k: v for k, v in c.resolved_args().items() if k != "changed_on_resume"}
     state = dict(step=step, scheduler=run.scheduler.state_dict(), loader=run.loader.state_dict(),
                  sampler=run.sampler.state_dict() if run.sampler else None, args=saved_args)
-    write = save_sharded_checkpoint if c.distributed else save_checkpoint
-    c.say(f"checkpoint: {write(c.out, step, c.model, run.optimizer, state, keep=c.args.keep_checkpoints)}")
+    c.say(f"checkpoint: {save_checkpoint(c.out, step, c.model, run.optimizer, state, keep=c.args.keep_checkpoints)}")
 
 
 def finish(run: Run, stopped: bool) -> None:

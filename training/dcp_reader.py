@@ -5,17 +5,25 @@ torch's FileSystemReader loads ``shards/.metadata`` with plain ``pickle.load``: 
 dataclasses, torch.Size, dtypes, layouts, paths) and refuses anything else before it is called. Byte entries
 (which DCP loads with ``torch.load(weights_only=False)``) are not admitted either: our checkpoints hold tensors
 only, which DCP reads with ``weights_only=True``. Every shard file the metadata points to must lie in the folder.
+`load_tensors` is the one way this project fills tensors from a DCP folder, in one process or on every rank.
 """
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from training.checkpoint import CheckpointError
+from common.errors import UserError
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be written, read or applied; the message names the file."""
 
 _METADATA = "torch.distributed.checkpoint.metadata"
 ALLOWED = frozenset({
@@ -66,3 +74,12 @@ class SafeReader(FileSystemReader):
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+
+def load_tensors(shards: Path, state: dict) -> None:
+    """Fill the tensors of `state` (plain or DTensors, nested dicts keyed as saved) in place from the DCP
+    folder `shards`, through `SafeReader`; with a process group a collective (every rank calls it), without
+    one a read in this process alone. Only the keys of `state` are read."""
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, storage_reader=SafeReader(shards), no_dist=not dist.is_initialized())
