@@ -22,7 +22,7 @@ from model.hf_format import read_hf_dir
 from model.meta_format import read_meta_dir
 from helpers import ROOT, run
 from training import export
-from training.checkpoint import checkpoints
+from training.checkpoint import checkpoints, read_weights
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def trained(tiny_dir, data_file, tmp_path_factory) -> Path:
 
 
 def trained_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(checkpoints(run_dir)[-1] / "model.pt", weights_only=True)
+    return read_weights(checkpoints(run_dir)[-1])
 
 
 def one_line(main, argv: list[str]) -> str:

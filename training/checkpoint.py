@@ -26,10 +26,11 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-from training.dcp_reader import CheckpointError, load_tensors, read_metadata
+from training.dcp_reader import CheckpointError, failure, load_tensors, read_metadata
 from training.optimizer_state import optimizer_template, optimizer_tensors, restore_optimizer
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
@@ -81,10 +82,10 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
         if main:
             torch.save({**trainer_state, "rng": rng_state(), "optimizer": optim_meta}, staging / "trainer.pt")
             make_durable(staging)
-    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+    except (OSError, RuntimeError, CheckpointException) as err:  # torch.save: a full disk is a RuntimeError
         shutil.rmtree(staging, ignore_errors=True)
         free = shutil.disk_usage(run_dir).free
-        cause = str(err).splitlines()[0] if str(err) else type(err).__name__
+        cause = failure(err)
         raise CheckpointError(f"{staging}: writing the step-{step} checkpoint failed ({cause}); removed the "
                               f"partial folder; {free / 2**30:.2f} GiB free on that disk") from err
     if main:

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from common.errors import UserError
@@ -80,6 +81,20 @@ def load_tensors(shards: Path, state: dict) -> None:
     """Fill the tensors of `state` (plain or DTensors, nested dicts keyed as saved) in place from the DCP
     folder `shards`, through `SafeReader`; with a process group a collective (every rank calls it), without
     one a read in this process alone. Only the keys of `state` are read."""
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.load(state, storage_reader=SafeReader(shards), no_dist=not dist.is_initialized())
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, storage_reader=SafeReader(shards), no_dist=not dist.is_initialized())
+    except CheckpointError:
+        raise
+    except (CheckpointException, Exception) as err:  # a truncated or missing shard file: DCP raises many types
+        raise CheckpointError(f"{shards}: cannot be read ({failure(err)}); resume from an earlier checkpoint") from None
+
+
+def failure(err: BaseException) -> str:
+    """The first line of what went wrong, also inside DCP's CheckpointException (a BaseException holding each
+    rank's exception)."""
+    if isinstance(err, CheckpointException) and err.failures:
+        err = next(iter(err.failures.values()))[0]
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

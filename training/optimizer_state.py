@@ -55,7 +55,8 @@ def optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> tup
                     steps[name] = value
     groups = [{k: (v.spec() if k == "projector" and v is not None else v) for k, v in g.items() if k != "params"}
               for g in optimizer.param_groups]
-    return tensors, {"layout": layout, "scalars": steps, "param_groups": groups}
+    members = [[names[p] for p in g["params"]] for g in optimizer.param_groups]
+    return tensors, {"layout": layout, "scalars": steps, "param_groups": groups, "group_params": members}
 
 
 def _layout(p: torch.Tensor, key: str, value: torch.Tensor, projector) -> str:
@@ -96,8 +97,13 @@ def restore_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, tensor
                       where: Path) -> None:
     """Replace `optimizer`'s state by the loaded `tensors` and trainer.pt's remainder `meta`."""
     if len(meta["param_groups"]) != len(optimizer.param_groups):
-        raise CheckpointError(f"{where}: has {len(meta['param_groups'])} optimizer groups, this run "
-                              f"{len(optimizer.param_groups)} (saved for another method or model?)")
+        raise CheckpointError(f"{where / 'trainer.pt'}: does not fit this optimizer: {len(meta['param_groups'])} "
+                              f"groups, this run has {len(optimizer.param_groups)} (saved for another method or model?)")
+    names = {p: name for name, p in model.named_parameters()}
+    mine = [[names[p] for p in g["params"]] for g in optimizer.param_groups]
+    if meta.get("group_params", mine) != mine:
+        raise CheckpointError(f"{where / 'trainer.pt'}: does not fit this optimizer: its groups hold other "
+                              "parameters (saved for another method or model?)")
     params = dict(model.named_parameters())
     optimizer.state.clear()
     for key, value in [*tensors.items(), *meta["scalars"].items()]:
