@@ -27,11 +27,10 @@ from common.errors import Stopped, UserError
 from common.outputs import check_output_folder, clear_output_folder
 from data import BatchLoader, build_dataset, load_records
 from data.commonsense import TRAIN_FILE, build_commonsense
-from model import load_model, save_model
+from model import load_model
 from model.load import check_tokenizer_fits
 from model.cli import DTYPES
-from model.peft_format import write_peft_adapter
-from optim import GaLoreAdamW, lr_lambda, merge_lora
+from optim import GaLoreAdamW, lr_lambda
 from optim.fused import FusedStepHandle
 from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibration_windows, load_or_compute_ratios,
                       plot_sampling_counts, read_documents)
@@ -51,7 +50,7 @@ from training.out_folder import check_out_folder, own_out
 from training.stop import SIGNALS, StopFlag
 from training.metrics import current_memory_bytes, peak_memory_bytes
 from training.runlog import RunLog
-from training.sharded_export import export_peft_sharded, export_sharded
+from training.export_writer import export_adapter, export_model
 from training.step import (StepConfig, apply_gradients, backward_micro_batches, build_optimizer, gradient_norm,
                            start_period, trainable_with_grad)
 
@@ -384,28 +383,22 @@ def finish(run: Run, stopped: bool) -> None:
         expected = None if run.sampler.policy.dynamic else run.sampler.inclusion_probabilities("monte_carlo")
         plot_sampling_counts(c.out / "sampling_counts.png", run.sampler.counts, expected,
                              title=f"{c.args.method}: periods each block was active")
-    if c.args.save_format != "none" and not stopped and (c.world.is_main or c.distributed):
+    if c.args.save_format != "none" and not stopped:
         export(c)
 
 
 def export(c: Context) -> None:
-    """The weights in formats other tools open: the LoRA adapter (PEFT) first, then the merged weights.
-    Distributed: every rank gathers and writes them block by block; one process: written from memory."""
+    """The weights in formats other tools open: the LoRA adapter (PEFT) first, then the merged weights, by the
+    writer `python -m training.export` uses (gathered block by block on several ranks; every rank calls this)."""
     args, out = c.args, c.out
     if c.world.is_main:  # the run's own folders, cleared (a resumed run's old export: only with --overwrite)
         for name in export_folders(args):
             clear_output_folder(check_output_folder(out / name, "--out", overwrite=True))
     if METHODS[args.method].adapters:
-        write_adapter = export_peft_sharded if c.distributed else write_peft_adapter
-        write_adapter(c.model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
+        export_adapter(c.model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
         c.say(f"saved the LoRA adapter (PEFT) to {out / 'final-peft'}")
-        if not c.distributed:  # (the sharded writer merges as it gathers)
-            merge_lora(c.model)
     for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
-        if c.distributed:
-            export_sharded(c.model, out / f"final-{fmt}", fmt, c.tokenizer)
-        else:
-            save_model(c.model, out / f"final-{fmt}", format=fmt, tokenizer=c.tokenizer)
+        export_model(c.model, out / f"final-{fmt}", fmt, c.tokenizer)
         c.say(f"saved {fmt} weights to {out / f'final-{fmt}'}")
 
 

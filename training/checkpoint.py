@@ -178,15 +178,14 @@ def saved_tensors(path: Path) -> dict[str, TensorStorageMetadata]:
     return {k: v for k, v in saved.items() if isinstance(v, TensorStorageMetadata)}
 
 
-def check_fits(path: Path, saved: dict, state: dict[str, torch.Tensor], what: str) -> None:
-    """Every tensor of `state` (a model's state dict) is in the checkpoint with its shape, and no other."""
-    mine = {f"model.{name}": tuple(t.shape) for name, t in state.items()}
-    for key, shape in mine.items():
-        found = saved.get(key)
+def check_fits(path: Path, saved: dict, shapes: dict[str, tuple[int, ...]], what: str) -> None:
+    """Every tensor of a model (name -> shape) is in the checkpoint with its shape, and no other."""
+    for name, shape in shapes.items():
+        found = saved.get(f"model.{name}")
         if found is None or tuple(found.size) != shape:
             got = "missing" if found is None else f"of shape {tuple(found.size)}"
-            raise CheckpointError(f"{path / 'shards'}: does not fit {what}: tensor {key[6:]} is {got}, expected {shape}")
-    extra = sorted(k[6:] for k in saved if k.startswith("model.") and k not in mine)
+            raise CheckpointError(f"{path / 'shards'}: does not fit {what}: tensor {name} is {got}, expected {shape}")
+    extra = sorted(k[6:] for k in saved if k.startswith("model.") and k[6:] not in shapes)
     if extra:
         raise CheckpointError(f"{path / 'shards'}: does not fit {what}: it also holds {', '.join(extra[:3])}"
                               f"{' ...' if len(extra) > 3 else ''}")
@@ -203,7 +202,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         raise CheckpointError(f"{path / 'trainer.pt'}: has no optimizer state; the checkpoint is incomplete")
     saved = saved_tensors(path)
     model_state = get_model_state_dict(model)  # the model's own tensors (shards under FSDP), filled in place
-    check_fits(path, saved, model_state, "this model")
+    check_fits(path, saved, {name: tuple(t.shape) for name, t in model_state.items()}, "this model")
     optim = optimizer_template(model, meta, saved, path)
     load_tensors(path / "shards", {"model": model_state, "optim": optim})
     set_model_state_dict(model, model_state)
