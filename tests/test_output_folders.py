@@ -4,6 +4,8 @@ fit together, naming them; a second writer of a locked folder gets one line with
 after the holder was killed (the OS drops the lock)."""
 from __future__ import annotations
 
+import json
+
 import os
 import shutil
 import subprocess
@@ -58,7 +60,8 @@ def test_export_beside_a_stale_sharded_export_is_refused_and_overwrite_replaces_
     assert sorted(p.name for p in out.iterdir()) == stale  # untouched
 
     export.main([str(trained), "--format", "hf", "--out", str(out), "--overwrite"])
-    assert not (out / "model.safetensors.index.json").exists() and not (out / LOCK_FILE).exists()
+    listed = set(json.loads((out / "model.safetensors.index.json").read_text())["weight_map"].values())
+    assert {p.name for p in out.glob("*.safetensors")} == listed and not (out / LOCK_FILE).exists()  # no stale shard
     _, state = read_hf_dir(out)
     expected = trained_weights(trained)
     assert all(torch.equal(state[k], expected[k]) for k in expected)
