@@ -3,8 +3,8 @@
 fit together, naming them; a second writer of a locked folder gets one line with the holder's pid, also
 after the holder was killed (the OS drops the lock)."""
 from __future__ import annotations
-import json
 
+import json
 import os
 import shutil
 import subprocess
