@@ -27,23 +27,23 @@ from common.errors import Stopped, UserError
 from common.outputs import check_output_folder, clear_output_folder
 from data import BatchLoader, build_dataset, load_records
 from data.commonsense import TRAIN_FILE, build_commonsense
-from model import load_model, save_model
+from model import load_model
 from model.load import check_tokenizer_fits
 from model.cli import DTYPES
-from model.peft_format import write_peft_adapter
-from optim import GaLoreAdamW, lr_lambda, merge_lora
+from optim import GaLoreAdamW, lr_lambda
 from optim.fused import FusedStepHandle
 from sampling import (POLICIES, CacheError, LayerSampler, block_alphas, calibration_windows, load_or_compute_ratios,
                       plot_sampling_counts, read_documents)
 from sampling.calibration import training_documents
 from training.args import parse_args, resolve_svd, step_config, write_config
-from training.checkpoint import (CheckpointError, checkpoints, clear_run, load_checkpoint, read_trainer_state,
-                                 resolve_checkpoint, save_checkpoint)
+from training.checkpoint import (CheckpointError, checkpoints, clear_run, is_legacy, load_checkpoint,
+                                 read_trainer_state, resolve_checkpoint, save_checkpoint)
 from training.compile import compile_blocks, use_compile
 from training.distributed import World, close_world, init_world, on_main, sum_scalar, together
 from training.fingerprints import check_fingerprints, run_fingerprints
 from training.fsdp import shard_model
 from training.heldout import HeldOut
+from training.legacy_checkpoint import load_legacy_checkpoint
 from training.inputs import check_providers, provide_inputs, register_input
 from training.memory import MemoryReport, format_report
 from training.memory_cache import memory_report
@@ -52,8 +52,7 @@ from training.out_folder import check_out_folder, own_out
 from training.stop import SIGNALS, StopFlag
 from training.metrics import current_memory_bytes, peak_memory_bytes
 from training.runlog import RunLog
-from training.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
-from training.sharded_export import export_peft_sharded, export_sharded
+from training.export_writer import export_adapter, export_model
 from training.step import (StepConfig, apply_gradients, backward_micro_batches, build_optimizer, gradient_norm,
                            start_period, trainable_with_grad)
 
@@ -293,12 +292,15 @@ def shard_units(c: Context) -> Callable[[list[dict]], list[dict]]:
 
 
 def resume(c: Context, optimizer: GaLoreAdamW, scheduler, loader: BatchLoader, sampler: LayerSampler | None) -> int:
-    """Weights, optimizer, scheduler, sampler, data position and RNG, exactly where they were; the step."""
-    if (c.resumed_from / "shards").is_dir() != c.distributed:  # DCP shards (several ranks or --fsdp), or model.pt
-        how = ("by one process without --fsdp; resume it so" if c.distributed else
-               "by several ranks or with --fsdp; resume it with --fsdp (on any number of processes) or under torchrun")
-        raise UserError(f"--resume {c.resumed_from}: the checkpoint was written {how}")
-    state = (load_sharded_checkpoint if c.distributed else load_checkpoint)(c.resumed_from, c.model, optimizer)
+    """Weights, optimizer, scheduler, sampler, data position and RNG, exactly where they were; the step.
+    A checkpoint written by any number of processes resumes on any other (DCP reshards)."""
+    if is_legacy(c.resumed_from):  # model.pt of an earlier version: one process, positions not names
+        if c.distributed:
+            raise UserError(f"--resume {c.resumed_from}: a checkpoint of an earlier version (model.pt) resumes in "
+                            "one process without --fsdp only; its next checkpoint resumes anywhere")
+        state = load_legacy_checkpoint(c.resumed_from, c.model, optimizer)
+    else:
+        state = load_checkpoint(c.resumed_from, c.model, optimizer)
     scheduler.load_state_dict(state["scheduler"])
     try:  # the data (its row count) and the sampler's configuration must be the checkpoint's
         loader.load_state_dict(state["loader"])
@@ -378,13 +380,11 @@ def save(run: Run, step: int) -> None:
     """A checkpoint after `step` steps, of finite weights only (checked on every rank: the verdicts agree)."""
     c = run.context
     check_weights(c.model, step, c.out)
-    if not (c.world.is_main or c.distributed):
-        return
     saved_args = {k: v for k, v in c.resolved_args().items() if k != "changed_on_resume"}
     state = dict(step=step, scheduler=run.scheduler.state_dict(), loader=run.loader.state_dict(),
-                 sampler=run.sampler.state_dict() if run.sampler else None, args=saved_args, fingerprints=c.fingerprints)
-    write = save_sharded_checkpoint if c.distributed else save_checkpoint
-    c.say(f"checkpoint: {write(c.out, step, c.model, run.optimizer, state, keep=c.args.keep_checkpoints)}")
+                 sampler=run.sampler.state_dict() if run.sampler else None, args=saved_args,
+                 fingerprints=c.fingerprints)
+    c.say(f"checkpoint: {save_checkpoint(c.out, step, c.model, run.optimizer, state, keep=c.args.keep_checkpoints)}")
 
 
 def finish(run: Run, stopped: bool) -> None:
@@ -396,28 +396,22 @@ def finish(run: Run, stopped: bool) -> None:
         expected = None if run.sampler.policy.dynamic else run.sampler.inclusion_probabilities("monte_carlo")
         plot_sampling_counts(c.out / "sampling_counts.png", run.sampler.counts, expected,
                              title=f"{c.args.method}: periods each block was active")
-    if c.args.save_format != "none" and not stopped and (c.world.is_main or c.distributed):
+    if c.args.save_format != "none" and not stopped:
         export(c)
 
 
 def export(c: Context) -> None:
-    """The weights in formats other tools open: the LoRA adapter (PEFT) first, then the merged weights.
-    Distributed: every rank gathers and writes them block by block; one process: written from memory."""
+    """The weights in formats other tools open: the LoRA adapter (PEFT) first, then the merged weights, by the
+    writer `python -m training.export` uses (gathered block by block on several ranks; every rank calls this)."""
     args, out = c.args, c.out
     if c.world.is_main:  # the run's own folders, cleared (a resumed run's old export: only with --overwrite)
         for name in export_folders(args):
             clear_output_folder(check_output_folder(out / name, "--out", overwrite=True))
     if METHODS[args.method].adapters:
-        write_adapter = export_peft_sharded if c.distributed else write_peft_adapter
-        write_adapter(c.model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
+        export_adapter(c.model, out / "final-peft", base_model=str(args.model), dropout=args.lora_dropout)
         c.say(f"saved the LoRA adapter (PEFT) to {out / 'final-peft'}")
-        if not c.distributed:  # (the sharded writer merges as it gathers)
-            merge_lora(c.model)
     for fmt in (("meta", "hf") if args.save_format == "both" else (args.save_format,)):
-        if c.distributed:
-            export_sharded(c.model, out / f"final-{fmt}", fmt, c.tokenizer)
-        else:
-            save_model(c.model, out / f"final-{fmt}", format=fmt, tokenizer=c.tokenizer)
+        export_model(c.model, out / f"final-{fmt}", fmt, c.tokenizer)
         c.say(f"saved {fmt} weights to {out / f'final-{fmt}'}")
 
 

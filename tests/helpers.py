@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 import train
-from training.checkpoint import checkpoints
+from training.checkpoint import checkpoints, read_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def run(tiny_dir: Path, data_file: Path, out: Path, *extra: str, memory_report: 
 
 
 def final_weights(out: Path) -> dict[str, torch.Tensor]:
-    return torch.load(checkpoints(out)[-1] / "model.pt", weights_only=True)
+    return read_weights(checkpoints(out)[-1])
 
 
 def interrupt_after(steps: int, monkeypatch) -> None:

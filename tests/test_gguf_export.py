@@ -142,7 +142,7 @@ def test_train_py_writes_its_final_weights_as_gguf(tmp_path):
     import json
 
     import train
-    from training.checkpoint import checkpoints
+    from training.checkpoint import checkpoints, read_weights
 
     torch.manual_seed(0)
     save_model(Transformer(get_config("tiny", n_layers=2, vocab_size=32000, max_seq_len=128)), tmp_path / "m",
@@ -152,7 +152,7 @@ def test_train_py_writes_its_final_weights_as_gguf(tmp_path):
     train.main(["--model", str(tmp_path / "m"), "--data", str(data), "--out", str(tmp_path / "run"), "--method", "full",
                 "--max-steps", "1", "--batch-size", "2", "--seq-len", "32", "--save-format", "gguf",
                 "--no-memory-report", "--lr", "1e-2"])
-    trained = torch.load(checkpoints(tmp_path / "run")[-1] / "model.pt", weights_only=True)
+    trained = read_weights(checkpoints(tmp_path / "run")[-1])
     model, tokenizer = load_model(tmp_path / "run" / "final-gguf" / "model.gguf")
     assert tokenizer is not None and tokenizer.encode("Say hi") == load_tokenizer(asset_path("mistral-v1-tokenizer")).encode("Say hi")
     compared = [name for name in model.state_dict() if name in trained]

@@ -4,6 +4,7 @@ fit together, naming them; a second writer of a locked folder gets one line with
 after the holder was killed (the OS drops the lock)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from model.hf_format import read_hf_dir
 from model.meta_format import read_meta_dir
 from helpers import ROOT, run
 from training import export
-from training.checkpoint import checkpoints
+from training.checkpoint import checkpoints, read_weights
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def trained(tiny_dir, data_file, tmp_path_factory) -> Path:
 
 
 def trained_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(checkpoints(run_dir)[-1] / "model.pt", weights_only=True)
+    return read_weights(checkpoints(run_dir)[-1])
 
 
 def one_line(main, argv: list[str]) -> str:
@@ -58,7 +59,8 @@ def test_export_beside_a_stale_sharded_export_is_refused_and_overwrite_replaces_
     assert sorted(p.name for p in out.iterdir()) == stale  # untouched
 
     export.main([str(trained), "--format", "hf", "--out", str(out), "--overwrite"])
-    assert not (out / "model.safetensors.index.json").exists() and not (out / LOCK_FILE).exists()
+    listed = set(json.loads((out / "model.safetensors.index.json").read_text())["weight_map"].values())
+    assert {p.name for p in out.glob("*.safetensors")} == listed and not (out / LOCK_FILE).exists()  # no stale shard
     _, state = read_hf_dir(out)
     expected = trained_weights(trained)
     assert all(torch.equal(state[k], expected[k]) for k in expected)

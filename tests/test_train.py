@@ -15,7 +15,7 @@ import training.step
 from data import BatchLoader, build_dataset, load_records
 from model import load_model, save_model
 from common.errors import Stopped, UserError
-from training.checkpoint import checkpoints
+from training.checkpoint import checkpoints, read_optimizer
 from training.distributed import World
 
 from helpers import final_weights, interrupt_after, run
@@ -49,7 +49,7 @@ def test_owlore_trains_only_the_sampled_blocks_and_frees_the_rest(tiny_dir, data
         changed = not torch.equal(before[f"layers.{i}.attention.wq.weight"], after[f"layers.{i}.attention.wq.weight"])
         assert changed == (i in ever_active), (i, active)
     assert not torch.equal(before["tok_embeddings.weight"], after["tok_embeddings.weight"])
-    state = torch.load(checkpoints(tmp_path)[-1] / "optimizer.pt", weights_only=True)["state"]
+    state, _ = read_optimizer(checkpoints(tmp_path)[-1])
     n_outer = 3  # embeddings, final norm, head
     assert len(state) == n_outer + 9 * 1  # only the last period's block: 7 matrices + 2 norms
 
@@ -58,7 +58,7 @@ def test_keep_inactive_state_keeps_every_visited_block(tiny_dir, data_file, tmp_
     metrics = run(tiny_dir, data_file, tmp_path, "--method", "owlore", "--max-steps", "6", "--gamma", "1",
                   "--period", "2", "--sampling", "uniform", "--seed", "3", "--keep-inactive-state")
     visited = {i for m in metrics for i in m["active_blocks"]}
-    state = torch.load(checkpoints(tmp_path)[-1] / "optimizer.pt", weights_only=True)["state"]
+    state, _ = read_optimizer(checkpoints(tmp_path)[-1])
     assert len(visited) > 1 and len(state) == 3 + 9 * len(visited)
 
 
@@ -147,7 +147,7 @@ def _masked_data(tmp: Path) -> Path:
 
 def _damaged_resume(tiny_dir: Path, data_file: Path, tmp: Path) -> list[str]:
     run(tiny_dir, data_file, tmp / "run", "--method", "full", "--max-steps", "1")
-    (tmp / "run" / "step-000001" / "model.pt").write_bytes(b"")
+    (tmp / "run" / "step-000001" / "shards" / "__0_0.distcp").write_bytes(b"")
     return ["--resume", str(tmp / "run")]
 
 
@@ -209,7 +209,7 @@ CASES = {  # name: (extra argv, or a function of (tiny_dir, data_file, tmp) givi
     "HF rope_scaling missing fields": (lambda t, d, tmp: ["--model", str(_hf_copy(t, tmp, config=lambda c: c | {
         "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}))],
         "rope_scaling needs numbers for low_freq_factor, high_freq_factor, original_max_position_embeddings"),
-    "empty model.pt on resume": (_damaged_resume, "step-000001/model.pt: cannot be read"),
+    "empty shard file on resume": (_damaged_resume, "step-000001/shards: cannot be read"),
     "resume with another method": (_resume_other_method, "these flags change the run being resumed: --method full -> galore"),
     "HF folder without tokenizer": (lambda t, d, tmp: ["--model", str(_without_tokenizer(_hf_copy(t, tmp)))],
                                     "the checkpoint has no tokenizer file"),
@@ -258,7 +258,7 @@ def test_adam_eps_defaults_to_the_official_runs(method, eps, data_file):
 
 def test_the_optimizer_gets_the_eps(tiny_dir, data_file, tmp_path):
     run(tiny_dir, data_file, tmp_path, "--method", "galore", "--max-steps", "1", "--eps", "3e-7")
-    groups = torch.load(checkpoints(tmp_path)[-1] / "optimizer.pt", weights_only=True)["param_groups"]
+    _, groups = read_optimizer(checkpoints(tmp_path)[-1])
     assert [g["eps"] for g in groups] == [3e-7, 3e-7]
 
 

@@ -22,7 +22,7 @@ import training.checkpoint
 import training.step
 from common.errors import UserError
 from helpers import ROOT, final_weights, run, two_processes
-from training.checkpoint import CheckpointError, checkpoints
+from training.checkpoint import CheckpointError, checkpoints, read_weights
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +99,7 @@ def test_a_huge_learning_rate_stops_without_saving_a_non_finite_checkpoint(tiny_
     with pytest.raises(UserError, match="step .*: (loss|gradient norm|weight).*stopped without saving"):
         run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "8", "--lr", "1e30", "--warmup", "2")
     for ckpt in checkpoints(tmp_path):
-        assert all(torch.isfinite(v).all() for v in torch.load(ckpt / "model.pt", weights_only=True).values())
+        assert all(torch.isfinite(v).all() for v in read_weights(ckpt).values())
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # the loop's handlers left with the error
 
 
@@ -138,17 +138,25 @@ def test_keep_checkpoints_keeps_the_newest_complete_ones(tiny_dir, data_file, tm
 
 @pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),
                                      RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64")])
-def test_a_full_disk_during_a_checkpoint_removes_the_staging_folder(tiny_dir, data_file, tmp_path, monkeypatch, failure):
-    real_save, saves = torch.save, []
+@pytest.mark.parametrize("writer", ["shards", "trainer.pt"])
+def test_a_full_disk_during_a_checkpoint_removes_the_staging_folder(tiny_dir, data_file, tmp_path, monkeypatch, failure,
+                                                                    writer):
+    """The disk fills up half-way through step 2's shard file (DCP wraps the error) or its trainer.pt."""
+    from torch.distributed.checkpoint.api import CheckpointException
+    module = training.checkpoint.dcp if writer == "shards" else training.checkpoint.torch
+    real_save, saves = module.save, []
 
-    def disk_fills_up(obj, path, *a, **k):
-        saves.append(path)
-        if len(saves) == 5:  # model.pt of step 2 written, optimizer.pt fails half-way
+    def disk_fills_up(obj, *a, **k):
+        path = k["checkpoint_id"] / "__0_0.distcp" if writer == "shards" else a[0]
+        if writer == "shards" or isinstance(path, (str, Path)) and Path(path).name == "trainer.pt":  # (DCP: streams)
+            saves.append(path)
+        if len(saves) == 2:
+            saves.append(path)
             Path(path).write_bytes(b"\0" * 1000)
-            raise failure
-        return real_save(obj, path, *a, **k)
+            raise CheckpointException("write", {0: (failure, None)}) if writer == "shards" else failure
+        return real_save(obj, *a, **k)
 
-    monkeypatch.setattr(training.checkpoint.torch, "save", disk_fills_up)
+    monkeypatch.setattr(module, "save", disk_fills_up)
     with pytest.raises(CheckpointError) as err:
         run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "3")
     message = str(err.value)
@@ -193,17 +201,20 @@ def test_a_flag_that_changes_the_run_is_refused_on_resume_unless_allowed(tiny_di
 
 def test_resume_with_another_method_names_the_file(tiny_dir, data_file, tmp_path):
     run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "1")
-    with pytest.raises(CheckpointError, match=r"optimizer.pt: does not fit this optimizer"):
+    with pytest.raises(CheckpointError, match=r"trainer.pt: does not fit this optimizer"):
         train.main(["--resume", str(tmp_path), "--method", "galore", "--allow-changes"])
 
 
-@pytest.mark.parametrize("name", ["model.pt", "optimizer.pt", "trainer.pt"])
+@pytest.mark.parametrize("name", ["shards/__0_0.distcp", "shards/.metadata", "trainer.pt"])
 @pytest.mark.parametrize("damage", ["truncate", "empty"])
 def test_a_damaged_checkpoint_file_is_named_on_resume(tiny_dir, data_file, tmp_path, name, damage):
     run(tiny_dir, data_file, tmp_path, *FULL, "--max-steps", "1")
     file = tmp_path / "step-000001" / name
     file.write_bytes(file.read_bytes()[: file.stat().st_size // 2] if damage == "truncate" else b"")
-    with pytest.raises(CheckpointError, match=rf"^{file}: cannot be read \(.*\); resume from an earlier checkpoint$"):
+    named = file.parent if file.suffix == ".distcp" else file  # DCP names no file: its folder
+    how = r"refused \(.*\); not a checkpoint this project wrote" if file.name == ".metadata" else \
+        r"cannot be read \(.*\); resume from an earlier checkpoint"
+    with pytest.raises(CheckpointError, match=rf"^{named}: {how}$"):
         train.main(["--resume", str(tmp_path)])
 
 

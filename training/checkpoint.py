@@ -1,11 +1,17 @@
-"""Training checkpoints and the run folder that holds them.
+"""Training checkpoints and the run folder that holds them: one format for one process and for many.
+
+Layout of ``<run>/step-000123/``: ``shards/`` (torch.distributed.checkpoint, DCP: ``model.<name>`` the weights,
+``optim.<name>/<key>`` the optimizer's tensors, training/optimizer_state.py) and ``trainer.pt`` (step,
+scheduler, sampler, data position, RNG states, arguments, and the optimizer's non-tensor state). One process
+writes DCP without a process group; under torchrun or --fsdp every rank writes its own shards. DCP reshards
+on load, so a checkpoint written by any number of processes, sharded or not, resumes on any other number, and
+`read_weights` reads any of them whole into one process. Nothing is unpickled: trainer.pt loads with
+``weights_only=True``, ``shards/.metadata`` through training/dcp_reader.py. (Checkpoints of earlier versions,
+``model.pt`` + ``optimizer.pt``: training/legacy_checkpoint.py.)
 
 A checkpoint is written to a staging folder and renamed into place, so a crash never leaves a
 half-written one; older ones are removed (renamed away first, then deleted) only after the new one is
 complete, keeping the newest `keep`. A write that fails (a full disk) removes its staging folder.
-
-Layout of ``<run>/step-000123/``: ``model.pt`` (weights), ``optimizer.pt``, ``trainer.pt`` (step,
-scheduler, sampler, data position, RNG states, arguments). Everything loads with ``weights_only=True``.
 """
 from __future__ import annotations
 
@@ -13,21 +19,26 @@ import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-from common.errors import UserError
+from training.dcp_reader import CheckpointError, failure, load_tensors, read_metadata
+from training.optimizer_state import optimizer_template, optimizer_tensors, restore_optimizer
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 EXPORTS = ("final-meta", "final-hf", "final-peft")
 RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", *EXPORTS, "sampling_counts.png",
                "training_curves.png", "tensorboard")
-CHECKPOINT_FILES = ("model.pt", "optimizer.pt", "trainer.pt")
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be written, read or applied; the message names the file."""
+METADATA = Path("shards") / ".metadata"
+__all__ = ["CheckpointError"]  # (defined beside the DCP reader, which raises it too)
 
 
 def rng_state() -> dict:
@@ -44,29 +55,44 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     trainer_state: dict, keep: int = 2) -> Path:
-    """Write ``run_dir/step-NNNNNN`` atomically, then delete all but the newest `keep` checkpoints."""
+    """Write ``run_dir/step-NNNNNN`` atomically, then delete all but the newest `keep` checkpoints. With a
+    process group every rank calls this (each writes its shards; rank 0 the rest)."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    final = run_dir / f"step-{step:06d}"
-    staging = run_dir / f".tmp-step-{step:06d}"
-    for leftover in run_dir.glob(".tmp-step-*"):  # a write killed before its rename
-        shutil.rmtree(leftover)
-    staging.mkdir()
+    group = dist.is_initialized()
+    main = not group or dist.get_rank() == 0
+    final, staging = run_dir / f"step-{step:06d}", run_dir / f".tmp-step-{step:06d}"
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in run_dir.glob(".tmp-step-*"):  # a write killed before its rename
+            shutil.rmtree(leftover)
+        staging.mkdir()
+    if group:
+        dist.barrier()
     try:
-        torch.save(model.state_dict(), staging / "model.pt")
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-        torch.save({**trainer_state, "rng": rng_state()}, staging / "trainer.pt")
-        make_durable(staging)
-    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+        tensors, optim_meta = optimizer_tensors(model, optimizer)
+        with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.save({"model": get_model_state_dict(model), "optim": tensors}, checkpoint_id=staging / "shards",
+                     no_dist=not group)
+        if group:
+            dist.barrier()
+        if main:
+            torch.save({**trainer_state, "rng": rng_state(), "optimizer": optim_meta}, staging / "trainer.pt")
+            make_durable(staging)
+    except (OSError, RuntimeError, CheckpointException) as err:  # torch.save: a full disk is a RuntimeError
         shutil.rmtree(staging, ignore_errors=True)
         free = shutil.disk_usage(run_dir).free
-        cause = str(err).splitlines()[0] if str(err) else type(err).__name__
+        cause = failure(err)
         raise CheckpointError(f"{staging}: writing the step-{step} checkpoint failed ({cause}); removed the "
                               f"partial folder; {free / 2**30:.2f} GiB free on that disk") from err
-    return publish(staging, final, keep)
+    if main:
+        publish(staging, final, keep)
+    if group:
+        dist.barrier()
+    return final
 
 
 def make_durable(staging: Path) -> None:
@@ -137,26 +163,81 @@ def read_file(file: Path, **kwargs):
 
 
 def read_trainer_state(path: Path) -> dict:
-    """trainer.pt of a checkpoint folder (step, scheduler, sampler, loader, RNG, arguments)."""
+    """trainer.pt of a checkpoint folder (step, scheduler, sampler, loader, RNG, arguments, optimizer layout)."""
     return read_file(path / "trainer.pt")
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore model and optimizer in place and return the trainer state (RNG already restored)."""
-    for name in CHECKPOINT_FILES:
-        if not (path / name).is_file():
-            raise CheckpointError(f"{path / name}: missing; the checkpoint is incomplete")
-    device = next(model.parameters()).device
+def is_legacy(path: Path) -> bool:
+    """A checkpoint of an earlier version: model.pt and optimizer.pt beside trainer.pt, no shards/."""
+    return not (path / "shards").is_dir() and (path / "model.pt").is_file()
+
+
+def saved_tensors(path: Path) -> dict[str, TensorStorageMetadata]:
+    """Name -> size and dtype of every tensor in a checkpoint's shards/ (``model.<name>``, ``optim.<key>``)."""
+    saved = read_metadata(path / METADATA).state_dict_metadata  # never plain pickle
+    return {k: v for k, v in saved.items() if isinstance(v, TensorStorageMetadata)}
+
+
+def check_fits(path: Path, saved: dict, shapes: dict[str, tuple[int, ...]], what: str) -> None:
+    """Every tensor of a model (name -> shape) is in the checkpoint with its shape, and no other."""
+    for name, shape in shapes.items():
+        found = saved.get(f"model.{name}")
+        if found is None or tuple(found.size) != shape:
+            got = "missing" if found is None else f"of shape {tuple(found.size)}"
+            raise CheckpointError(f"{path / 'shards'}: does not fit {what}: tensor {name} is {got}, expected {shape}")
+    extra = sorted(k[6:] for k in saved if k.startswith("model.") and k[6:] not in shapes)
+    if extra:
+        raise CheckpointError(f"{path / 'shards'}: does not fit {what}: it also holds {', '.join(extra[:3])}"
+                              f"{' ...' if len(extra) > 3 else ''}")
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore model and optimizer in place from a checkpoint written by any number of processes (with a
+    process group: every rank calls this) and return the trainer state (RNG already restored)."""
+    if not (path / METADATA).is_file():
+        raise CheckpointError(f"{path / METADATA}: missing; the checkpoint is incomplete")
     trainer_state = read_trainer_state(path)
-    weights, optim_state = read_file(path / "model.pt", map_location=device), read_file(path / "optimizer.pt", map_location=device)
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path / 'model.pt'}: does not fit this model ({str(err).splitlines()[0]})") from None
-    try:
-        optimizer.load_state_dict(optim_state)
-    except (ValueError, KeyError) as err:
-        raise CheckpointError(f"{path / 'optimizer.pt'}: does not fit this optimizer (saved for another method or "
-                              f"model?): {err}") from None
+    meta = trainer_state.pop("optimizer", None)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path / 'trainer.pt'}: has no optimizer state; the checkpoint is incomplete")
+    saved = saved_tensors(path)
+    model_state = get_model_state_dict(model)  # the model's own tensors (shards under FSDP), filled in place
+    check_fits(path, saved, {name: tuple(t.shape) for name, t in model_state.items()}, "this model")
+    optim = optimizer_template(model, meta, saved, path)
+    load_tensors(path / "shards", {"model": model_state, "optim": optim})
+    set_model_state_dict(model, model_state)
+    restore_optimizer(model, optimizer, optim, meta, path)
     set_rng_state(trainer_state["rng"])
     return trainer_state
+
+
+def read_weights(path: Path, names: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
+                 ) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The model tensors of a checkpoint, whole, in this process (on the CPU, in their saved dtype); `names`:
+    only those (name -> expected shape and dtype to read them in), else all."""
+    saved = saved_tensors(path)
+    if names is None:
+        names = {k[6:]: (tuple(v.size), v.properties.dtype) for k, v in saved.items() if k.startswith("model.")}
+    state = {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in names.items()}
+    load_tensors(path / "shards", {"model": state})
+    return state
+
+
+def read_optimizer(path: Path) -> tuple[dict[str, dict], list[dict]]:
+    """The optimizer state of a checkpoint, whole, in this process: parameter name -> its state as the
+    optimizer keeps it ({"step": 3, "exp_avg": ..., "projection": {"vh": ...}}), and the group options."""
+    meta = read_trainer_state(path).get("optimizer")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path / 'trainer.pt'}: has no optimizer state; the checkpoint is incomplete")
+    saved = saved_tensors(path)
+    tensors = {key: torch.empty(tuple(saved[f"optim.{key}"].size), dtype=saved[f"optim.{key}"].properties.dtype)
+               for key in meta["layout"]}
+    load_tensors(path / "shards", {"optim": tensors})
+    state: dict[str, dict] = {}
+    for key, value in [*tensors.items(), *meta["scalars"].items()]:
+        name, *rest = key.split("/")
+        target = state.setdefault(name, {})
+        for part in rest[:-1]:
+            target = target.setdefault(part, {})
+        target[rest[-1]] = value
+    return state, meta["param_groups"]

@@ -5,17 +5,26 @@ torch's FileSystemReader loads ``shards/.metadata`` with plain ``pickle.load``: 
 dataclasses, torch.Size, dtypes, layouts, paths) and refuses anything else before it is called. Byte entries
 (which DCP loads with ``torch.load(weights_only=False)``) are not admitted either: our checkpoints hold tensors
 only, which DCP reads with ``weights_only=True``. Every shard file the metadata points to must lie in the folder.
+`load_tensors` is the one way this project fills tensors from a DCP folder, in one process or on every rank.
 """
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from training.checkpoint import CheckpointError
+from common.errors import UserError
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be written, read or applied; the message names the file."""
 
 _METADATA = "torch.distributed.checkpoint.metadata"
 ALLOWED = frozenset({
@@ -66,3 +75,26 @@ class SafeReader(FileSystemReader):
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+
+def load_tensors(shards: Path, state: dict) -> None:
+    """Fill the tensors of `state` (plain or DTensors, nested dicts keyed as saved) in place from the DCP
+    folder `shards`, through `SafeReader`; with a process group a collective (every rank calls it), without
+    one a read in this process alone. Only the keys of `state` are read."""
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, storage_reader=SafeReader(shards), no_dist=not dist.is_initialized())
+    except CheckpointError:
+        raise
+    except (CheckpointException, Exception) as err:  # a truncated or missing shard file: DCP raises many types
+        raise CheckpointError(f"{shards}: cannot be read ({failure(err)}); resume from an earlier checkpoint") from None
+
+
+def failure(err: BaseException) -> str:
+    """The first line of what went wrong, also inside DCP's CheckpointException (a BaseException holding each
+    rank's exception)."""
+    if isinstance(err, CheckpointException) and err.failures:
+        err = next(iter(err.failures.values()))[0]
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -5,32 +5,32 @@
     python -m training.export runs/x/step-000500 --format peft    # LoRA runs: the adapter for peft
     python -m training.export runs/x --format gguf --gguf-type Q8_0  # llama.cpp: runs/x/step-NNNNNN-gguf/model.gguf
 
-A checkpoint of several ranks or of --fsdp (DCP shards) is read whole into this one process.
-The base model, tokenizer and method come from the arguments the run was started with (``trainer.pt``);
+A checkpoint of any number of ranks is read into this one process a decoder block at a time and written by
+the writer that ends a training run (training/export_writer.py): the same weights give the same files. A
+checkpoint of an earlier version (model.pt) exports too. The base model, tokenizer and method come from the arguments the run was started with (``trainer.pt``);
 ``--model`` / ``--ckpt-dir`` / ``--tokenizer`` replace them when the base has moved. The weights keep the
 dtype they were trained in. The run's plugins (a model family of your own) are imported again, and ``--plugin``
 adds others.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 
 from common import cli
 from common.lock import FolderLock
 from common.outputs import check_output_folder, clear_output_folder
 from common.plugins import add_plugin_flag, import_plugins, plugin_list
 from model.cli import DTYPES, add_model_flags, check_model_source
+from model.gguf_format import WRITE_TYPES
 from model.load import load_model
 from model.peft_format import write_peft_adapter
-from model.gguf_format import WRITE_TYPES
-from model.save import save_model
-from optim.lora import apply_lora, merge_lora
-from training.checkpoint import CheckpointError, read_file, read_trainer_state, resolve_checkpoint
-from training.dcp_reader import SafeReader, read_metadata
+from optim.lora import apply_lora
+from training.checkpoint import (METADATA, CheckpointError, check_fits, is_legacy, read_trainer_state, read_weights,
+                                 resolve_checkpoint, saved_tensors)
+from training.export_writer import lora_scaling, merged, unit_names, write_units
+from training.legacy_checkpoint import read_legacy_weights
 
 FORMATS = ("hf", "meta", "gguf", "peft")
 
@@ -43,8 +43,8 @@ def export_checkpoint(checkpoint: Path, format: str, out: Path, model_source: st
     `out` must be empty unless `overwrite` (then it is cleared), and is locked while written."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r} ({', '.join(FORMATS)})")
-    sharded = (checkpoint / "shards" / ".metadata").is_file()  # DCP, written by several ranks or with --fsdp
-    for name in ("shards/.metadata" if sharded else "model.pt", "trainer.pt"):
+    legacy = is_legacy(checkpoint)
+    for name in ("model.pt" if legacy else str(METADATA), "trainer.pt"):
         if not (checkpoint / name).is_file():
             raise CheckpointError(f"{checkpoint}: not a training checkpoint ({name} is missing)")
     args = read_trainer_state(checkpoint).get("args") or {}
@@ -58,46 +58,59 @@ def export_checkpoint(checkpoint: Path, format: str, out: Path, model_source: st
     reads = [checkpoint, *(Path(p) for p in (source, ckpt_dir, tokenizer) if p)]
     with FolderLock(out, "--out"):  # one writer; checked before the work, cleared just before writing
         entries = check_output_folder(out, "--out", overwrite, reads)
-        model, tok = _exported_model(checkpoint, sharded, args, source, ckpt_dir, tokenizer, dtype)
+        read = _legacy_reader(checkpoint) if legacy else _reader(checkpoint)
+        skeleton, tok = load_model(source, ckpt_dir=ckpt_dir, tokenizer=tokenizer, weights=False)  # config only
+        if lora:
+            apply_lora(skeleton, args["lora_rank"], args["lora_alpha"], args.get("lora_dropout", 0.0))
+        shapes = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+        dtype = dtype or read.dtype
+        read.check(shapes, f"the base model {source}")
         clear_output_folder(entries)
-        if format == "peft":
-            write_peft_adapter(model, out, base_model=str(source), dropout=args.get("lora_dropout", 0.0))
+        if format == "peft":  # the adapters into the skeleton (the base weights are not needed)
+            skeleton.load_state_dict(read({n: shapes[n] for n in shapes if ".lora_" in n}, dtype), strict=False,
+                                     assign=True)
+            write_peft_adapter(skeleton, out, base_model=str(source), dropout=args.get("lora_dropout", 0.0))
         else:
-            if lora:
-                merge_lora(model)
-            save_model(model, out, format=format, tokenizer=tok, meta_shards=meta_shards, gguf_type=gguf_type)
+            scaling = lora_scaling(skeleton)
+            units = (merged(read({n: shapes[n] for n in names}, dtype), scaling)
+                     for names in unit_names(shapes, skeleton.config.n_layers))
+            write_units(units, skeleton.config, out, format, tok, meta_shards=meta_shards, gguf_type=gguf_type)
     return out
 
 
-def _exported_model(checkpoint: Path, sharded: bool, args: dict, source: str, ckpt_dir: str | None,
-                    tokenizer: str | None, dtype: torch.dtype | None):
-    """The base model with the checkpoint's weights (and its LoRA adapters, not merged)."""
-    if sharded:  # read into this one process below, each tensor whole (DCP reshards)
-        saved = read_metadata(checkpoint / "shards" / ".metadata").state_dict_metadata  # never plain pickle
-        state, dtype = None, dtype or saved["model.tok_embeddings.weight"].properties.dtype
-    else:
-        state = read_file(checkpoint / "model.pt", map_location="cpu", mmap=True)
-        dtype = dtype or next(v.dtype for v in state.values() if v.is_floating_point())
-    model, tok = load_model(source, dtype=dtype, ckpt_dir=ckpt_dir, tokenizer=tokenizer)
-    if args.get("method") == "lora":
-        apply_lora(model, args["lora_rank"], args["lora_alpha"], args.get("lora_dropout", 0.0))
-    try:
-        if sharded:
-            state = {"model": model.state_dict()}  # the model's own tensors, filled in place
-            for name, t in state["model"].items():
-                found = saved.get(f"model.{name}")
-                if found is None or tuple(found.size) != tuple(t.shape):
-                    got = "missing" if found is None else f"of shape {tuple(found.size)}"
-                    raise RuntimeError(f"tensor {name} is {got}, expected {tuple(t.shape)}")
-            with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-                warnings.simplefilter("ignore", UserWarning)
-                dcp.load(state, storage_reader=SafeReader(checkpoint / "shards"), no_dist=True)
-        else:
-            model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        what = "shards/" if sharded else "model.pt"
-        raise CheckpointError(f"{checkpoint}: {what} does not fit the base model {source}: {str(e).splitlines()[0]}") from None
-    return model, tok
+class _reader:
+    """Tensors of a checkpoint's shards/, a few at a time (one unit), whole, in this process."""
+
+    def __init__(self, checkpoint: Path):
+        self.checkpoint, self.saved = checkpoint, saved_tensors(checkpoint)
+        embeddings = self.saved.get("model.tok_embeddings.weight")
+        self.dtype = embeddings.properties.dtype if embeddings else torch.float32
+
+    def check(self, shapes: dict[str, tuple[int, ...]], what: str) -> None:
+        check_fits(self.checkpoint, self.saved, shapes, what)
+
+    def __call__(self, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        state = read_weights(self.checkpoint, {n: (shape, self.saved[f"model.{n}"].properties.dtype)
+                                               for n, shape in shapes.items()})
+        return {n: t.to(dtype) for n, t in state.items()}
+
+
+class _legacy_reader:
+    """model.pt of an earlier version's checkpoint, memory-mapped."""
+
+    def __init__(self, checkpoint: Path):
+        self.checkpoint, self.state = checkpoint, read_legacy_weights(checkpoint)
+        self.dtype = next((v.dtype for v in self.state.values() if v.is_floating_point()), torch.float32)
+
+    def check(self, shapes: dict[str, tuple[int, ...]], what: str) -> None:
+        mine = {n: tuple(t.shape) for n, t in self.state.items()}
+        bad = sorted(set(mine) ^ set(shapes)) or [n for n in shapes if mine[n] != shapes[n]]
+        if bad:
+            got = f"of shape {mine[bad[0]]}" if bad[0] in mine else "missing"
+            raise CheckpointError(f"{self.checkpoint / 'model.pt'}: does not fit {what}: tensor {bad[0]} is {got}")
+
+    def __call__(self, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        return {n: self.state[n].to(dtype) for n in shapes}
 
 
 def main(argv: list[str] | None = None) -> None:
