@@ -43,8 +43,8 @@ from training.distributed import World, close_world, init_world, on_main, sum_sc
 from training.fingerprints import check_fingerprints, run_fingerprints
 from training.fsdp import shard_model
 from training.heldout import HeldOut
-from training.legacy_checkpoint import load_legacy_checkpoint
 from training.inputs import check_providers, provide_inputs, register_input
+from training.legacy_checkpoint import load_legacy_checkpoint
 from training.memory import MemoryReport, format_report
 from training.memory_cache import memory_report
 from training.methods import METHODS, active_block_indices
