@@ -10,7 +10,7 @@ from training.memory import active_sets, plan_blocks, setup_sets, simulate_memor
 
 pytestmark = pytest.mark.slow
 
-SHAPE = dict(dim=64, n_layers=8, n_heads=4, max_seq_len=64)
+SHAPE = dict(dim=64, n_layers=6, n_heads=4, max_seq_len=64)
 CONFIGS = {
     "llama2": get_config("llama2-7b", **SHAPE, n_kv_heads=4, ffn_dim=172, vocab_size=320),
     "llama3": get_config("llama3-8b", **SHAPE, n_kv_heads=1, ffn_dim=224, vocab_size=1283),
@@ -31,7 +31,7 @@ def assert_composed_is_full(config, args, steps: int = 2) -> None:
     full = simulate_memory(config, args, torch.float32, steps, composed=False)
     composed = simulate_memory(config, args, torch.float32, steps)
     assert abs(composed.peak.total / full.peak.total - 1) < 0.005, (composed.peak, full.peak)
-    assert composed.peak.phase == full.peak.phase
+    assert full.phases[composed.peak.phase].total == full.peak.total  # a phase where the full one peaks (ties)
     assert list(composed.phases) == list(full.phases)
     for name, peak in full.phases.items():
         assert abs(composed.phases[name].total / peak.total - 1) < 0.005, name
