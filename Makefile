@@ -32,12 +32,15 @@ assets: install
 demo: assets
 	$(PYTHON) scripts/demo.py
 
+# Parallel workers: much of the suite waits on subprocesses (torchrun, train.py runs), so 3 workers keep 2 cores busy.
+JOBS ?= 3
+
 test: install-dev assets
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q tests -n $(JOBS)
 
 # the inner loop: everything but the slow, torchrun and other-library tests (pytest.ini lists the markers)
 test-fast: install-dev assets
-	$(PYTHON) -m pytest -q tests -m "not slow and not distributed and not interop"
+	$(PYTHON) -m pytest -q tests -n $(JOBS) -m "not slow and not distributed and not interop"
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis
