@@ -92,6 +92,7 @@ def test_number_refuses(text, kind, message):
     ["train.py", "--data", "nope.json"],
     ["-m", "eval", "--model", NO_MODEL, "--limit", "0"],
 ])
+@pytest.mark.slow
 def test_the_real_entry_points_print_one_line(command, tmp_path):
     done = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1

@@ -149,6 +149,7 @@ def test_errors(rows, tmp_path):
         heldout_doc_ids([{"instruction": "a", "input": "", "output": "b"}])
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
     cmd = [sys.executable, "-m", "data.commonsense", "--out", str(tmp_path), "--heldout-per-task", "3",
            "--max-train-per-task", "4", "--tasks", "winogrande,openbookqa"]

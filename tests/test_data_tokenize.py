@@ -218,6 +218,7 @@ def smollm2_tokenizer():
     return tokenizer_from_gguf(asset_path("smollm2-135m"))
 
 
+@pytest.mark.slow
 def test_real_smollm2_tokenizer(smollm2_tokenizer):
     from model.chat import encode_chat
 

@@ -75,6 +75,7 @@ def _naive_beam(model, prompt, steps, k):
     return beams[0][0]
 
 
+@pytest.mark.slow
 def test_beam_search_with_kv_cache_matches_a_cache_free_search(tiny):
     prompt = list(b"Question: why?\n")
     for k in (2, 3):

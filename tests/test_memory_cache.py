@@ -1,6 +1,7 @@
 """The memory report's cache: a repeated start reads what the simulation gave, and nothing else."""
 from dataclasses import replace
 
+import pytest
 import torch
 
 from bench.memory import train_args
@@ -9,6 +10,8 @@ from training.memory import simulate_memory
 from training.memory_cache import memory_report, report_key
 
 CONFIG = get_config("tiny", dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=128)
+pytestmark = pytest.mark.slow  # memory simulations
+
 ARGS = train_args(["--method", "owlore", "--batch-size", "2", "--seq-len", "8", "--gamma", "1", "--rank", "4"])
 
 

@@ -122,6 +122,7 @@ def test_config_from_params_reads_metas_keys():
             want.ffn_dim, want.n_kv_heads, want.rope_theta, want.rope_scaling)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_llama3_hf_folder_to_meta_writes_metas_tiktoken_file(tmp_path):
     llama3 = load_tokenizer(asset_path("llama3-tokenizer"))
     torch.manual_seed(0)

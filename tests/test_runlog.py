@@ -75,6 +75,7 @@ def test_without_tensorboard_one_note(tmp_path, monkeypatch):
     assert not (tmp_path / "tensorboard").exists() and (tmp_path / "metrics.jsonl").is_file()
 
 
+@pytest.mark.slow
 def test_wandb_offline_run(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")

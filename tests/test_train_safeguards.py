@@ -24,6 +24,7 @@ from training.checkpoint import checkpoints, read_optimizer
 FULL = ("--method", "full", "--save-every", "1")
 
 
+@pytest.mark.slow
 def test_resume_in_a_config_file_is_the_resume_flag(tiny_dir, data_file, tmp_path):
     """Saved arguments restored, changed values refused unless allowed, config.yaml true."""
     run(tiny_dir, data_file, tmp_path / "run", *FULL, "--max-steps", "2", "--lr", "2e-3")
@@ -102,6 +103,7 @@ def tiny_args(tiny_dir, data_file, out, *extra) -> list[str]:
             "--batch-size", "8", "--seed", "1", "--save-format", "none", "--method", "full", *extra]
 
 
+@pytest.mark.slow
 def test_chaos_two_writers_on_one_out_the_second_is_refused_naming_the_holder(tiny_dir, data_file, tmp_path):
     """A second fresh run, and a --resume of the live run, while the first trains: each gets one line with the
     holder's pid and touches nothing; the first, stopped by SIGTERM later, logged every step once."""
@@ -139,6 +141,7 @@ def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_its_rerun(
 
 
 @pytest.mark.parametrize("signum, status, name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+@pytest.mark.slow
 def test_a_stop_by_signal_exits_128_plus_it_and_says_what_was_written(tiny_dir, data_file, tmp_path, signum, status,
                                                                       name):
     out = tmp_path / "out"
@@ -153,6 +156,7 @@ def test_a_stop_by_signal_exits_128_plus_it_and_says_what_was_written(tiny_dir, 
     assert not (out / "final-hf").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_before_the_first_step_is_one_line_and_the_rerun_is_not_blocked(tiny_dir, data_file, tmp_path):
     out = tmp_path / "out"
     argv = tiny_args(tiny_dir, data_file, out, "--method", "owlore", "--max-steps", "1", "--calib-windows", "2",
@@ -168,6 +172,7 @@ def test_ctrl_c_before_the_first_step_is_one_line_and_the_rerun_is_not_blocked(t
     assert [p.name for p in checkpoints(out)] == ["step-000001"]
 
 
+@pytest.mark.slow
 def test_resuming_a_run_that_was_exported_needs_overwrite_for_its_new_export(tiny_dir, data_file, tmp_path):
     """Its final-hf would otherwise be written over the old one's files."""
     run(tiny_dir, data_file, tmp_path, "--method", "full", "--max-steps", "1", "--save-format", "hf")
