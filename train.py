@@ -185,6 +185,9 @@ def check_fits_model(args: argparse.Namespace, config, tokenizer) -> None:
     check_tokenizer_fits(tokenizer, config, args.model)
     if args.gamma > config.n_layers and METHODS[args.method].sampled:
         raise UserError(f"--gamma: {args.gamma} exceeds the model's {config.n_layers} blocks")
+    outside = [i for i in args.fixed_layers or [] if not 0 <= i < config.n_layers]
+    if outside and METHODS[args.method].sampled:
+        raise UserError(f"--fixed-layers: {outside} not among the model's blocks 0..{config.n_layers - 1}")
     calibrates = METHODS[args.method].sampled and "ratios" in POLICIES[args.sampling].needs
     for flag, length in (("--seq-len", args.seq_len), ("--calib-seq-len", args.calib_seq_len if calibrates else 0)):
         if length > config.max_seq_len:

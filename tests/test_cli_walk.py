@@ -79,7 +79,7 @@ for name, argv, expected, loads in [
     ("resume corrupt trainer.pt", "--resume {ckpt}", "{ckpt}/trainer.pt: cannot be read", False),
     ("gamma beyond the blocks", "--gamma 9", "--gamma: 9 exceeds the model's 4 blocks", True),
     ("fixed layer beyond the blocks", "--sampling fixed --fixed-layers 0,9",
-     "--sampling fixed: fixed_layers must be distinct block indices in [0, 4), got [0, 9]", True),
+     "--fixed-layers: [9] not among the model's blocks 0..3", True),
     ("seq-len beyond the context", "--seq-len 1000000", "--seq-len: 1000000 tokens exceed the model's context", True),
     ("warmup beyond max-steps", "--warmup 5", "--warmup: 5 steps exceed --max-steps 1", False),
 ]:
