@@ -268,7 +268,7 @@ def outlier_ratios(c: Context) -> list[float]:
         ratios = on_main(lambda: load_or_compute_ratios(  # (rank 0 holds the weights)
             c.model, args.model, windows if args.scores and not args.calib else windows(), args.M, scores,
             calibration_source=args.calib or c.data, on_stale="error" if args.scores else "recompute",
-            progress=True), c.world)
+            progress=True, fingerprint=c.fingerprints["weights"]), c.world)  # (start's pass over the weights)
     except CacheError as err:
         raise UserError(f"{'--scores ' if args.scores else ''}{err}") from None
     c.say("outlier ratios D_l (%): " + " ".join(f"{r:.3f}" for r in ratios))

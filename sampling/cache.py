@@ -82,15 +82,16 @@ def read_cache(path: str | Path) -> dict:
 
 
 def cached_ratios(path: str | Path, model: nn.Module, model_name: str, M: float,
-                  calibration: dict | None = None) -> list[float]:
-    """Ratios from the cache if it matches this model, M and (when given) calibration; else StaleCacheError."""
+                  calibration: dict | None = None, fingerprint: str | None = None) -> list[float]:
+    """Ratios from the cache if it matches this model, M and (when given) calibration; else StaleCacheError.
+    `fingerprint`: the model's `weight_fingerprint`, when the caller has it already (a pass over every weight)."""
     record = read_cache(path)
     checks = [("model name", record["model_name"], model_name), ("M", float(record["M"]), float(M)),
               ("number of blocks", len(record["ratios"]), len(model.layers))]
     for what, cached, current in checks:
         if cached != current:
             raise StaleCacheError(f"{path}: stale outlier-ratio cache: {what} is {cached!r} there but {current!r} now")
-    if record["fingerprint"] != weight_fingerprint(model):
+    if record["fingerprint"] != (fingerprint or weight_fingerprint(model)):
         raise StaleCacheError(f"{path}: stale outlier-ratio cache: the model weights changed since it was written")
     if calibration is not None:
         cached = record["calibration"]
@@ -104,15 +105,17 @@ def cached_ratios(path: str | Path, model: nn.Module, model_name: str, M: float,
     return [float(r) for r in record["ratios"]]
 
 
-def make_record(model: nn.Module, model_name: str, M: float, calibration: dict, ratios: list[float], **extra) -> dict:
-    return {"model_name": model_name, "fingerprint": weight_fingerprint(model), "M": float(M),
+def make_record(model: nn.Module, model_name: str, M: float, calibration: dict, ratios: list[float],
+                fingerprint: str | None = None, **extra) -> dict:
+    return {"model_name": model_name, "fingerprint": fingerprint or weight_fingerprint(model), "M": float(M),
             "calibration": calibration, "ratios": [float(r) for r in ratios], **extra}
 
 
 def load_or_compute_ratios(model: nn.Module, model_name: str,
                            calibration_batches: Iterable[torch.Tensor] | Callable[[], Iterable[torch.Tensor]] | None,
                            M: float, cache_path: str | Path, calibration_source: str = "batches given in Python",
-                           on_stale: str = "recompute", progress: bool = False) -> list[float]:
+                           on_stale: str = "recompute", progress: bool = False,
+                           fingerprint: str | None = None) -> list[float]:
     """Cached D_l when the cache matches; otherwise compute them and (re)write the cache.
 
     `calibration_batches` given as batches: the cache must have been made with these tokens. Given as a
@@ -120,6 +123,7 @@ def load_or_compute_ratios(model: nn.Module, model_name: str,
     when the ratios must be (re)computed. None: any calibration is accepted, nothing can be recomputed.
     A stale cache is recomputed with a one-line note on stderr, or with `on_stale="error"` raises
     StaleCacheError; a corrupt one raises CacheError. `progress`: a progress bar while computing.
+    `fingerprint`: the model's `weight_fingerprint`, if the caller computed it already.
     """
     if on_stale not in ("recompute", "error"):
         raise ValueError(f"on_stale must be 'recompute' or 'error', got {on_stale!r}")
@@ -128,7 +132,7 @@ def load_or_compute_ratios(model: nn.Module, model_name: str,
     calibration = None if windows is None else describe(windows, calibration_source, seed=None)
     if Path(cache_path).is_file():
         try:
-            return cached_ratios(cache_path, model, model_name, M, calibration)
+            return cached_ratios(cache_path, model, model_name, M, calibration, fingerprint)
         except StaleCacheError as err:
             if on_stale == "error" or calibration_batches is None:
                 raise
@@ -139,7 +143,7 @@ def load_or_compute_ratios(model: nn.Module, model_name: str,
         windows = _nonempty(calibration_batches())
         calibration = describe(windows, calibration_source, seed=None)
     ratios = outlier_ratios(model, windows, M, progress=progress)
-    write_json(cache_path, make_record(model, model_name, M, calibration, ratios), allow_nan=False)
+    write_json(cache_path, make_record(model, model_name, M, calibration, ratios, fingerprint), allow_nan=False)
     return ratios
 
 
