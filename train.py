@@ -45,7 +45,7 @@ from training.fsdp import shard_model
 from training.heldout import HeldOut
 from training.inputs import check_providers, provide_inputs, register_input
 from training.legacy_checkpoint import load_legacy_checkpoint
-from training.memory import MemoryReport, format_report
+from training.memory_report import MemoryReport, format_report
 from training.memory_cache import memory_report
 from training.methods import METHODS, active_block_indices
 from training.out_folder import check_out_folder, own_out

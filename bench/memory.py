@@ -32,8 +32,8 @@ from model.cli import DTYPES
 from common.plugins import import_plugins, preparse
 from training.args import apply_presets, build_parser, check_consistency, step_config
 from training.methods import METHODS
-from training.memory import (CATEGORIES, GIB, Session, format_report, prepare, reach_steady_state, run_steps,
-                             simulate_memory)
+from training.memory import Session, prepare, reach_steady_state, run_steps, simulate_memory
+from training.memory_report import CATEGORIES, GIB, format_report
 from training.step import StepConfig
 
 # This project's differences from the official run that change memory (docs/method.md): GaLore's paper

@@ -31,7 +31,8 @@ from common.assets import asset_path
 from data.commonsense import build_commonsense
 from model import Transformer, get_config, save_model
 from training.args import parse_args, step_config
-from training.memory import GIB, simulate_memory
+from training.memory import simulate_memory
+from training.memory_report import GIB
 from training.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from model.config import Llama3RopeScaling, ModelConfig
 
 def rope_frequencies(head_dim: int, theta: float, scaling: Llama3RopeScaling | None = None) -> Tensor:
     """Per-pair rotation frequencies theta^(-2i/d), fp32, with optional LLaMA-3.1 scaling."""
-    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim)
     if scaling is not None:
         # Long wavelengths are slowed by `factor`, short ones kept, a linear blend in between.
         wavelen = 2 * math.pi / freqs
@@ -29,9 +29,10 @@ def rope_frequencies(head_dim: int, theta: float, scaling: Llama3RopeScaling | N
 
 
 def rope_table(config: ModelConfig, device: torch.device | str | None = None) -> Tensor:
-    """[max_seq_len, head_dim/2, 2] fp32 table of (cos, sin) per position and pair."""
+    """[max_seq_len, head_dim/2, 2] fp32 table of (cos, sin) per position and pair (computed on the CPU, even
+    under a meta default device, where arange would import torch's compiler)."""
     freqs = rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
-    angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), freqs)
+    angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32, device="cpu"), freqs)
     return torch.stack([angles.cos(), angles.sin()], dim=-1).to(device)
 
 
@@ -143,7 +144,10 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        # on the meta device nn.Embedding's own normal_ init imports torch's compiler (seconds): skip it there
+        meta = torch.get_default_device().type == "meta"
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim,
+                                           _weight=torch.empty(config.vocab_size, config.dim) if meta else None)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)

@@ -10,7 +10,13 @@ from hypothesis import settings
 from common.assets import asset_path
 from model import Transformer, get_config, save_model
 
-torch.set_num_threads(2)
+# Under pytest-xdist several workers share the cores: one thread each (and in the subprocesses they start),
+# as OpenMP pools that outnumber the cores spin against each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 
 QA = [("What colour is the sky on a clear day?", "Blue."), ("How many legs does a spider have?", "Eight."),
       ("What is two plus three?", "Five."), ("Which animal says moo?", "A cow."),

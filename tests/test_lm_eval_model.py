@@ -49,7 +49,7 @@ def test_lm_eval_accuracy_equals_python_m_eval(arc_task, tiny_dir):
     """A tiny random model: the real SmolLM2 gave equal acc and acc_norm on these 20 rows too, in 246 s under load."""
     out = lm_eval.simple_evaluate(model="owlore", model_args=f"pretrained={tiny_dir},dtype=float32,batch_size=16",
                                   tasks=["arc_easy_local"], num_fewshot=0, log_samples=True,
-                                  task_manager=TaskManager(include_path=str(arc_task)))
+                                  task_manager=TaskManager(include_path=str(arc_task), include_defaults=False))
     theirs = out["results"]["arc_easy_local"]
     model, tokenizer = load_model(str(tiny_dir), dtype=torch.float32)
     ours = evaluate(model, tokenizer, "arc_easy", limit=ROWS, progress=False)

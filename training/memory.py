@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -37,38 +37,10 @@ from torch.utils._pytree import tree_flatten
 from model.config import ModelConfig
 from model.transformer import Transformer
 from training.args import resolve_svd
+from training.memory_report import MemoryReport, Peak
 from training.methods import SAMPLED_METHODS
 from training.step import (StepConfig, apply_gradients, backward_micro_batches, build_optimizer, gradient_norm,
                            start_period, trainable_with_grad)
-
-GIB = 2**30
-CATEGORIES = ("parameters", "gradients", "optimizer", "activations", "temporaries")
-
-
-@dataclass
-class Peak:
-    """Live bytes at one moment, by category; `phase` and `where` say when (step, pass, module, op)."""
-
-    total: int = 0
-    parameters: int = 0
-    gradients: int = 0
-    optimizer: int = 0
-    activations: int = 0
-    temporaries: int = 0
-    phase: str = ""
-    where: str = ""
-
-
-@dataclass
-class MemoryReport:
-    peak: Peak
-    phases: dict[str, Peak] = field(default_factory=dict)  # the peak within each phase, in order
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict:
-        return {"peak": asdict(self.peak), "phases": {k: asdict(v) for k, v in self.phases.items()},
-                "seconds": self.seconds}
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -430,16 +402,3 @@ def simulate_memory(config: ModelConfig, args: StepConfig, dtype: torch.dtype, s
         if s.fused:
             s.fused.remove()
     return MemoryReport(tracker.peak, tracker.phases, time.perf_counter() - started)
-
-
-def format_report(report: MemoryReport, measured_peak: int | None = None) -> str:
-    """The peak and each phase's peak, GiB by category."""
-    head = f"  {'phase':<38}" + "".join(f"{c:>12}" for c in CATEGORIES) + f"{'total':>10}  where"
-    lines = [head]
-    for name, p in report.phases.items():
-        cells = "".join(f"{getattr(p, c) / GIB:12.3f}" for c in CATEGORIES)
-        lines.append(f"  {name:<38}{cells}{p.total / GIB:10.3f}  {p.where}")
-    lines.append(f"  peak (simulated): {report.peak.total / GIB:.3f} GiB in {report.peak.phase} ({report.peak.where})")
-    if measured_peak is not None:
-        lines.append(f"  measured peak: {measured_peak / GIB:.3f} GiB")
-    return "\n".join(lines)

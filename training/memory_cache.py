@@ -19,7 +19,7 @@ from common.assets import cache_dir
 from common.code_version import code_version
 from common.io import write_json
 from model.config import ModelConfig
-from training.memory import MemoryReport, Peak, simulate_memory
+from training.memory_report import MemoryReport, Peak
 from training.step import StepConfig
 
 
@@ -47,6 +47,8 @@ def memory_report(config: ModelConfig, step: StepConfig, dtype: torch.dtype, wor
     if (report := read_report(path)) is not None:
         report.seconds = time.perf_counter() - started
         return report, True
+    from training.memory import simulate_memory  # (its fake-tensor stack costs seconds to import: only on a miss)
+
     report = simulate_memory(config, step, dtype, world_size=world_size, max_micro_batches=max_micro_batches)
     try:
         write_json(path, report.as_dict())

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
 from common.io import atomic_write, read_objects
 from training.metrics import MetricsLog
 
@@ -119,6 +117,8 @@ def plot_curves(path: Path, records: list[dict]) -> dict[str, dict[str, tuple[li
     panels = [(title, keys) for title, keys in panels if keys]
     if not panels:
         raise ValueError("no loss, lr or held-out values to plot")
+    from matplotlib.figure import Figure  # (a second to import: only when a run ends and draws)
+
     fig = Figure(figsize=(7.5, 2.2 * len(panels) + 0.4), layout="constrained")
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     drawn: dict[str, dict] = {}
