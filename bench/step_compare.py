@@ -62,7 +62,8 @@ def train_args(model_dir: Path, data: Path, out: Path, method: str, a: argparse.
             "--max-steps", str(a.steps), "--period", str(a.period), "--gamma", str(a.gamma), "--rank", str(a.rank),
             "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len), "--dtype", a.dtype,
             "--save-format", "none", "--svd", "randomized", "--calib-windows", "2", "--calib-seq-len", "64",
-            "--train-on-prompt", "--schedule", "constant", "--lr", "1e-5", "--overwrite"]
+            "--train-on-prompt", "--schedule", "constant", "--lr", "1e-5", "--overwrite",
+            "--no-memory-report"]  # (estimate_for simulates the same step once, in this process)
     if method in ("lisa", "owlore", "owlore-fullrank"):
         args += ["--sampling", "uniform"]  # the draw's probabilities do not change memory or time
     if lean:

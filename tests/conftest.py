@@ -47,3 +47,17 @@ def data_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "train.json"
     path.write_text(json.dumps([{"instruction": q, "input": "", "output": a} for q, a in QA]))
     return path
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items) -> None:
+    """For parallel runs (pytest-xdist, `--dist loadgroup`): the tests that share a module-scoped fixture run on
+    one worker (else each worker would build it again: some are minutes of training), and the heaviest tests
+    (torchrun, then slow) are handed out first, so that no long test starts when the rest is done."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        shared = info and any(defs[-1].scope == "module" for name, defs in info.name2fixturedefs.items()
+                              if name in item.fixturenames)
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: 0 if item.get_closest_marker("distributed") else 1 if item.get_closest_marker("slow") else 2)

@@ -29,7 +29,7 @@ def lora_run(tmp_path_factory):
     data.write_text(json.dumps([{"instruction": f"Say {w}", "input": "", "output": w} for w in ("hi", "bye", "yes", "no")]))
     train.main(["--model", str(root / "base"), "--data", str(data), "--out", str(root / "run"), "--method", "lora",
                 "--lora-dropout", "0", "--lr", "5e-2", "--max-steps", "2", "--batch-size", "2", "--seq-len", "96",
-                "--no-pack", "--save-format", "hf"])  # fmt: skip
+                "--no-pack", "--save-format", "hf", "--no-memory-report"])  # fmt: skip
     return root
 
 

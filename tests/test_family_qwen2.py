@@ -180,7 +180,7 @@ def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return ["--model", str(model), "--data", str(data), "--out", str(out), "--seq-len", "64", "--no-pack",
             "--batch-size", "8", "--lr", "1e-2", "--seed", "1", "--rank", "8", "--update-proj-gap", "2",
             "--gamma", "2", "--period", "2", "--calib-windows", "2", "--calib-seq-len", "16", "--M", "3",
-            "--save-format", "hf", "--schedule", "constant", *extra]  # fmt: skip
+            "--save-format", "hf", "--schedule", "constant", "--no-memory-report", *extra]  # fmt: skip
 
 
 def losses(out: Path) -> list[float]:

@@ -42,7 +42,7 @@ def common(tiny_dir, data_file, out, *extra) -> list[str]:
     return ["--model", str(tiny_dir), "--data", str(data_file), "--out", str(out), "--seq-len", "64", "--no-pack",
             "--batch-size", "8", "--lr", "3e-3", "--seed", "1", "--rank", "8", "--update-proj-gap", "2",
             "--gamma", "2", "--period", "2", "--calib-windows", "2", "--calib-seq-len", "16", "--M", "3",
-            "--max-steps", "3", "--save-format", "hf", "--eps", "1e-6", *extra]
+            "--max-steps", "3", "--save-format", "hf", "--eps", "1e-6", "--no-memory-report", *extra]
 
 
 def torchrun(*worker_args: str) -> None:

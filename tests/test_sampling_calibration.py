@@ -80,7 +80,7 @@ def test_default_method_calibrates_on_chat_data(tmp_path):
     out = tmp_path / "run"
     train.main(["--model", str(model_dir), "--data", str(data), "--out", str(out), "--seq-len", "32",
                 "--batch-size", "2", "--max-steps", "1", "--save-format", "none", "--gamma", "1", "--rank", "4",
-                "--calib-windows", "2", "--calib-seq-len", "16", "--M", "3"])
+                "--calib-windows", "2", "--calib-seq-len", "16", "--M", "3", "--no-memory-report"])
     record = json.loads((out / "outlier_scores.json").read_text())
     assert record["calibration"]["n_windows"] == 2 and len(record["ratios"]) == 2
 

@@ -41,7 +41,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tiny_
     common = ["--model", str(tiny_dir), "--data", str(data_file), "--seq-len", "64", "--no-pack", "--batch-size", "8",
               "--lr", "3e-3", "--save-format", "none", "--seed", "1", "--method", "owlore", "--rank", "8",
               "--update-proj-gap", "2", "--gamma", "2", "--period", "3", "--calib-windows", "2",
-              "--calib-seq-len", "16", "--M", "3", "--max-steps", str(STEPS), "--save-every", "1"]
+              "--calib-seq-len", "16", "--M", "3", "--max-steps", str(STEPS), "--save-every", "1", "--no-memory-report"]
     straight, chaos = tmp_path / "straight", tmp_path / "chaos"
     finish(start(*common, "--out", str(straight)))
 

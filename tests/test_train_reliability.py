@@ -254,7 +254,7 @@ def torchrun_with_rank1_loss(tmp_path: Path, replacement: str, *extra: str) -> s
         training.step.next_token_loss_sum = loss_sum
         cli.run(train.main)
     """))
-    args = ["--seq-len", "64", "--no-pack", "--batch-size", "8", "--save-format", "none", "--method", "full", "--max-steps", "4",
+    args = ["--seq-len", "64", "--no-pack", "--batch-size", "8", "--save-format", "none", "--method", "full", "--max-steps", "4", "--no-memory-report",
             "--save-every", "1", "--out", str(tmp_path / "ddp"), *extra]
     return two_processes(script, *args, timeout=240)
 

@@ -100,7 +100,7 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 def tiny_args(tiny_dir, data_file, out, *extra) -> list[str]:
     return ["--model", str(tiny_dir), "--data", str(data_file), "--out", str(out), "--seq-len", "64", "--no-pack",
-            "--batch-size", "8", "--seed", "1", "--save-format", "none", "--method", "full", *extra]
+            "--batch-size", "8", "--seed", "1", "--save-format", "none", "--method", "full", "--no-memory-report", *extra]
 
 
 @pytest.mark.slow
