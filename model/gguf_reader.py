@@ -59,6 +59,7 @@ class GGUFTensor:
     name: str
     shape: tuple[int, ...]  # GGUF order: the fastest-varying dimension first
     tensor_type: GGMLQuantizationType
+    offset: int  # where its data starts in the file
     data: np.ndarray  # a read-only view of the file: numbers for F32/F16/..., uint8 blocks for quantized types
 
 
@@ -214,7 +215,7 @@ def _tensor(cur: _Cursor, mapped: np.memmap, data_offset: int, info: tuple) -> G
         except ValueError as err:
             raise cur.fail(f"tensor {name}: {err}") from None
     data = mapped[start : start + n_bytes].view(dtype).reshape(array_shape)
-    return GGUFTensor(name, tuple(int(n) for n in shape), qtype, data)
+    return GGUFTensor(name, tuple(int(n) for n in shape), qtype, start, data)
 
 
 def read_gguf_file(path: str | os.PathLike) -> GGUFFile:
