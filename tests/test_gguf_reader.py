@@ -63,16 +63,17 @@ def write_tiny(path, alignment: int | None = None, endianess: GGUFEndian = GGUFE
     return values
 
 
-def theirs(path) -> tuple[dict, list]:
+def theirs(path) -> tuple[dict, GGUFReader]:
     reader = GGUFReader(path)
     fields = {k: (f.contents(), f.types[0], f.types[1] if len(f.types) > 1 else None)
               for k, f in reader.fields.items() if not k.startswith("GGUF.")}  # fmt: skip
-    return fields, reader.tensors
+    return fields, reader
 
 
 def assert_same_as_gguf_package(path) -> None:
     ours = read_gguf_file(path)
-    fields, tensors = theirs(path)
+    fields, reader = theirs(path)
+    tensors = reader.tensors
     assert list(ours.fields) == list(fields)  # same keys, same order
     for key, expected in fields.items():
         assert tuple(ours.fields[key]) == expected, key
@@ -80,7 +81,7 @@ def assert_same_as_gguf_package(path) -> None:
         kinds = [type(v) for v in (value if isinstance(value, list) else [value])]
         assert kinds == [type(v) for v in (expected[0] if isinstance(expected[0], list) else [expected[0]])], key
     assert [t.name for t in ours.tensors] == [t.name for t in tensors]
-    assert ours.data_offset == GGUFReader(path).data_offset
+    assert ours.data_offset == reader.data_offset
     assert [t.offset for t in ours.tensors] == [t.data_offset for t in tensors]
     for mine, their in zip(ours.tensors, tensors):
         assert mine.tensor_type == their.tensor_type and mine.shape == tuple(their.shape.tolist())
