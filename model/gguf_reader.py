@@ -85,7 +85,7 @@ class _Cursor:
     def need(self, n: int, what: str) -> int:
         """The current position, after checking that `n` bytes of `what` lie before the end of the file."""
         if n > self.size - self.pos:
-            raise self.fail(f"{what} at byte {self.pos} needs {n} bytes, the file ends at {self.size}")
+            raise self.fail(f"{what} at byte {self.pos} would end at byte {self.pos + n}, past the end ({self.size})")
         return self.pos
 
     def scalar(self, code: str, what: str) -> Any:
@@ -144,10 +144,10 @@ class _Cursor:
         try:
             for _ in range(n):
                 if pos + 8 > size:
-                    raise self.fail(f"a string of {key} at byte {pos} needs 8 bytes, the file ends at {size}")
+                    raise self.fail(f"a string of {key} at byte {pos} would end past the end ({size})")
                 end = pos + 8 + length_at(buf, pos)[0]
                 if end > size:
-                    raise self.fail(f"a string of {key} at byte {pos} ends at {end}, past the end of the file ({size})")
+                    raise self.fail(f"a string of {key} at byte {pos} would end at byte {end}, past the end ({size})")
                 out.append(str(buf[pos + 8 : end], "utf-8"))
                 pos = end
         except UnicodeDecodeError as err:
