@@ -104,12 +104,9 @@ class _Cursor:
             raise self.fail(f"{what} at byte {start} is not UTF-8: {err.reason}") from None
 
     def value(self, vtype: GGUFValueType, key: str) -> Any:
+        """A scalar or a string."""
         if vtype == GGUFValueType.STRING:
             return self.string(f"the value of {key}")
-        if vtype == GGUFValueType.ARRAY:
-            out: list = []
-            self.array_into(out, key)
-            return out
         return self.scalar(_SCALAR_CODES[vtype], f"the value of {key}")
 
     def value_type(self, what: str) -> GGUFValueType:
