@@ -14,6 +14,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType
 from gguf.quants import dequantize, quantize
 
+from common.errors import UserError
 from common.io import atomic_write
 from model.config import Llama3RopeScaling, ModelConfig
 from model.families import FAMILIES
@@ -100,6 +101,9 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], d
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such GGUF file")
     gguf_file = read_gguf_file(path)
+    if gguf_file.big_endian and gguf_file.tensors:  # the gguf package's dequantize assumes little-endian data
+        raise UserError(f"{path}: a big-endian GGUF file; only little-endian weights are read (llama.cpp's "
+                        "gguf-py has a converter)")
     meta = gguf_metadata(gguf_file)
     shapes = {t.name: tuple(reversed(t.shape)) for t in gguf_file.tensors}
     config = config_from_gguf(meta, shapes, path.stem)

@@ -71,6 +71,7 @@ class GGUFFile:
     data_offset: int  # where the tensor data starts
     fields: Mapping[str, GGUFField]  # in file order; the header counts (gguf's "GGUF.*" keys) are not fields
     tensors: tuple[GGUFTensor, ...]
+    big_endian: bool = False
 
 
 class _Cursor:
@@ -242,4 +243,4 @@ def read_gguf_file(path: str | os.PathLike) -> GGUFFile:
     tensors = tuple(_tensor(cur, mapped, data_offset, info) for info in infos)
     if len({t.name for t in tensors}) != len(tensors):
         raise cur.fail("two tensors have the same name")
-    return GGUFFile(path, version, alignment, data_offset, MappingProxyType(fields), tensors)
+    return GGUFFile(path, version, alignment, data_offset, MappingProxyType(fields), tensors, cur.order == ">")

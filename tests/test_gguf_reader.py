@@ -271,3 +271,17 @@ def test_any_metadata_written_reads_back_equal(tmp_path_factory, fields):
     assert list(read) == ["general.architecture", *fields]
     for key, (value, vtype, etype) in fields.items():
         assert read[key] == (value, vtype, etype), key
+
+
+def test_a_big_endian_model_is_refused_in_one_line_not_read_wrong(tmp_path):
+    from model.gguf_format import read_gguf
+
+    write_tiny(tmp_path / "be.gguf", endianess=GGUFEndian.BIG)
+    assert read_gguf_file(tmp_path / "be.gguf").big_endian and not read_gguf_file(write_little(tmp_path)).big_endian
+    with pytest.raises(UserError, match=r"be\.gguf: a big-endian GGUF file; only little-endian weights are read"):
+        read_gguf(tmp_path / "be.gguf")
+
+
+def write_little(tmp_path):
+    write_tiny(tmp_path / "le.gguf")
+    return tmp_path / "le.gguf"
