@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType
 from gguf.quants import dequantize, quantize
 
+from common.errors import UserError
 from common.io import atomic_write
 from model.config import Llama3RopeScaling, ModelConfig
 from model.families import FAMILIES
+from model.gguf_reader import GGUFFile, GGUFTensor, read_gguf_file
 from model.chat import template_source
 from model.tensor_names import from_ours, to_ours
 from model.tokenizer_base import Tokenizer
@@ -30,9 +32,9 @@ SUPPORTED_TYPES = {
     for t in ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 }
 
-def gguf_metadata(reader: GGUFReader) -> dict:
+def gguf_metadata(gguf_file: GGUFFile) -> dict:
     """Key/value fields of a GGUF file, `tokenizer.*` included (so the tokenizer needs no second read)."""
-    return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+    return {key: field.value for key, field in gguf_file.fields.items()}
 
 
 def _scaling_from_factors(factors: np.ndarray, head_dim: int, theta: float, path: Path) -> Llama3RopeScaling:
@@ -86,7 +88,7 @@ def config_from_gguf(meta: dict, tensor_shapes: dict[str, tuple[int, ...]], name
     return config
 
 
-def _to_torch(tensor, path: Path) -> torch.Tensor:
+def _to_torch(tensor: GGUFTensor, path: Path) -> torch.Tensor:
     if tensor.tensor_type not in SUPPORTED_TYPES:
         raise ValueError(f"{path}: tensor {tensor.name} has unsupported GGUF type {tensor.tensor_type.name}")
     values = dequantize(tensor.data, tensor.tensor_type)
@@ -98,15 +100,15 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], d
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such GGUF file")
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable GGUF file ({err})") from err
-    meta = gguf_metadata(reader)
-    shapes = {t.name: tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors}
+    gguf_file = read_gguf_file(path)
+    if gguf_file.big_endian and gguf_file.tensors:  # the gguf package's dequantize assumes little-endian data
+        raise UserError(f"{path}: a big-endian GGUF file; only little-endian weights are read (llama.cpp's "
+                        "gguf-py has a converter)")
+    meta = gguf_metadata(gguf_file)
+    shapes = {t.name: tuple(reversed(t.shape)) for t in gguf_file.tensors}
     config = config_from_gguf(meta, shapes, path.stem)
     state: dict[str, torch.Tensor] = {}
-    for tensor in reader.tensors:
+    for tensor in gguf_file.tensors:
         if tensor.name == "rope_freqs.weight":
             factors = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(-1)
             config.rope_scaling = _scaling_from_factors(factors, config.head_dim, config.rope_theta, path)
@@ -119,11 +121,9 @@ WRITE_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16", "Q8
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6  # llama.cpp's token types
 
 
-def _source_fields(source: Path) -> list[tuple]:
+def _source_fields(gguf_file: GGUFFile) -> list[tuple]:
     """The `tokenizer.*` fields of a GGUF file as (key, value, type, sub-type), ready for GGUFWriter."""
-    reader = GGUFReader(str(source))
-    return [(key, field.contents(), field.types[0], field.types[1] if len(field.types) > 1 else None)
-            for key, field in reader.fields.items() if key.startswith("tokenizer.")]  # fmt: skip
+    return [(key, *field) for key, field in gguf_file.fields.items() if key.startswith("tokenizer.")]
 
 
 def _sentencepiece_fields(tokenizer: SentencePieceTokenizer) -> list[tuple]:
@@ -176,7 +176,7 @@ def tokenizer_fields(tokenizer: Tokenizer) -> list[tuple]:
     source = Path(getattr(tokenizer, "source", "") or "")
     fields = None
     if source.suffix == ".gguf" and source.is_file():
-        fields = [f for f in _source_fields(source) if f[0] != "tokenizer.chat_template"]
+        fields = [f for f in _source_fields(read_gguf_file(source)) if f[0] != "tokenizer.chat_template"]
     elif isinstance(tokenizer, SentencePieceTokenizer):
         fields = _sentencepiece_fields(tokenizer)
     elif isinstance(tokenizer, HFTokenizer):
@@ -245,12 +245,12 @@ def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, path: str | 
 
 def write_vocab_gguf(source: str | Path, out_path: str | Path) -> None:
     """Copy only the `tokenizer.*` metadata of a GGUF file into a small tensor-free GGUF (atomically)."""
-    reader = GGUFReader(str(source))
-    arch = reader.fields["general.architecture"].contents() if "general.architecture" in reader.fields else "llama"
+    gguf_file = read_gguf_file(source)
+    arch = gguf_file.fields["general.architecture"].value if "general.architecture" in gguf_file.fields else "llama"
 
     def write(tmp: Path) -> None:
         writer = GGUFWriter(tmp, arch)
-        for field in _source_fields(Path(source)):
+        for field in _source_fields(gguf_file):
             writer.add_key_value(*field)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import gguf
 import sentencepiece as spm
 import tokenizers
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
 from model.chat import ChatTemplate, builtin_name
+from model.gguf_reader import read_gguf_file
 from model.tokenizer_base import END_OF_TURN, Tokenizer
 from model.tokenizer_bpe import LLAMA3_PATTERN
 from model.tokenizer_hf import HFTokenizer
@@ -44,17 +44,14 @@ def read_gguf_metadata(path: Path) -> dict:
     """The ``tokenizer.*`` key/values of a GGUF file (strings, numbers, bools and lists of them)."""
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file {path} does not exist")
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as e:  # the gguf package raises ValueError/struct.error/... on corrupt files
-        raise ValueError(f"{path} is not a readable GGUF file: {e}") from None
-    return {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+    fields = read_gguf_file(path).fields
+    return {key: field.value for key, field in fields.items() if key.startswith("tokenizer.")}
 
 
 def tokenizer_from_gguf(path: str | Path, metadata: dict | None = None) -> Tokenizer:
     """The tokenizer embedded in a GGUF file's metadata (``gpt2`` byte-level BPE or ``llama`` SentencePiece).
 
-    ``metadata``: the file's fields as ``{key: field.contents()}`` when the caller has already read them.
+    ``metadata``: the file's fields as ``{key: value}`` (`model.gguf_reader`) when the caller has already read them.
     """
     path = Path(path)
     meta = read_gguf_metadata(path) if metadata is None else metadata

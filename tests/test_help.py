@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 
+import bench.gguf_read
 import bench.load_memory
 import bench.memory
 import bench.reproduce
@@ -31,6 +32,7 @@ COMMANDS = {  # prog: (main, the arguments that reach its parser)
     "python -m bench.step_compare": (bench.step_compare.main, []),
     "python -m bench.svd": (bench.svd.main, []),
     "python -m bench.reproduce": (bench.reproduce.main, []),
+    "python -m bench.gguf_read": (bench.gguf_read.main, []),
 }
 
 

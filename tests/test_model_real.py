@@ -22,19 +22,19 @@ GGUF_OPENS: list[str] = []
 @pytest.fixture(scope="module")
 def smollm():
     """The loaded model; every GGUF file opened while loading it is recorded in GGUF_OPENS."""
-    import gguf
+    import sys
 
-    import model.gguf_format
+    from model.gguf_reader import read_gguf_file
 
-    reader_class = gguf.GGUFReader
-
-    def counting_reader(path, *args, **kwargs):
+    def counting_read(path):
         GGUF_OPENS.append(str(path))
-        return reader_class(path, *args, **kwargs)
+        return read_gguf_file(path)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gguf, "GGUFReader", counting_reader)
-        patch.setattr(model.gguf_format, "GGUFReader", counting_reader)
+        callers = [m for m in list(sys.modules.values()) if getattr(m, "read_gguf_file", None) is read_gguf_file]
+        assert len(callers) >= 3  # the reader and the modules that imported it (gguf_format, tokenizer_gguf)
+        for module in callers:  # each caller's own name for the reader
+            patch.setattr(module, "read_gguf_file", counting_read)
         return load_model("smollm2-135m")
 
 

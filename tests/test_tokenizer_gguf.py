@@ -248,7 +248,7 @@ def test_gguf_bad_inputs(tmp_path):
         tokenizer_from_gguf(_write_vocab(tmp_path / "d.gguf", "gpt2", tokens, types, merges=merges, eos=999))
     corrupt = tmp_path / "corrupt.gguf"
     corrupt.write_bytes(b"GGUF" + b"\xff" * 64)
-    with pytest.raises(ValueError, match="corrupt.gguf is not a readable GGUF file"):
+    with pytest.raises(ValueError, match="corrupt.gguf: not a readable GGUF file"):
         tokenizer_from_gguf(corrupt)
     with pytest.raises(FileNotFoundError, match="missing.gguf"):
         tokenizer_from_gguf(tmp_path / "missing.gguf")
