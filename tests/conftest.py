@@ -8,6 +8,7 @@ import torch
 from hypothesis import settings
 
 from common.assets import asset_path
+from helpers import built_once
 from model import Transformer, get_config, save_model
 
 # Under pytest-xdist several workers share the cores: one thread each (and in the subprocesses they start),
@@ -33,31 +34,23 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
-    """A tiny random LLaMA (4 blocks) in Meta format with the real Mistral v1 tokenizer; read-only."""
-    torch.manual_seed(0)
-    config = get_config("tiny", n_layers=4, vocab_size=32000, max_seq_len=256)
-    out = tmp_path_factory.mktemp("tiny-model")
-    save_model(Transformer(config), out, format="meta", tokenizer=asset_path("mistral-v1-tokenizer"))
-    return out
+    """A tiny random LLaMA (4 blocks) in Meta format with the real Mistral v1 tokenizer; read-only, one folder
+    for every pytest-xdist worker (runs made from it record its path)."""
+    def build(out: Path) -> None:
+        torch.manual_seed(0)
+        config = get_config("tiny", n_layers=4, vocab_size=32000, max_seq_len=256)
+        save_model(Transformer(config), out, format="meta", tokenizer=asset_path("mistral-v1-tokenizer"))
+    return built_once(tmp_path_factory, "tiny-model", build)
 
 
 @pytest.fixture(scope="session")
 def data_file(tmp_path_factory) -> Path:
-    """A small instruction data set (alpaca JSON); read-only."""
-    path = tmp_path_factory.mktemp("data") / "train.json"
-    path.write_text(json.dumps([{"instruction": q, "input": "", "output": a} for q, a in QA]))
-    return path
+    """A small instruction data set (alpaca JSON); read-only, one file for every worker."""
+    rows = [{"instruction": q, "input": "", "output": a} for q, a in QA]
+    return built_once(tmp_path_factory, "data", lambda out: (out / "train.json").write_text(json.dumps(rows))) / "train.json"
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items) -> None:
-    """For parallel runs (pytest-xdist, `--dist loadgroup`): the tests that share a module-scoped fixture run on
-    one worker (else each worker would build it again: some are minutes of training), and the heaviest tests
-    (torchrun, then slow) are handed out first, so that no long test starts when the rest is done."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        shared = info and any(defs[-1].scope == "module" for name, defs in info.name2fixturedefs.items()
-                              if name in item.fixturenames)
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    """The heaviest tests (torchrun, then slow) first: under pytest-xdist no long test starts when the rest is
+    done. (Fixtures that several workers would each build are shared: tests/helpers.py, built_once.)"""
     items.sort(key=lambda item: 0 if item.get_closest_marker("distributed") else 1 if item.get_closest_marker("slow") else 2)

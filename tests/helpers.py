@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
+from filelock import FileLock
 
 import train
 from training.checkpoint import checkpoints, read_weights
@@ -51,3 +54,18 @@ def interrupt_after(steps: int, monkeypatch) -> None:
         return result
 
     monkeypatch.setattr(train, "accumulate_gradients", interrupted)
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder `build(folder)` fills, built once per test run: pytest-xdist workers share it (the first to
+    ask builds it under a file lock, the others wait and read it), instead of each building its own copy."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's folder, above the workers'
+    out = root / f"shared-{name}"
+    with FileLock(f"{out}.lock"):
+        if not (out / ".built").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            (out / ".built").touch()
+    return out

@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 import train
 from model.hf_format import read_hf_dir
 from model.meta_format import read_meta_dir
-from helpers import two_processes
+from helpers import built_once, two_processes
 from training.checkpoint import read_optimizer
 
 pytestmark = pytest.mark.slow
@@ -82,23 +82,17 @@ MODES = {"fsdp": ["--fsdp"], "dp": []}  # fully sharded, and plain data parallel
 def sharded(tiny_dir, data_file, tmp_path_factory) -> Path:
     """Every method, 3 steps, 2 processes, sharded (<tmp>/fsdp/<method>) and replicated (<tmp>/dp/<method>),
     in one launch."""
-    tmp = tmp_path_factory.mktemp("sharded")
-    launch(tmp, [common(tiny_dir, data_file, tmp / mode / m, "--method", m.removesuffix("-fused"), *flags,
-                        *extra(m, data_file)) for mode, flags in MODES.items() for m in METHODS])
-    return tmp
+    return built_once(tmp_path_factory, "fsdp-sharded", lambda tmp: launch(
+        tmp, [common(tiny_dir, data_file, tmp / mode / m, "--method", m.removesuffix("-fused"), *flags, *extra(m, data_file))
+              for mode, flags in MODES.items() for m in METHODS]))
 
 
 @pytest.fixture(scope="module")
 def single(tiny_dir, data_file, tmp_path_factory):
     """method -> the folder of its 1-process run (made once, for both modes)."""
-    tmp, made = tmp_path_factory.mktemp("single"), {}
-
     def run(method: str) -> Path:
-        if method not in made:
-            train.main(common(tiny_dir, data_file, tmp / method, "--method", method.removesuffix("-fused"),
-                              *extra(method, data_file)))
-            made[method] = tmp / method
-        return made[method]
+        return built_once(tmp_path_factory, f"fsdp-single-{method}", lambda out: train.main(common(
+            tiny_dir, data_file, out / method, "--method", method.removesuffix("-fused"), *extra(method, data_file)))) / method
     return run
 
 

@@ -10,6 +10,7 @@ import bench.gguf_read
 import bench.load_memory
 import bench.memory
 import bench.reproduce
+import bench.start_time
 import bench.step_compare
 import bench.svd
 import data.commonsense
@@ -33,6 +34,7 @@ COMMANDS = {  # prog: (main, the arguments that reach its parser)
     "python -m bench.svd": (bench.svd.main, []),
     "python -m bench.reproduce": (bench.reproduce.main, []),
     "python -m bench.gguf_read": (bench.gguf_read.main, []),
+    "python -m bench.start_time": (bench.start_time.main, []),
 }
 
 
