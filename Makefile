@@ -36,11 +36,11 @@ demo: assets
 JOBS ?= 3
 
 test: install-dev assets
-	$(PYTHON) -m pytest -q tests -n $(JOBS)
+	$(PYTHON) -m pytest -q tests -n $(JOBS) --maxschedchunk 2
 
 # the inner loop: everything but the slow, torchrun and other-library tests (pytest.ini lists the markers)
 test-fast: install-dev assets
-	$(PYTHON) -m pytest -q tests -n $(JOBS) -m "not slow and not distributed and not interop"
+	$(PYTHON) -m pytest -q tests -n $(JOBS) --maxschedchunk 2 -m "not slow and not distributed and not interop"
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis
