@@ -3,9 +3,9 @@
     git worktree add /tmp/before <commit>                 # the tree to compare against
     python -m bench.start_time --before /tmp/before --rounds 3
 
-Per round, alternating the trees: `import train`; train.py for one step on a tiny model (4 blocks, the
-Mistral tokenizer: its 32000-token vocabulary) without the memory report (timed in bench.memory); and loading
-SmolLM2-135M's GGUF (weights and tokenizer). The wall time of each process, from its start to its exit.
+Per round, alternating the trees: `import train`; train.py for one step on a tiny model (bench.step_compare's
+builder: 4 blocks of dim 64, the Mistral tokenizer's 32000-token vocabulary) without the memory report (timed
+in bench.memory); and loading SmolLM2-135M's GGUF (weights and tokenizer). The wall time of each process, from its start to its exit.
 """
 from __future__ import annotations
 
@@ -19,17 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.step_compare import build_model_dir
 from common import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-MAKE_TINY = """
-import json, sys, torch
-from common.assets import asset_path
-from model import Transformer, get_config, save_model
-torch.manual_seed(0)
-save_model(Transformer(get_config("tiny", n_layers=4, vocab_size=32000, max_seq_len=256)), sys.argv[1], format="meta",
-           tokenizer=asset_path("mistral-v1-tokenizer"))
-"""
 QA = [{"instruction": f"What is {a} plus {b}?", "input": "", "output": str(a + b)} for a in range(4) for b in range(4)]
 
 
@@ -58,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     trees = {"before": Path(a.before).resolve(), "after": ROOT}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        subprocess.run([sys.executable, "-c", MAKE_TINY, str(work / "tiny")], cwd=ROOT, check=True)
+        build_model_dir(work / "tiny", dim=64, layers=4, heads=4, ffn=160, seq_len=128)
         (work / "data.json").write_text(json.dumps(QA))
         seconds: dict[str, dict[str, list[float]]] = {name: {t: [] for t in trees} for name in commands(work)}
         for _ in range(a.rounds):
